@@ -1,0 +1,164 @@
+"""preprocess, train and export as KFP v2 components.
+
+(No ``from __future__ import annotations`` here: kfp reads the annotations as types.)
+
+They are Python components with a target image: the body runs inside the tfpipes image
+(``TFPIPES_IMAGE``, default ``tfpipes:<version>``), where tfpipes and kfp are installed, so
+``install_kfp_package=False`` and no ``packages_to_install``: nothing is pip-installed at run
+time. kfp.local's SubprocessRunner runs the same bodies in the current environment.
+
+Each body is an adapter: artifacts and parameters in -> a config -> one library call ->
+artifacts and metadata out. A user's mistake (``UserError``) becomes one line and a non-zero
+exit code, like the CLI.
+"""
+
+
+import os
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from tfpipes import __version__
+
+IMAGE = os.environ.get("TFPIPES_IMAGE", f"tfpipes:{__version__}")
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def preprocess_op(
+    source: str,
+    label: str,
+    examples: Output[Dataset],
+    eval_fraction: float = 0.2,
+    num_shards: int = 8,
+    compression: str = "",
+):
+    """CSV at ``source`` (file, glob, directory or gs:// prefix) -> the ``examples`` data set."""
+    import sys
+
+    from tfpipes.errors import UserError
+    from tfpipes.preprocess import PreprocessConfig, preprocess
+
+    try:
+        r = preprocess(
+            PreprocessConfig(
+                source=source,
+                output=examples.path,
+                label=label,
+                eval_fraction=eval_fraction,
+                num_shards=num_shards,
+                compression=compression,
+                overwrite=True,  # a retried task replaces its own partial output
+                progress=False,
+            )
+        )
+    except UserError as e:
+        print(f"preprocess: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    examples.metadata.update(
+        {
+            "rows": r.rows,
+            "train_rows": r.train_rows,
+            "eval_rows": r.eval_rows,
+            "task": r.schema.task,
+            "source_hash": r.source_hash,
+        }
+    )
+    print(f"preprocess: {r.rows} rows ({r.rows_per_second:.0f}/s) -> {examples.path}")
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def train_op(
+    examples: Input[Dataset],
+    model: Output[Model],
+    metrics: Output[Metrics],
+    model_name: str = "mlp",
+    hidden: str = "64,32",
+    optimizer: str = "",
+    learning_rate: float = 0.0,
+    batch_size: int = 64,
+    train_steps: int = 1000,
+    checkpoint_dir: str = "",
+    seed: int = 42,
+):
+    """Train on ``examples``; checkpoints go to ``checkpoint_dir`` (durable storage, survives a
+    preempted pod) or, when empty, into the ``model`` artifact itself."""
+    import sys
+
+    from tfpipes.errors import UserError
+    from tfpipes.train import TrainConfig, train
+
+    model_dir = checkpoint_dir or model.path
+    try:
+        r = train(
+            TrainConfig(
+                data=examples.path,
+                model_dir=model_dir,
+                model=model_name,
+                hidden=tuple(int(h) for h in hidden.split(",") if h.strip()),
+                optimizer=optimizer,
+                learning_rate=learning_rate,
+                batch_size=batch_size,
+                train_steps=train_steps,
+                seed=seed,
+                progress=False,
+            )
+        )
+    except UserError as e:
+        print(f"train: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    if model_dir != model.path:
+        from tfpipes import storage
+
+        storage.write_text(os.path.join(model.path, "MODEL_DIR"), model_dir)
+    model.metadata.update({"model_dir": model_dir, "step": r.final_step, "model": model_name})
+    for k, v in r.metrics.items():
+        if isinstance(v, (int, float)):
+            metrics.log_metric(k, v)
+    # KFP keeps logged metrics in the artifact's metadata only; write the file too, so the
+    # artifact has content wherever it is stored.
+    import json
+
+    with open(metrics.path, "w") as f:
+        json.dump(r.metrics, f, indent=2)
+    print(f"train: step {r.final_step}, {r.examples_per_second:.0f} examples/s -> {model_dir}")
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def export_op(
+    model: Input[Model],
+    examples: Input[Dataset],
+    exported: Output[Model],
+    version: int = 0,
+    publish_base: str = "",
+):
+    """Export the newest checkpoint to ``exported``/<version>/ (verified), and publish a copy to
+    ``publish_base``/<version>/ (e.g. the gs:// folder TF Serving watches) when given."""
+    import sys
+
+    from tfpipes.errors import UserError
+    from tfpipes.export import ExportConfig, export
+
+    try:
+        r = export(
+            ExportConfig(
+                model_dir=model.metadata.get("model_dir") or model.path,
+                export_base=exported.path,
+                version=version,
+                data=examples.path,
+                overwrite=True,
+            )
+        )
+        published = ""
+        if publish_base:
+            from tfpipes import storage
+
+            published = storage.join(publish_base, str(r.version))
+            storage.publish_dir(r.path, published)
+    except UserError as e:
+        print(f"export: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    exported.metadata.update(
+        {"version": r.version, "saved_model": r.path, "published": published,
+         "verified_examples": r.verified_examples}
+    )
+    print(f"export: version {r.version} -> {r.path}" + (f", {published}" if published else ""))

@@ -1,0 +1,1 @@
+"""Subcommands of the tfpipes CLI, one module per group; see tfpipes.cli."""

@@ -1,0 +1,228 @@
+"""``tfpipes compile | run-local | demo``: the whole pipeline, compiled or run locally."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+log = logging.getLogger("tfpipes")
+
+PIPELINE_PARAMS = (
+    # (flag, pipeline parameter, type, default, help)
+    ("--model", "model_name", str, "mlp", "linear | mlp | package.module:build_fn"),
+    ("--hidden", "hidden", str, "64,32", "mlp hidden sizes"),
+    ("--optimizer", "optimizer", str, "", "sgd | adam | adagrad | rmsprop"),
+    ("--learning-rate", "learning_rate", float, 0.0, "learning rate (default by optimizer)"),
+    ("--batch-size", "batch_size", int, 64, "global batch size"),
+    ("--train-steps", "train_steps", int, 1000, "training steps"),
+    ("--eval-fraction", "eval_fraction", float, 0.2, "share of rows for eval"),
+    ("--num-shards", "num_shards", int, 8, "shards per split"),
+    ("--checkpoint-dir", "checkpoint_dir", str, "", "durable checkpoint dir (local or gs://)"),
+    ("--version", "version", int, 0, "exported model version (default: now)"),
+    ("--publish-base", "publish_base", str, "", "also publish the SavedModel under this base"),
+)
+
+
+def _add_pipeline_params(p: argparse.ArgumentParser) -> None:
+    for flag, dest, typ, default, help_ in PIPELINE_PARAMS:
+        p.add_argument(flag, dest=dest, type=typ, default=default, help=f"{help_} ({default!r})")
+
+
+def register(sub) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    c = sub.add_parser(
+        "compile",
+        help="write the KFP pipeline spec (YAML) for preprocess -> train -> export",
+        description="Compile the tfpipes training pipeline to a KFP v2 pipeline spec (YAML) that\n"
+        "any Kubeflow Pipelines 2.x cluster accepts (upload it, or use `tfpipes submit`).",
+        formatter_class=fmt,
+    )
+    c.add_argument("-o", "--output", default="pipeline.yaml", help="output path (pipeline.yaml)")
+    c.set_defaults(handler=_compile)
+
+    r = sub.add_parser(
+        "run-local",
+        help="run the whole pipeline on this machine with kfp.local",
+        description="Run preprocess -> train -> export with kfp.local and print where each\n"
+        "artifact landed. --runner subprocess uses this Python environment; --runner docker\n"
+        "runs each component in the tfpipes image.\n\n"
+        "example:\n  tfpipes run-local --source data.csv --label label --train-steps 500",
+        formatter_class=fmt,
+    )
+    r.add_argument("--source", required=True, help="CSV file, glob, directory or gs:// prefix")
+    r.add_argument("--label", required=True, help="name of the label column")
+    r.add_argument("--pipeline-root", default="tfpipes-local", help="where artifacts go")
+    r.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess")
+    _add_pipeline_params(r)
+    r.set_defaults(handler=_run_local)
+
+    d = sub.add_parser(
+        "demo",
+        help="synthetic data -> the whole pipeline locally -> a prediction from the model",
+        description="Make a synthetic data set (float, int and string columns, a 3-class label),\n"
+        "run the whole pipeline locally and print predictions of the exported SavedModel.",
+        formatter_class=fmt,
+    )
+    d.add_argument("--workdir", default="tfpipes-demo", help="where everything goes")
+    d.add_argument("--rows", type=int, default=5000, help="rows of synthetic data (5000)")
+    d.add_argument("--train-steps", type=int, default=600, help="training steps (600)")
+    d.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess")
+    d.set_defaults(handler=_demo)
+
+
+def _abs(path: str) -> str:
+    from tfpipes import storage
+
+    return path if storage.is_remote(path) else os.path.abspath(storage.normalize(path))
+
+
+def _params(args) -> dict:
+    return {dest: getattr(args, dest) for _, dest, *_ in PIPELINE_PARAMS}
+
+
+def _compile(args) -> int:
+    from tfpipes_pipelines.training import compile_pipeline
+
+    compile_pipeline(args.output)
+    log.info("compile: pipeline spec -> %s", os.path.abspath(args.output))
+    return 0
+
+
+def _run(params: dict, root: str, runner: str, verbose: int = 0) -> dict[str, str]:
+    from tfpipes.errors import UserError
+    from tfpipes_pipelines.training import run_local
+
+    os.makedirs(root, exist_ok=True)
+    log_path = os.path.join(os.path.abspath(root), "run-local.log")
+    with _QuietOutput(log_path, echo_all=verbose > 0) as out:
+        try:
+            outputs = run_local(params, root, runner=runner)
+            error = None
+        except RuntimeError as e:
+            error = str(e).splitlines()[0]
+    if error:
+        # kfp.local raises RuntimeError naming the failed task; the task's own one-line
+        # reason is in its log.
+        reasons = [ln for ln in out.lines if ": error: " in ln]
+        raise UserError(f"{(reasons or [error])[-1].strip()} (full log: {log_path})")
+    for name in ("examples", "model", "metrics", "exported"):
+        path = outputs.get(name, "")
+        if not path or not os.path.exists(path):
+            raise UserError(f"run-local: step output {name!r} is missing at {path or '?'}")
+    return outputs
+
+
+class _QuietOutput:
+    """Send everything written to fd 1 and 2 (kfp.local and the task subprocesses print a lot)
+    to a log file, and echo only the step summaries and task status lines to the terminal."""
+
+    KEEP = ("preprocess:", "train:", "export:", "finished with status", "error:")
+
+    def __init__(self, log_path: str, echo_all: bool = False):
+        self.log_path, self.echo_all = log_path, echo_all
+        self.lines: list[str] = []
+
+    def __enter__(self):
+        import sys
+        import threading
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.saved = (os.dup(1), os.dup(2))
+        self.term = os.fdopen(os.dup(self.saved[1]), "w", buffering=1)
+        r, w = os.pipe()
+        os.dup2(w, 1)
+        os.dup2(w, 2)
+        os.close(w)
+        self.reader = threading.Thread(target=self._pump, args=(r,), daemon=True)
+        self.reader.start()
+        return self
+
+    def _pump(self, fd: int) -> None:
+        import re
+
+        ansi = re.compile(r"\x1b\[[0-9;]*m")
+        with os.fdopen(fd, "r", errors="replace") as src, open(self.log_path, "a") as logf:
+            for line in src:
+                logf.write(line)
+                clean = ansi.sub("", line)
+                self.lines.append(clean)
+                if self.echo_all or any(k in clean for k in self.KEEP):
+                    self.term.write(clean if self.echo_all else "  " + clean.strip() + "\n")
+
+    def __exit__(self, *exc):
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(self.saved[0], 1)
+        os.dup2(self.saved[1], 2)
+        for fd in self.saved:
+            os.close(fd)
+        self.reader.join(timeout=10)
+        self.term.close()
+        return False
+
+
+def _run_local(args) -> int:
+    params = _params(args) | {"source": _abs(args.source), "label": args.label}
+    outputs = _run(params, args.pipeline_root, args.runner, args.verbose)
+    log.info("run-local: done. Artifacts:")
+    for name, path in outputs.items():
+        log.info("  %-9s %s", name, path)
+    return 0
+
+
+def _demo(args) -> int:
+    from tfpipes.sample_data import write_csv
+
+    work = os.path.abspath(args.workdir)
+    os.makedirs(work, exist_ok=True)
+    csv_path = os.path.join(work, "data.csv")
+    write_csv(csv_path, args.rows, "classification", seed=0)
+    log.info("demo: %d synthetic rows -> %s", args.rows, csv_path)
+    params = {dest: default for _, dest, _, default, _ in PIPELINE_PARAMS}
+    params |= {"source": csv_path, "label": "label", "train_steps": args.train_steps,
+               "num_shards": 4, "version": 1}
+    outputs = _run(params, os.path.join(work, "pipeline-root"), args.runner, args.verbose)
+    import json
+
+    metrics_path = outputs["metrics"]
+    with open(metrics_path) as f:
+        metrics = json.load(f)
+    saved_model = os.path.join(outputs["exported"], "1")
+    log.info("demo: artifacts:")
+    for name, path in outputs.items():
+        log.info("  %-9s %s", name, path)
+    _show_predictions(saved_model, outputs["examples"])
+    log.info("demo: eval metrics %s", _fmt_metrics(metrics))
+    log.info("demo: exported model (TF Serving layout) -> %s", saved_model)
+    return 0
+
+
+def _fmt_metrics(metrics) -> str:
+    scalars = metrics.get("scalar", metrics)  # kfp.local writes {"scalar": [...]} or a dict
+    if isinstance(scalars, list):
+        scalars = {m["name"]: m["value"] for m in scalars}
+    return ", ".join(f"{k}={v:.4g}" for k, v in scalars.items() if isinstance(v, (int, float)))
+
+
+def _show_predictions(saved_model: str, data_dir: str, n: int = 3) -> None:
+    import tensorflow as tf
+
+    from tfpipes.manifest import read_manifest
+
+    m = read_manifest(data_dir)
+    files = [os.path.join(data_dir, p) for p in m.shard_paths("eval")]
+    records = [r.numpy() for r in tf.data.TFRecordDataset(files).take(n)]
+    model = tf.saved_model.load(saved_model)
+    out = model.signatures["serving_default"](examples=tf.constant(records))
+    for i, rec in enumerate(records):
+        ex = tf.train.Example.FromString(rec).features.feature
+        true = ex["label"].int64_list.value[0]
+        probs = ", ".join(f"{p:.3f}" for p in out["probabilities"][i].numpy())
+        log.info(
+            "demo: prediction for eval row %d: class %d (true %d), probabilities [%s]",
+            i, int(out["class_ids"][i]), true, probs,
+        )

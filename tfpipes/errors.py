@@ -1,0 +1,30 @@
+"""The one exception type for a user's mistake.
+
+Anything raised as :class:`UserError` is shown as a single line and a non-zero exit by the CLI
+and the KFP component entry points; any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input, a bad flag, a missing file, a schema mismatch: something the user can fix.
+
+    The message is one line that names what is wrong and where (file, line, column, flag).
+    ``exit_code`` lets callers map classes of failure to process exit codes (for example a
+    retryable infrastructure failure >= 128 for Kubernetes restart policies).
+    """
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def location(path: str, line: int | None = None, column: int | str | None = None) -> str:
+    """Format ``path:line: column NAME`` the way every error message names a place."""
+    out = str(path)
+    if line is not None:
+        out += f":{line}"
+    if column is not None:
+        out += f": column {column!r}" if isinstance(column, str) else f":{column}"
+    return out

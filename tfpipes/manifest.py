@@ -1,0 +1,132 @@
+"""Data set manifests: a data set is complete only when its manifest exists and matches.
+
+``manifest.json`` is written last, after every shard, the schema and the statistics; it lists
+each file with its size and CRC32C, and the row counts. Readers call :func:`verify_dataset`
+before using a data set and refuse one without a manifest or with a file that does not match.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+
+import google_crc32c
+
+from tfpipes import storage
+from tfpipes.errors import UserError
+
+MANIFEST = "manifest.json"
+FORMAT = "tfpipes.dataset/v1"
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardInfo:
+    path: str  # relative to the data set root, with "/" separators
+    split: str  # "train" | "eval" | "" for metadata files
+    rows: int
+    bytes: int
+    crc32c: str  # hex
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetManifest:
+    shards: tuple[ShardInfo, ...]
+    files: tuple[ShardInfo, ...]  # schema.json, stats.json
+    rows: dict
+    compression: str  # "" or "GZIP"
+    created: str
+    source_hash: str = ""
+
+    def shard_paths(self, split: str) -> list[str]:
+        return [s.path for s in self.shards if s.split == split]
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d["format"] = FORMAT
+        return json.dumps(d, indent=2) + "\n"
+
+
+def file_crc32c(path: str) -> tuple[int, str]:
+    """(size, hex CRC32C) of a local file, read in 4 MiB chunks."""
+    crc = google_crc32c.Checksum()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(4 << 20):
+            crc.update(chunk)
+            size += len(chunk)
+    return size, crc.hexdigest().decode()
+
+
+def write_manifest(
+    local_root: str,
+    shards: list[tuple[str, str, int]],
+    meta_files: list[str],
+    rows: dict,
+    compression: str,
+    source_hash: str = "",
+) -> DatasetManifest:
+    """Checksum every listed file under ``local_root`` and write ``manifest.json`` there.
+
+    ``shards``: (relative path, split, rows). Call this last, after every file is closed.
+    """
+
+    def info(rel: str, split: str, n: int) -> ShardInfo:
+        size, crc = file_crc32c(os.path.join(local_root, rel))
+        return ShardInfo(rel, split, n, size, crc)
+
+    m = DatasetManifest(
+        shards=tuple(info(p, s, n) for p, s, n in shards),
+        files=tuple(info(p, "", 0) for p in meta_files),
+        rows=rows,
+        compression=compression,
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        source_hash=source_hash,
+    )
+    storage.write_text(os.path.join(local_root, MANIFEST), m.to_json())
+    return m
+
+
+def read_manifest(root: str) -> DatasetManifest:
+    path = storage.join(root, MANIFEST)
+    if not storage.exists(path):
+        raise UserError(
+            f"{root}: not a committed tfpipes data set (no {MANIFEST}); it is incomplete or was "
+            "not written by `tfpipes preprocess`"
+        )
+    try:
+        d = json.loads(storage.read_text(path))
+        if d.get("format") != FORMAT:
+            raise ValueError(f"format {d.get('format')!r}, expected {FORMAT!r}")
+        return DatasetManifest(
+            shards=tuple(ShardInfo(**s) for s in d["shards"]),
+            files=tuple(ShardInfo(**s) for s in d["files"]),
+            rows=d["rows"],
+            compression=d["compression"],
+            created=d["created"],
+            source_hash=d.get("source_hash", ""),
+        )
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: corrupt manifest ({e})") from None
+
+
+def verify_dataset(root: str, check_crc: bool = True) -> DatasetManifest:
+    """Check that every file the manifest lists exists with its size (and CRC32C).
+
+    ``root`` must be a local directory (remote data sets are downloaded first by the storage
+    layer). Raises UserError naming the first file that is missing or does not match.
+    """
+    m = read_manifest(root)
+    for s in (*m.shards, *m.files):
+        p = os.path.join(root, s.path)
+        if not os.path.exists(p):
+            raise UserError(f"{p}: listed in {MANIFEST} but missing; the data set is incomplete")
+        if os.path.getsize(p) != s.bytes:
+            raise UserError(
+                f"{p}: size {os.path.getsize(p)} does not match {MANIFEST} ({s.bytes}); "
+                "the shard is truncated or was changed"
+            )
+        if check_crc and file_crc32c(p)[1] != s.crc32c:
+            raise UserError(f"{p}: CRC32C does not match {MANIFEST}; the shard is corrupt")
+    return m
