@@ -12,7 +12,6 @@ artifacts and metadata out. A user's mistake (``UserError``) becomes one line an
 exit code, like the CLI.
 """
 
-
 import os
 
 from kfp import dsl
@@ -128,7 +127,7 @@ def export_op(
     model: Input[Model],
     examples: Input[Dataset],
     exported: Output[Model],
-    version: int = 0,
+    version: str = "",
     publish_base: str = "",
 ):
     """Export the newest checkpoint to ``exported``/<version>/ (verified), and publish a copy to
@@ -139,11 +138,13 @@ def export_op(
     from tfpipes.export import ExportConfig, export
 
     try:
+        if version and not version.isdigit():
+            raise UserError(f"version {version!r}: expected a positive integer")
         r = export(
             ExportConfig(
                 model_dir=model.metadata.get("model_dir") or model.path,
                 export_base=exported.path,
-                version=version,
+                version=int(version or 0),
                 data=examples.path,
                 overwrite=True,
             )
@@ -158,7 +159,11 @@ def export_op(
         print(f"export: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     exported.metadata.update(
-        {"version": r.version, "saved_model": r.path, "published": published,
-         "verified_examples": r.verified_examples}
+        {
+            "version": r.version,
+            "saved_model": r.path,
+            "published": published,
+            "verified_examples": r.verified_examples,
+        }
     )
     print(f"export: version {r.version} -> {r.path}" + (f", {published}" if published else ""))

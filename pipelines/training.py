@@ -1,13 +1,11 @@
 """preprocess -> train -> export as one KFP v2 pipeline; compile it or run it with kfp.local."""
 
-
 import os
 import warnings
 from typing import NamedTuple
 
 from kfp import compiler, dsl
 from kfp.dsl import Dataset, Metrics, Model
-
 from tfpipes_components import export_op, preprocess_op, train_op
 
 PIPELINE_NAME = "tfpipes-training"
@@ -36,9 +34,12 @@ def training_pipeline(
     eval_fraction: float = 0.2,
     num_shards: int = 8,
     checkpoint_dir: str = "",
-    version: int = 0,
+    model_version: str = "",
     publish_base: str = "",
 ) -> TrainingOutputs:
+    """``model_version``: the exported version number; empty: the export time in epoch
+    seconds. Recurring runs pass ``[[ScheduledTime]]`` (YYYYMMDDhhmmss, UTC), so each
+    scheduled retrain publishes a version named after its schedule time."""
     pre = preprocess_op(
         source=source, label=label, eval_fraction=eval_fraction, num_shards=num_shards
     )
@@ -58,7 +59,7 @@ def training_pipeline(
     ex = export_op(
         model=tr.outputs["model"],
         examples=pre.outputs["examples"],
-        version=version,
+        version=model_version,
         publish_base=publish_base,
     )
     ex.set_caching_options(False)

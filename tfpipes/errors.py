@@ -28,3 +28,18 @@ def location(path: str, line: int | None = None, column: int | str | None = None
     if column is not None:
         out += f": column {column!r}" if isinstance(column, str) else f":{column}"
     return out
+
+
+# Exit codes, shared by the CLI, the components and the TFJob restart policy: 1-127 are
+# permanent failures (2: the user's mistake), >= 128 retryable (the Training Operator's
+# ``restartPolicy: ExitCode`` restarts a pod only for those).
+EXIT_USER_ERROR = 2
+EXIT_RETRYABLE = 138
+
+
+class RetryableError(UserError):
+    """The environment failed, not the input: a peer or object storage was unreachable, the
+    task was preempted. Running again (it resumes from the last checkpoint) may succeed."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_RETRYABLE) -> None:
+        super().__init__(message, exit_code)

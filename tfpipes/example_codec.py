@@ -79,7 +79,9 @@ def _float_block(keys: list[bytes], values: list[np.ndarray], n: int):
         template += b"\0\0\0\0"
     block = np.tile(np.frombuffer(bytes(template), dtype=np.uint8), (n, 1))
     for pos, vals in zip(slots, values):
-        block[:, pos : pos + 4] = np.ascontiguousarray(vals, dtype="<f4").view(np.uint8).reshape(n, 4)
+        block[:, pos : pos + 4] = (
+            np.ascontiguousarray(vals, dtype="<f4").view(np.uint8).reshape(n, 4)
+        )
     return block, np.full(n, len(template), dtype=np.int64)
 
 

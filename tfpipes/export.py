@@ -84,8 +84,10 @@ def _serving_module(model, schema):
 
         @tf.function(
             input_signature=[
-                {f.name: tf.TensorSpec([None], _TF_DTYPES[f.dtype], name=f.name)
-                 for f in schema.features}
+                {
+                    f.name: tf.TensorSpec([None], _TF_DTYPES[f.dtype], name=f.name)
+                    for f in schema.features
+                }
             ]
         )
         def predict(self, features):
@@ -107,9 +109,9 @@ def export(cfg: ExportConfig) -> ExportResult:
 
     from tfpipes import manifest as manifest_lib
     from tfpipes.input_pipeline import make_dataset
-    from tfpipes.models import ModelSpec, build_model
+    from tfpipes.models import ModelSpec, build_model, checkpoint_objects
     from tfpipes.schema import Schema
-    from tfpipes.train import load_model_config
+    from tfpipes.train import MODEL_CONFIG, load_model_config
 
     config = load_model_config(cfg.model_dir)
     schema = Schema.from_json(json.dumps(config["schema"]))
@@ -125,7 +127,12 @@ def export(cfg: ExportConfig) -> ExportResult:
         problem = verify_checkpoint(latest)
         if problem:
             raise UserError(f"{latest}: checkpoint is corrupt ({problem})")
-        tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+        status = tf.train.Checkpoint(**checkpoint_objects(model)).restore(latest)
+        try:
+            status.assert_existing_objects_matched()
+        except AssertionError as e:
+            raise UserError(f"{latest}: does not match the model in {MODEL_CONFIG} ({e})") from None
+        status.expect_partial()  # the optimizer and data position are not needed here
     finally:
         store.close()
 
@@ -167,9 +174,7 @@ def export(cfg: ExportConfig) -> ExportResult:
                         f"from the checkpoint model's; nothing was published to {final}"
                     )
     log.debug("verified %d examples, max abs diff %.3g", len(records), worst)
-    return ExportResult(
-        final, version, latest, len(records), worst, ("serving_default", "predict")
-    )
+    return ExportResult(final, version, latest, len(records), worst, ("serving_default", "predict"))
 
 
 def _verification_batch(cfg: ExportConfig, schema, make_dataset, manifest_lib):

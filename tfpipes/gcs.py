@@ -38,14 +38,12 @@ from google.auth import exceptions as auth_exceptions
 from google.cloud import storage as gcs_storage
 from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 
-from tfpipes.errors import UserError
+from tfpipes.errors import EXIT_RETRYABLE, UserError
 
 T = TypeVar("T")
 
 # Storage unreachable or failing past the deadline: running the step again later is expected to
-# succeed. The same value as tfpipes.tfjob.EXIT_RETRYABLE: the Training Operator's ExitCode
-# restart policy recreates pods that exit with a code >= 128.
-EXIT_RETRYABLE = 138
+# succeed (the Training Operator's ExitCode restart policy recreates pods that exit >= 128).
 
 DEFAULT_DEADLINE_S = 120.0
 WORKERS = 8

@@ -38,7 +38,7 @@ class ModelSpec:
         return json.dumps(dataclasses.asdict(self) | {"hidden": list(self.hidden)})
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelSpec":
+    def from_json(cls, text: str) -> ModelSpec:
         d = json.loads(text)
         return cls(d["name"], tuple(d.get("hidden", ())), float(d.get("dropout", 0.0)))
 
@@ -58,19 +58,22 @@ class FeatureEncoder(keras.layers.Layer):
                 s = feats.get(f.name, {})
                 std = float(s.get("std", 1.0)) or 1.0
                 self.numeric.append((f.name, float(s.get("mean", 0.0)), std))
-        self.embeddings = {
-            name: keras.layers.Embedding(HASH_BUCKETS, EMBED_DIM, name=f"embed_{name}")
-            for name in self.strings
-        }
+        # Attributes, not a dict: Keras 3 does not track layers in containers for checkpoints.
+        for i, name in enumerate(self.strings):
+            setattr(
+                self,
+                f"embed_{i}",
+                keras.layers.Embedding(HASH_BUCKETS, EMBED_DIM, name=f"embed_{name}"),
+            )
 
     def call(self, features):
         parts = []
         if self.numeric:
             cols = [(tf.cast(features[n], tf.float32) - m) / s for n, m, s in self.numeric]
             parts.append(tf.stack(cols, axis=1))
-        for name in self.strings:
+        for i, name in enumerate(self.strings):
             ids = tf.strings.to_hash_bucket_fast(features[name], HASH_BUCKETS)
-            parts.append(self.embeddings[name](ids))
+            parts.append(getattr(self, f"embed_{i}")(ids))
         return tf.concat(parts, axis=1) if len(parts) > 1 else parts[0]
 
 
@@ -149,6 +152,16 @@ def build_model(spec: ModelSpec, schema: Schema, stats: dict) -> TabularModel:
             f"the task needs {num_outputs(schema)}"
         )
     return model
+
+
+def checkpoint_objects(model) -> dict:
+    """What a checkpoint holds of a model: the model, and every variable by position.
+
+    Keras 3 does not expose layers kept in lists or dicts (a Sequential's layers, a user
+    model's containers) to ``tf.train.Checkpoint``; listing ``model.variables`` makes every
+    weight part of the checkpoint whatever the model's structure.
+    """
+    return {"model": model, "model_variables": list(model.variables)}
 
 
 def _dummy_dtype(dtype: str):

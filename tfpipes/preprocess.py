@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import time
-from typing import Iterator
 
 import numpy as np
 
@@ -108,16 +107,20 @@ def _open_stream(path: str):
     comp = "gzip" if path.lower().endswith(".gz") else None
     if storage.is_remote(path):
         raw = storage.open_read(path).__enter__()  # closed with the Arrow stream
-        return pa.CompressedInputStream(pa.PythonFile(raw, mode="r"), comp) if comp else (
-            pa.PythonFile(raw, mode="r")
+        return (
+            pa.CompressedInputStream(pa.PythonFile(raw, mode="r"), comp)
+            if comp
+            else (pa.PythonFile(raw, mode="r"))
         )
     return pa.input_stream(storage.normalize(path), compression=comp)
 
 
 def _read_header(path: str) -> list[str]:
     with storage.open_read(path) as raw:
-        f = gzip.open(raw, "rt", newline="") if path.lower().endswith(".gz") else io.TextIOWrapper(
-            raw, encoding="utf-8", newline=""
+        f = (
+            gzip.open(raw, "rt", newline="")
+            if path.lower().endswith(".gz")
+            else io.TextIOWrapper(raw, encoding="utf-8", newline="")
         )
         try:
             header = next(csv.reader(f), None)
@@ -183,8 +186,10 @@ def _check_cell(value: str, dtype: str) -> str | None:
 def _locate_error(path: str, header: list[str], types: dict, label: str | None) -> None:
     """Re-read ``path`` with Python's csv module and raise UserError at the first bad cell."""
     with storage.open_read(path) as raw:
-        f = gzip.open(raw, "rt", newline="") if path.lower().endswith(".gz") else io.TextIOWrapper(
-            raw, encoding="utf-8", newline=""
+        f = (
+            gzip.open(raw, "rt", newline="")
+            if path.lower().endswith(".gz")
+            else io.TextIOWrapper(raw, encoding="utf-8", newline="")
         )
         reader = csv.reader(f, strict=True)
         try:
@@ -286,7 +291,9 @@ class _Stats:
         self.num = {
             k: [0, 0.0, 0.0, math.inf, -math.inf] for k, t in schema_types.items() if t != "string"
         }
-        self.str_unique: dict[str, set] = {k: set() for k, t in schema_types.items() if t == "string"}
+        self.str_unique: dict[str, set] = {
+            k: set() for k, t in schema_types.items() if t == "string"
+        }
         self.label_hist: dict = {}
 
     def update(self, cols: dict[str, np.ndarray]) -> None:
@@ -337,8 +344,10 @@ class _SplitWriter:
         os.makedirs(os.path.join(root, split))
         ext = ".tfrecord.gz" if compression == "GZIP" else ".tfrecord"
         self.rel = [f"{split}/part-{i:05d}-of-{num_shards:05d}{ext}" for i in range(num_shards)]
-        opener = (lambda p: gzip.open(p, "wb", compresslevel=6)) if compression else (
-            lambda p: open(p, "wb")
+        opener = (
+            (lambda p: gzip.open(p, "wb", compresslevel=6))
+            if compression
+            else (lambda p: open(p, "wb"))
         )
         self.files = [opener(os.path.join(root, r)) for r in self.rel]
         self.rows = [0] * num_shards
@@ -441,9 +450,7 @@ def preprocess(cfg: PreprocessConfig) -> PreprocessResult:
             json.dumps(stats.to_dict(train_rows, eval_rows, vocab), indent=2) + "\n",
         )
         shards = [
-            (rel, split, rows)
-            for split, w in writers.items()
-            for rel, rows in zip(w.rel, w.rows)
+            (rel, split, rows) for split, w in writers.items() for rel, rows in zip(w.rel, w.rows)
         ]
         manifest.write_manifest(
             tmp,
@@ -454,9 +461,7 @@ def preprocess(cfg: PreprocessConfig) -> PreprocessResult:
             source_hash,
         )
     secs = time.monotonic() - t0
-    return PreprocessResult(
-        cfg.output, stats.n, train_rows, eval_rows, secs, schema, source_hash
-    )
+    return PreprocessResult(cfg.output, stats.n, train_rows, eval_rows, secs, schema, source_hash)
 
 
 def _approx_bytes_done(path: str, rows: int) -> int:

@@ -1,4 +1,4 @@
-"""Progress for long work: a tqdm bar on a terminal, a plain log line every few seconds otherwise."""
+"""Progress for long work: a tqdm bar on a terminal, else a plain log line every few seconds."""
 
 from __future__ import annotations
 
@@ -30,8 +30,13 @@ class Progress:
 
             scale = unit == "B"
             self._bar = tqdm(
-                total=total, desc=name, unit=unit, unit_scale=scale, unit_divisor=1024 if scale else 1000,
-                leave=False, dynamic_ncols=True,
+                total=total,
+                desc=name,
+                unit=unit,
+                unit_scale=scale,
+                unit_divisor=1024 if scale else 1000,
+                leave=False,
+                dynamic_ncols=True,
             )
 
     def update_to(self, done: int, rows: int | None = None, **postfix) -> None:
@@ -49,8 +54,16 @@ class Progress:
             self._last = now
             pct = f" ({100.0 * done / self.total:.0f}%)" if self.total else ""
             extra = "".join(f" {k}={v}" for k, v in postfix.items())
-            log.info("%s: %s/%s %s%s rows=%d%s", self.name, done, self.total, self.unit, pct,
-                     self.rows, extra)
+            log.info(
+                "%s: %s/%s %s%s rows=%d%s",
+                self.name,
+                done,
+                self.total,
+                self.unit,
+                pct,
+                self.rows,
+                extra,
+            )
 
     def close(self) -> None:
         if self._bar is not None:

@@ -49,7 +49,7 @@ class Schema:
         return json.dumps(d, indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, where: str = "schema.json") -> "Schema":
+    def from_json(cls, text: str, where: str = "schema.json") -> Schema:
         try:
             d = json.loads(text)
             feats = tuple(
@@ -64,7 +64,9 @@ class Schema:
                 label_vocabulary=tuple(d.get("label_vocabulary", ())),
             )
         except (ValueError, KeyError, TypeError) as e:
-            raise UserError(f"{where}: not a tfpipes schema ({e.__class__.__name__}: {e})") from None
+            raise UserError(
+                f"{where}: not a tfpipes schema ({e.__class__.__name__}: {e})"
+            ) from None
         for f in (*schema.features, schema.label):
             if f.dtype not in DTYPES:
                 raise UserError(f"{where}: feature {f.name!r} has unknown dtype {f.dtype!r}")

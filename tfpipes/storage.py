@@ -21,7 +21,8 @@ import os
 import shutil
 import tempfile
 import uuid
-from typing import IO, Iterator
+from collections.abc import Iterator
+from typing import IO
 
 from tfpipes.errors import UserError
 
@@ -234,7 +235,7 @@ def local_dir(path: str) -> Iterator[str]:
 
 
 def match_files(pattern_or_dir: str, suffixes: tuple[str, ...]) -> list[str]:
-    """Expand a file, glob, directory or prefix into the sorted files whose names end in a suffix."""
+    """Expand a file, glob, directory or prefix into the sorted files ending in a suffix."""
     p = normalize(pattern_or_dir)
     if any(ch in p for ch in "*?["):
         files = glob(p)

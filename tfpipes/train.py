@@ -57,13 +57,21 @@ class TrainConfig:
     progress: bool | None = None
 
     def validate(self) -> None:
-        for name in ("batch_size", "steps_per_loop", "checkpoint_every", "log_every", "max_to_keep"):
+        for name in (
+            "batch_size",
+            "steps_per_loop",
+            "checkpoint_every",
+            "log_every",
+            "max_to_keep",
+        ):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
         if self.train_steps < 0:
             raise UserError("--train-steps must be >= 0")
         if self.optimizer and self.optimizer not in OPTIMIZERS:
-            raise UserError(f"--optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+            raise UserError(
+                f"--optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}"
+            )
         if self.learning_rate < 0:
             raise UserError("--learning-rate must be positive")
         if any(h < 1 for h in self.hidden):
@@ -226,6 +234,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     from tfpipes.checkpoints import CheckpointStore, restore_latest
     from tfpipes.input_pipeline import make_dataset
+    from tfpipes.models import checkpoint_objects
     from tfpipes.schema import load_schema
 
     t_start = time.monotonic()
@@ -252,9 +261,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
         keras.utils.set_random_seed(cfg.seed)
         tf.config.experimental.enable_op_determinism()
-        trainer = Trainer(
-            strategy, cfg.model_spec, schema, stats, opt_name, lr, cfg.batch_size
-        )
+        trainer = Trainer(strategy, cfg.model_spec, schema, stats, opt_name, lr, cfg.batch_size)
 
         def dataset_fn(ctx):
             return make_dataset(
@@ -274,7 +281,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         store = CheckpointStore(cfg.model_dir, writer=res.is_chief)
         try:
             ckpt = tf.train.Checkpoint(
-                model=trainer.model, optimizer=trainer.optimizer, step=trainer.step,
+                **checkpoint_objects(trainer.model),
+                optimizer=trainer.optimizer,
+                step=trainer.step,
                 iterator=iterator,
             )
             manager = tf.train.CheckpointManager(ckpt, store.local_dir, cfg.max_to_keep)
@@ -326,7 +335,9 @@ def _run_loop(cfg, trainer: Trainer, iterator, manager, store, start: int, is_ch
     bar = progress.Progress("train", total=target, unit="step", enabled=cfg.progress)
     bar.update_to(step)
     summary = (
-        tf.summary.create_file_writer(storage.normalize(os.path.join(store.local_dir, "..", "logs")))
+        tf.summary.create_file_writer(
+            storage.normalize(os.path.join(store.local_dir, "..", "logs"))
+        )
         if is_chief and not store.remote
         else tf.summary.create_noop_writer()
     )

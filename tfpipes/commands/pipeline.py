@@ -19,7 +19,7 @@ PIPELINE_PARAMS = (
     ("--eval-fraction", "eval_fraction", float, 0.2, "share of rows for eval"),
     ("--num-shards", "num_shards", int, 8, "shards per split"),
     ("--checkpoint-dir", "checkpoint_dir", str, "", "durable checkpoint dir (local or gs://)"),
-    ("--version", "version", int, 0, "exported model version (default: now)"),
+    ("--version", "model_version", str, "", "exported model version (default: now)"),
     ("--publish-base", "publish_base", str, "", "also publish the SavedModel under this base"),
 )
 
@@ -90,8 +90,9 @@ def _compile(args) -> int:
 
 
 def _run(params: dict, root: str, runner: str, verbose: int = 0) -> dict[str, str]:
-    from tfpipes.errors import UserError
     from tfpipes_pipelines.training import run_local
+
+    from tfpipes.errors import UserError
 
     os.makedirs(root, exist_ok=True)
     log_path = os.path.join(os.path.abspath(root), "run-local.log")
@@ -183,8 +184,13 @@ def _demo(args) -> int:
     write_csv(csv_path, args.rows, "classification", seed=0)
     log.info("demo: %d synthetic rows -> %s", args.rows, csv_path)
     params = {dest: default for _, dest, _, default, _ in PIPELINE_PARAMS}
-    params |= {"source": csv_path, "label": "label", "train_steps": args.train_steps,
-               "num_shards": 4, "version": 1}
+    params |= {
+        "source": csv_path,
+        "label": "label",
+        "train_steps": args.train_steps,
+        "num_shards": 4,
+        "model_version": "1",
+    }
     outputs = _run(params, os.path.join(work, "pipeline-root"), args.runner, args.verbose)
     import json
 
@@ -224,5 +230,8 @@ def _show_predictions(saved_model: str, data_dir: str, n: int = 3) -> None:
         probs = ", ".join(f"{p:.3f}" for p in out["probabilities"][i].numpy())
         log.info(
             "demo: prediction for eval row %d: class %d (true %d), probabilities [%s]",
-            i, int(out["class_ids"][i]), true, probs,
+            i,
+            int(out["class_ids"][i]),
+            true,
+            probs,
         )

@@ -12,7 +12,9 @@ def _hidden(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
     if any(s < 1 for s in sizes):
         raise argparse.ArgumentTypeError("hidden sizes must be positive")
     return sizes
@@ -118,8 +120,14 @@ def _preprocess(args) -> int:
     log.info(
         "preprocess: %d rows (train %d, eval %d) in %.1f s, %.0f rows/s; %s task, %d features\n"
         "  -> %s",
-        r.rows, r.train_rows, r.eval_rows, r.seconds, r.rows_per_second, r.schema.task,
-        len(r.schema.features), r.output,
+        r.rows,
+        r.train_rows,
+        r.eval_rows,
+        r.seconds,
+        r.rows_per_second,
+        r.schema.task,
+        len(r.schema.features),
+        r.output,
     )
     return 0
 
@@ -147,14 +155,17 @@ def _train(args) -> int:
         )
     )
     m = r.metrics
-    quality = (
-        f"accuracy {m['accuracy']:.4f}" if "accuracy" in m else f"mse {m.get('mse', 0):.5f}"
-    )
+    quality = f"accuracy {m['accuracy']:.4f}" if "accuracy" in m else f"mse {m.get('mse', 0):.5f}"
     log.info(
-        "train: steps %d -> %d (%d run) in %.1f s, %.0f examples/s; eval loss %.5f, %s\n"
-        "  -> %s",
-        r.start_step, r.final_step, r.steps_run, r.seconds, r.examples_per_second,
-        m.get("loss", float("nan")), quality, r.model_dir,
+        "train: steps %d -> %d (%d run) in %.1f s, %.0f examples/s; eval loss %.5f, %s\n  -> %s",
+        r.start_step,
+        r.final_step,
+        r.steps_run,
+        r.seconds,
+        r.examples_per_second,
+        m.get("loss", float("nan")),
+        quality,
+        r.model_dir,
     )
     return 0
 
@@ -174,7 +185,11 @@ def _export(args) -> int:
     log.info(
         "export: version %d from %s, verified on %d examples (max diff %.2g); signatures %s\n"
         "  -> %s",
-        r.version, r.checkpoint, r.verified_examples, r.max_abs_diff, ", ".join(r.signatures),
+        r.version,
+        r.checkpoint,
+        r.verified_examples,
+        r.max_abs_diff,
+        ", ".join(r.signatures),
         r.path,
     )
     return 0

@@ -1,0 +1,190 @@
+"""``tfpipes tfjob`` (a Kubeflow TFJob manifest) and ``tfpipes local-cluster`` (the same cluster
+as processes on 127.0.0.1). Both run ``tfpipes train <args after -->`` in every task."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from tfpipes.errors import UserError
+
+_TFJOB_EPILOG = """\
+Example:
+  tfpipes tfjob --workers 2 --ps 2 --image gcr.io/p/tfpipes:0.1 --gcs-secret gcs-sa \\
+      -- --data gs://b/data --model-dir gs://b/model | kubectl apply -f -
+
+Exit codes of `tfpipes train` under --restart-policy ExitCode: 1-127 fail the job
+(2 = user error), >= 128 restart the pod (138 = peer unreachable or preempted).
+See docs/distributed.md."""
+
+_LOCAL_EPILOG = """\
+Examples:
+  tfpipes local-cluster --workers 2 -- --data out/data --model-dir out/model
+  tfpipes local-cluster --workers 2 --ps 1 -- --data out/data --model-dir out/model
+  tfpipes local-cluster --workers 2 --full-command -- python my_script.py
+
+Exit code: 0 when the chief (or, without --ps, every worker) exits 0; otherwise the failed
+task's code (128+N if killed by signal N), 124 on --timeout. See docs/distributed.md."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    tfjob = subparsers.add_parser(
+        "tfjob",
+        help="print a Kubeflow TFJob manifest that runs `tfpipes train`",
+        description=(
+            "Print a Kubeflow TFJob (kubeflow.org/v1) manifest as YAML: Chief/Worker/PS "
+            "replicas each running `tfpipes train <arguments after -->` in a container named "
+            "`tensorflow`."
+        ),
+        epilog=_TFJOB_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tfjob.add_argument("--workers", type=int, default=1, metavar="N", help="workers (default 1)")
+    tfjob.add_argument(
+        "--ps", type=int, default=0, metavar="M", help="parameter servers (default 0: MWMS)"
+    )
+    tfjob.add_argument(
+        "--chief",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add a Chief replica (default: only when --ps > 0, which requires one)",
+    )
+    tfjob.add_argument(
+        "--gpus-per-worker",
+        type=int,
+        default=0,
+        metavar="G",
+        help="nvidia.com/gpu limit for each worker and the chief (default 0)",
+    )
+    tfjob.add_argument("--image", required=True, help="container image with tfpipes installed")
+    tfjob.add_argument("--name", default="tfpipes-train", help="job name (default tfpipes-train)")
+    tfjob.add_argument("--namespace", help="Kubernetes namespace (default: kubectl's current)")
+    tfjob.add_argument("--cpu", help="CPU request per replica, e.g. 4 or 500m")
+    tfjob.add_argument("--memory", help="memory request and limit per replica, e.g. 16Gi")
+    tfjob.add_argument(
+        "--gcs-secret",
+        metavar="SECRET_NAME",
+        help="Kubernetes secret with a service-account key, mounted at /var/secrets/google",
+    )
+    tfjob.add_argument(
+        "--gcs-secret-key",
+        default="key.json",
+        metavar="KEY",
+        help="file name of the key inside the secret (default key.json)",
+    )
+    tfjob.add_argument(
+        "--restart-policy",
+        choices=["ExitCode", "OnFailure"],
+        default="ExitCode",
+        help="ExitCode (default): restart on exit codes >= 128 only; OnFailure: on any failure",
+    )
+    tfjob.add_argument(
+        "--backoff-limit", type=int, default=3, metavar="K", help="restarts before the job fails"
+    )
+    tfjob.add_argument(
+        "train_args", nargs="*", metavar="-- TRAIN_ARGS", help="arguments for `tfpipes train`"
+    )
+    tfjob.set_defaults(handler=run_tfjob)
+
+    local = subparsers.add_parser(
+        "local-cluster",
+        help="run `tfpipes train` as a multi-process cluster on 127.0.0.1",
+        description=(
+            "Start the chief, workers and parameter servers as local processes with the "
+            "TF_CONFIG the Kubeflow Training Operator would give them, stream their output "
+            "prefixed by task, and stop them all when the job is decided."
+        ),
+        epilog=_LOCAL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    local.add_argument("--workers", type=int, default=2, metavar="N", help="workers (default 2)")
+    local.add_argument(
+        "--ps", type=int, default=0, metavar="M", help="parameter servers (implies --chief)"
+    )
+    local.add_argument("--chief", action="store_true", help="add a chief task")
+    local.add_argument(
+        "--timeout", type=float, default=None, metavar="S", help="bound on the whole run (seconds)"
+    )
+    local.add_argument(
+        "--grace",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds between SIGTERM and SIGKILL when stopping tasks (default 5)",
+    )
+    local.add_argument(
+        "--full-command",
+        action="store_true",
+        help="run the arguments after -- as the whole command instead of `tfpipes train ...`",
+    )
+    local.add_argument("args", nargs="*", metavar="-- ARGS", help="arguments for `tfpipes train`")
+    local.set_defaults(handler=run_local_cluster)
+
+
+def run_tfjob(args: argparse.Namespace) -> int:
+    from tfpipes.tfjob import TFJobSpec, build_tfjob, render_yaml
+
+    spec = TFJobSpec(
+        image=args.image,
+        workers=args.workers,
+        ps=args.ps,
+        chief=args.chief,
+        gpus_per_worker=args.gpus_per_worker,
+        name=args.name,
+        namespace=args.namespace,
+        cpu=args.cpu,
+        memory=args.memory,
+        gcs_secret=args.gcs_secret,
+        gcs_secret_key=args.gcs_secret_key,
+        restart_policy=args.restart_policy,
+        backoff_limit=args.backoff_limit,
+        train_args=tuple(args.train_args),
+    )
+    sys.stdout.write(render_yaml(build_tfjob(spec)))
+    return 0
+
+
+def run_local_cluster(args: argparse.Namespace) -> int:
+    from tfpipes import local_cluster
+
+    if args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    if args.ps < 0:
+        raise UserError(f"--ps must be >= 0, got {args.ps}")
+    if args.timeout is not None and args.timeout <= 0:
+        raise UserError(f"--timeout must be > 0, got {args.timeout:g}")
+    if args.grace < 0:
+        raise UserError(f"--grace must be >= 0, got {args.grace:g}")
+    env = {}
+    if args.full_command:
+        if not args.args:
+            raise UserError("--full-command needs a command after --")
+        argv = list(args.args)
+
+        def argv_for_task(task_type: str, index: int) -> list[str]:
+            return argv
+    else:
+        argv_for_task = local_cluster.default_train_argv(args.args)
+        # Let `python -m tfpipes.cli` in the tasks import this very tfpipes, installed or not.
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    try:
+        result = local_cluster.run_cluster(
+            argv_for_task,
+            workers=args.workers,
+            ps=args.ps,
+            chief=args.chief or args.ps > 0,
+            timeout=args.timeout,
+            env=env,
+            grace=args.grace,
+        )
+    except FileNotFoundError as e:
+        raise UserError(f"cannot start the task command: {e}") from None
+    except local_cluster.LauncherTerminated as e:
+        print(f"tfpipes local-cluster: {e}; all tasks stopped", file=sys.stderr)
+        return 128 + e.signum
+    if result.exit_code != 0:
+        print(f"tfpipes local-cluster: {result.message}", file=sys.stderr)
+    return result.exit_code

@@ -1,0 +1,220 @@
+"""Kubeflow TFJob (kubeflow.org/v1) manifests that run ``tfpipes train`` on a cluster.
+
+:func:`build_tfjob` is a pure function from a :class:`TFJobSpec` to the manifest as a dict;
+:func:`render_yaml` turns it into the text ``kubectl apply -f -`` reads. The Training Operator
+then starts one pod per replica and gives each a ``TF_CONFIG`` of the shape
+:mod:`tfpipes.local_cluster` reproduces on 127.0.0.1 (see ``docs/distributed.md``).
+
+The exit-code convention below is the contract between the trainer and the operator's
+``restartPolicy: ExitCode``: the operator recreates a pod whose container exited with a code
+>= 128 (retryable) and fails the job on 1-127 (permanent).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from tfpipes.errors import EXIT_RETRYABLE, UserError
+
+# Exit codes of `tfpipes train` (and of `tfpipes local-cluster`, which passes them through).
+EXIT_OK = 0
+EXIT_FAILURE = 1  # a bug: permanent, the traceback is in the pod log
+# EXIT_USER_ERROR (2): a UserError: bad flag, missing file, schema mismatch; permanent.
+# EXIT_RETRYABLE (138): a peer unreachable, preempted, storage briefly unavailable; retryable.
+RETRYABLE_MIN = 128  # the Training Operator's ExitCode policy retries codes >= this
+
+
+def is_retryable(exit_code: int) -> bool:
+    """Whether the Training Operator's ``ExitCode`` restart policy restarts this exit code."""
+    return exit_code >= RETRYABLE_MIN
+
+
+API_VERSION = "kubeflow.org/v1"
+KIND = "TFJob"
+# The Training Operator finds the TensorFlow container by this name (and adds TF_CONFIG to it).
+CONTAINER_NAME = "tensorflow"
+RESTART_POLICIES = ("ExitCode", "OnFailure")
+SECRET_MOUNT_PATH = "/var/secrets/google"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+# Services are named <job>-<replica type>-<index> and must be DNS-1035 labels (<= 63, start
+# with a letter); the operator's webhook rejects job names that are not.
+_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+# The Kubernetes resource.Quantity syntax, as the CRD's schema spells it.
+_QUANTITY = re.compile(
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+
+
+@dataclass(frozen=True)
+class TFJobSpec:
+    """What ``tfpipes tfjob`` asks for; :func:`build_tfjob` checks it.
+
+    ``chief=None`` means: a Chief when ``ps > 0`` (ParameterServerStrategy needs a coordinator),
+    none otherwise (MultiWorkerMirroredStrategy makes worker 0 the chief).
+    """
+
+    image: str
+    workers: int = 1
+    ps: int = 0
+    chief: bool | None = None
+    gpus_per_worker: int = 0
+    name: str = "tfpipes-train"
+    namespace: str | None = None
+    cpu: str | None = None
+    memory: str | None = None
+    gcs_secret: str | None = None
+    gcs_secret_key: str = "key.json"
+    restart_policy: str = "ExitCode"
+    backoff_limit: int = 3
+    train_args: tuple[str, ...] = field(default_factory=tuple)
+
+
+def validate(spec: TFJobSpec) -> None:
+    """Raise :class:`UserError` naming the flag if ``spec`` cannot become a valid TFJob."""
+    if spec.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {spec.workers}")
+    if spec.ps < 0:
+        raise UserError(f"--ps must be >= 0, got {spec.ps}")
+    if spec.gpus_per_worker < 0:
+        raise UserError(f"--gpus-per-worker must be >= 0, got {spec.gpus_per_worker}")
+    if spec.backoff_limit < 0:
+        raise UserError(f"--backoff-limit must be >= 0, got {spec.backoff_limit}")
+    if spec.ps > 0 and spec.chief is False:
+        raise UserError(
+            "--no-chief cannot be used with --ps > 0: ParameterServerStrategy needs a chief"
+        )
+    if spec.restart_policy not in RESTART_POLICIES:
+        raise UserError(
+            f"--restart-policy must be one of {', '.join(RESTART_POLICIES)}, "
+            f"got {spec.restart_policy!r}"
+        )
+    if not spec.image or any(c.isspace() for c in spec.image):
+        raise UserError(
+            f"--image must be a non-empty image reference without spaces, got {spec.image!r}"
+        )
+    longest = f"{spec.name}-worker-{max(spec.workers, spec.ps) - 1}"
+    if not _DNS1035_LABEL.match(spec.name) or len(longest) > 63:
+        raise UserError(
+            f"--name {spec.name!r} must be a DNS-1035 label (lower-case letters, digits and '-', "
+            f"starting with a letter) short enough that {longest!r} fits in 63 characters"
+        )
+    if spec.namespace is not None and (
+        not _DNS1123_LABEL.match(spec.namespace) or len(spec.namespace) > 63
+    ):
+        raise UserError(
+            f"--namespace {spec.namespace!r} must be a DNS-1123 label "
+            "(lower-case letters, digits and '-', at most 63 characters)"
+        )
+    if spec.gcs_secret is not None:
+        if not _DNS1123_SUBDOMAIN.match(spec.gcs_secret) or len(spec.gcs_secret) > 253:
+            raise UserError(
+                f"--gcs-secret {spec.gcs_secret!r} must be a DNS-1123 subdomain "
+                "(lower-case letters, digits, '-' and '.')"
+            )
+        if not _SECRET_KEY.match(spec.gcs_secret_key):
+            raise UserError(f"--gcs-secret-key {spec.gcs_secret_key!r} is not a valid secret key")
+    for flag, value in (("--cpu", spec.cpu), ("--memory", spec.memory)):
+        if value is not None and not _QUANTITY.match(value):
+            raise UserError(f"{flag} {value!r} is not a Kubernetes quantity (e.g. 4, 500m, 16Gi)")
+
+
+def _container(spec: TFJobSpec, gpus: int) -> dict:
+    container: dict = {
+        "name": CONTAINER_NAME,
+        "image": spec.image,
+        "command": ["tfpipes", "train", *spec.train_args],
+        # Unbuffered so that `kubectl logs` shows progress lines as they happen.
+        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
+    }
+    requests: dict = {}
+    limits: dict = {}
+    if spec.cpu is not None:
+        requests["cpu"] = spec.cpu
+    if spec.memory is not None:
+        # A memory limit equal to the request: an OOM kill then shows as exit 137 (retryable)
+        # on this pod instead of evicting a neighbour.
+        requests["memory"] = limits["memory"] = spec.memory
+    if gpus > 0:
+        limits[GPU_RESOURCE] = gpus
+    if requests or limits:
+        container["resources"] = {
+            k: v for k, v in (("requests", requests), ("limits", limits)) if v
+        }
+    if spec.gcs_secret is not None:
+        container["env"].append(
+            {
+                "name": "GOOGLE_APPLICATION_CREDENTIALS",
+                "value": f"{SECRET_MOUNT_PATH}/{spec.gcs_secret_key}",
+            }
+        )
+        container["volumeMounts"] = [
+            {"name": "gcs-credentials", "mountPath": SECRET_MOUNT_PATH, "readOnly": True}
+        ]
+    return container
+
+
+def _replica(spec: TFJobSpec, replicas: int, gpus: int) -> dict:
+    pod_spec: dict = {"containers": [_container(spec, gpus)]}
+    if spec.gcs_secret is not None:
+        pod_spec["volumes"] = [
+            {"name": "gcs-credentials", "secret": {"secretName": spec.gcs_secret}}
+        ]
+    return {
+        "replicas": replicas,
+        "restartPolicy": spec.restart_policy,
+        "template": {"spec": pod_spec},
+    }
+
+
+def build_tfjob(spec: TFJobSpec) -> dict:
+    """Return the TFJob manifest for ``spec`` as plain dicts and lists (YAML/JSON ready).
+
+    Replica types are ``Chief``, ``Worker`` and ``PS``, never ``Master``: TF2's
+    MultiWorkerMirroredStrategy and ParameterServerStrategy do not accept a "master" task.
+    Workers and the chief get ``spec.gpus_per_worker`` GPUs; parameter servers none.
+    ``cleanPodPolicy: Running`` makes the operator delete the parameter servers (which never
+    exit on their own) once the job ends. Raises :class:`UserError` on an invalid spec.
+    """
+    validate(spec)
+    chief = spec.ps > 0 if spec.chief is None else spec.chief
+    replica_specs: dict = {}
+    if chief:
+        replica_specs["Chief"] = _replica(spec, 1, spec.gpus_per_worker)
+    replica_specs["Worker"] = _replica(spec, spec.workers, spec.gpus_per_worker)
+    if spec.ps > 0:
+        replica_specs["PS"] = _replica(spec, spec.ps, 0)
+    metadata: dict = {
+        "name": spec.name,
+        "labels": {"app.kubernetes.io/name": "tfpipes", "app.kubernetes.io/component": "train"},
+    }
+    if spec.namespace is not None:
+        metadata["namespace"] = spec.namespace
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": metadata,
+        "spec": {
+            "runPolicy": {"cleanPodPolicy": "Running", "backoffLimit": spec.backoff_limit},
+            "tfReplicaSpecs": replica_specs,
+        },
+    }
+
+
+def render_yaml(manifest: dict) -> str:
+    """The manifest as a YAML document, keys in the order they were built."""
+    import yaml  # only the tfjob command needs it
+
+    header = (
+        "# Generated by `tfpipes tfjob`. Exit codes of `tfpipes train`: 0 ok, 1-127 permanent "
+        f"(2 = user error), >= {RETRYABLE_MIN} retryable ({EXIT_RETRYABLE} = peer unreachable "
+        "or preempted).\n"
+    )
+    return header + yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False)
