@@ -5,6 +5,6 @@ one library call, artifacts and metadata out. They run in the tfpipes image (``b
 with ``install_kfp_package=False``: nothing is pip-installed at run time.
 """
 
-from tfpipes_components.steps import export_op, preprocess_op, train_op
+from tfpipes_components.steps import export_op, fingerprint_op, preprocess_op, train_op
 
-__all__ = ["preprocess_op", "train_op", "export_op"]
+__all__ = ["fingerprint_op", "preprocess_op", "train_op", "export_op"]

@@ -23,6 +23,35 @@ IMAGE = os.environ.get("TFPIPES_IMAGE", f"tfpipes:{__version__}")
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
+def fingerprint_op(
+    source: str,
+    label: str,
+    eval_fraction: float,
+    num_shards: int,
+    cache_index: str = "",
+) -> str:
+    """The cache key of preprocess: a hash of the input bytes and the parameters, salted when
+    the output cached under it no longer exists (see tfpipes.cache). Never cached itself."""
+    import sys
+
+    from tfpipes import cache, storage
+    from tfpipes.errors import UserError
+    from tfpipes.preprocess import source_fingerprint
+
+    try:
+        files = storage.match_files(source, (".csv", ".csv.gz", ".parquet", ".txt", ".tsv"))
+        if not files:
+            raise UserError(f"{source}: no input files")
+        params = {"label": label, "eval_fraction": eval_fraction, "num_shards": num_shards}
+        key, why = cache.lookup_key(cache_index, cache.cache_key(source_fingerprint(files), params))
+    except UserError as e:
+        print(f"fingerprint: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    print(f"fingerprint: {key} ({why})")
+    return key
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def preprocess_op(
     source: str,
     label: str,
@@ -30,8 +59,13 @@ def preprocess_op(
     eval_fraction: float = 0.2,
     num_shards: int = 8,
     compression: str = "",
+    content_key: str = "",
+    cache_index: str = "",
 ):
-    """CSV at ``source`` (file, glob, directory or gs:// prefix) -> the ``examples`` data set."""
+    """CSV at ``source`` (file, glob, directory or gs:// prefix) -> the ``examples`` data set.
+
+    ``content_key`` (from fingerprint_op) is part of KFP's cache key, so the cache is reused
+    only for the same input content; the output is recorded under it in ``cache_index``."""
     import sys
 
     from tfpipes.errors import UserError
@@ -60,8 +94,13 @@ def preprocess_op(
             "eval_rows": r.eval_rows,
             "task": r.schema.task,
             "source_hash": r.source_hash,
+            "content_key": content_key,
         }
     )
+    if content_key:
+        from tfpipes import cache
+
+        cache.record(cache_index, content_key, examples.uri)
     print(f"preprocess: {r.rows} rows ({r.rows_per_second:.0f}/s) -> {examples.path}")
 
 

@@ -1,14 +1,39 @@
-"""preprocess -> train -> export as one KFP v2 pipeline; compile it or run it with kfp.local."""
+"""preprocess -> train -> export as one KFP v2 pipeline; compile it or run it with kfp.local.
 
+Structural choices (GPUs, node selectors, tolerations, the storage credentials secret) are
+compile-time :class:`PipelineOptions`; sizes that change per run (CPU and memory requests) are
+pipeline parameters.
+"""
+
+import dataclasses
+import json
 import os
 import warnings
 from typing import NamedTuple
 
-from kfp import compiler, dsl
+from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Dataset, Metrics, Model
-from tfpipes_components import export_op, preprocess_op, train_op
+from tfpipes_components import export_op, fingerprint_op, preprocess_op, train_op
 
 PIPELINE_NAME = "tfpipes-training"
+GCS_KEY_MOUNT = "/var/secrets/google"
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineOptions:
+    """Compile-time choices for the cluster the pipeline runs on.
+
+    train_gpus / gpu_type: accelerators of the train step (``nvidia.com/gpu`` on plain
+    Kubernetes; e.g. ``NVIDIA_TESLA_T4`` on Vertex AI). node_selector / tolerations: where the
+    train step may run. gcs_secret: a Kubernetes secret holding a service-account ``key.json``,
+    mounted into every step with ``GOOGLE_APPLICATION_CREDENTIALS`` pointing at it.
+    """
+
+    train_gpus: int = 0
+    gpu_type: str = "nvidia.com/gpu"
+    node_selector: tuple[tuple[str, str], ...] = ()
+    tolerations: tuple[dict, ...] = ()
+    gcs_secret: str = ""
 
 
 class TrainingOutputs(NamedTuple):
@@ -18,63 +43,129 @@ class TrainingOutputs(NamedTuple):
     exported: Model
 
 
-@dsl.pipeline(
-    name=PIPELINE_NAME,
-    description="CSV -> TFRecords (schema, stats, split) -> custom-loop training -> SavedModel",
-)
-def training_pipeline(
-    source: str,
-    label: str,
-    model_name: str = "mlp",
-    hidden: str = "64,32",
-    optimizer: str = "",
-    learning_rate: float = 0.0,
-    batch_size: int = 64,
-    train_steps: int = 1000,
-    eval_fraction: float = 0.2,
-    num_shards: int = 8,
-    checkpoint_dir: str = "",
-    model_version: str = "",
-    publish_base: str = "",
-) -> TrainingOutputs:
-    """``model_version``: the exported version number; empty: the export time in epoch
-    seconds. Recurring runs pass ``[[ScheduledTime]]`` (YYYYMMDDhhmmss, UTC), so each
-    scheduled retrain publishes a version named after its schedule time."""
-    pre = preprocess_op(
-        source=source, label=label, eval_fraction=eval_fraction, num_shards=num_shards
+def build_pipeline(options: PipelineOptions = PipelineOptions()):
+    """The pipeline function for ``options`` (a ``@dsl.pipeline``)."""
+
+    def platform(task, is_train: bool = False):
+        if options.gcs_secret:
+            kubernetes.use_secret_as_volume(
+                task, secret_name=options.gcs_secret, mount_path=GCS_KEY_MOUNT
+            )
+            task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{GCS_KEY_MOUNT}/key.json")
+        if is_train:
+            if options.train_gpus:
+                task.set_accelerator_type(options.gpu_type)
+                task.set_accelerator_limit(options.train_gpus)
+            for key, value in options.node_selector:
+                kubernetes.add_node_selector(task, label_key=key, label_value=value)
+            for tol in options.tolerations:
+                kubernetes.add_toleration(task, **tol)
+        return task
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="CSV -> TFRecords (schema, stats, split) -> custom-loop training -> SavedModel",
     )
-    tr = train_op(
-        examples=pre.outputs["examples"],
-        model_name=model_name,
-        hidden=hidden,
-        optimizer=optimizer,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        train_steps=train_steps,
-        checkpoint_dir=checkpoint_dir,
-    )
-    # Training is not cached: the same inputs may be retrained on purpose (a new seed, a
-    # checkpoint directory that moved on); KFP's cache key would not see that.
-    tr.set_caching_options(False)
-    ex = export_op(
-        model=tr.outputs["model"],
-        examples=pre.outputs["examples"],
-        version=model_version,
-        publish_base=publish_base,
-    )
-    ex.set_caching_options(False)
-    return TrainingOutputs(
-        examples=pre.outputs["examples"],
-        model=tr.outputs["model"],
-        metrics=tr.outputs["metrics"],
-        exported=ex.outputs["exported"],
-    )
+    def training_pipeline(
+        source: str,
+        label: str,
+        model_name: str = "mlp",
+        hidden: str = "64,32",
+        optimizer: str = "",
+        learning_rate: float = 0.0,
+        batch_size: int = 64,
+        train_steps: int = 1000,
+        eval_fraction: float = 0.2,
+        num_shards: int = 8,
+        checkpoint_dir: str = "",
+        model_version: str = "",
+        publish_base: str = "",
+        cache_index: str = "",
+        train_cpu_request: str = "1",
+        train_memory_request: str = "2Gi",
+    ) -> TrainingOutputs:
+        """``model_version``: the exported version number; empty: the export time in epoch
+        seconds. Recurring runs pass ``[[ScheduledTime]]`` (YYYYMMDDhhmmss, UTC), so each
+        scheduled retrain publishes a version named after its schedule time.
+        ``cache_index``: a folder (gs://...) where preprocess outputs are indexed by content.
+        """
+        fp = platform(
+            fingerprint_op(
+                source=source,
+                label=label,
+                eval_fraction=eval_fraction,
+                num_shards=num_shards,
+                cache_index=cache_index,
+            )
+        )
+        fp.set_caching_options(False)  # it must look at the data every time
+        pre = platform(
+            preprocess_op(
+                source=source,
+                label=label,
+                eval_fraction=eval_fraction,
+                num_shards=num_shards,
+                content_key=fp.output,
+                cache_index=cache_index,
+            )
+        )
+        pre.set_caching_options(True)  # keyed by content_key: reused only for the same bytes
+        tr = platform(
+            train_op(
+                examples=pre.outputs["examples"],
+                model_name=model_name,
+                hidden=hidden,
+                optimizer=optimizer,
+                learning_rate=learning_rate,
+                batch_size=batch_size,
+                train_steps=train_steps,
+                checkpoint_dir=checkpoint_dir,
+            ),
+            is_train=True,
+        )
+        tr.set_cpu_request(train_cpu_request)
+        tr.set_memory_request(train_memory_request)
+        # Training is not cached: the same inputs may be retrained on purpose (a new seed, a
+        # checkpoint directory that moved on); KFP's cache key would not see that.
+        tr.set_caching_options(False)
+        ex = platform(
+            export_op(
+                model=tr.outputs["model"],
+                examples=pre.outputs["examples"],
+                version=model_version,
+                publish_base=publish_base,
+            )
+        )
+        ex.set_caching_options(False)
+        return TrainingOutputs(
+            examples=pre.outputs["examples"],
+            model=tr.outputs["model"],
+            metrics=tr.outputs["metrics"],
+            exported=ex.outputs["exported"],
+        )
+
+    return training_pipeline
 
 
-def compile_pipeline(path: str) -> str:
+training_pipeline = build_pipeline()
+
+
+def compile_pipeline(path: str, options: PipelineOptions = PipelineOptions()) -> str:
     """Write the pipeline spec (YAML) to ``path``; returns the path."""
-    compiler.Compiler().compile(training_pipeline, package_path=path)
+    compiler.Compiler().compile(build_pipeline(options), package_path=path)
     return path
+
+
+def parse_toleration(text: str) -> dict:
+    """``key=value:Effect`` or ``key:Effect`` (kubectl's taint syntax) or a JSON object."""
+    if text.lstrip().startswith("{"):
+        return json.loads(text)
+    kv, _, effect = text.partition(":")
+    key, _, value = kv.partition("=")
+    tol = {"key": key, "operator": "Equal" if value else "Exists", "effect": effect or None}
+    if value:
+        tol["value"] = value
+    return {k: v for k, v in tol.items() if v is not None}
 
 
 def run_local(params: dict, pipeline_root: str, runner: str = "subprocess") -> dict[str, str]:

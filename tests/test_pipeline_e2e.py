@@ -280,7 +280,12 @@ def test_compile_and_run_local(outside_dir):
     _ok(run_tfpipes("compile", "-o", "pipeline.yaml", cwd=d, timeout=120))
     spec = yaml.safe_load(open(os.path.join(d, "pipeline.yaml")))
     assert spec["pipelineInfo"]["name"] == "tfpipes-training"
-    assert set(spec["root"]["dag"]["tasks"]) == {"preprocess-op", "train-op", "export-op"}
+    assert set(spec["root"]["dag"]["tasks"]) == {
+        "fingerprint-op",
+        "preprocess-op",
+        "train-op",
+        "export-op",
+    }
     loaded = components.load_component_from_file(os.path.join(d, "pipeline.yaml"))
     assert {"source", "label", "train_steps"} <= set(loaded.component_spec.inputs)
     for name in ("preprocess-op", "train-op", "export-op"):

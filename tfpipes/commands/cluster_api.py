@@ -84,6 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME=VALUE",
         help="a pipeline parameter; repeat for more (values are converted to declared types)",
     )
+    from tfpipes.commands.pipeline import add_cluster_options
+
+    add_cluster_options(pipeline)
 
     placement = argparse.ArgumentParser(add_help=False)
     placement.add_argument(
@@ -227,7 +230,9 @@ def _package(args: argparse.Namespace) -> Iterator:
         ) from None
     with tempfile.TemporaryDirectory(prefix="tfpipes-submit-") as tmp:
         path = Path(tmp) / "pipeline.yaml"
-        training.compile_pipeline(str(path))
+        from tfpipes.commands.pipeline import options_from_args
+
+        training.compile_pipeline(str(path), options_from_args(args))
         yield client.read_package(path)
 
 

@@ -24,6 +24,60 @@ PIPELINE_PARAMS = (
 )
 
 
+def add_cluster_options(p: argparse.ArgumentParser) -> None:
+    """Compile-time cluster options (GPUs, placement, credentials) for compile/submit/schedule."""
+    g = p.add_argument_group("cluster options (compiled into the pipeline)")
+    g.add_argument("--train-gpus", type=int, default=0, help="GPUs for the train step (0)")
+    g.add_argument("--gpu-type", default="nvidia.com/gpu", help="accelerator type/resource")
+    g.add_argument(
+        "--node-selector",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="node label the train step requires; repeat for more",
+    )
+    g.add_argument(
+        "--toleration",
+        action="append",
+        default=[],
+        metavar="KEY[=VALUE]:EFFECT",
+        help="taint the train step tolerates (kubectl syntax, or JSON); repeat for more",
+    )
+    g.add_argument(
+        "--gcs-secret",
+        default="",
+        metavar="NAME",
+        help="Kubernetes secret with a service-account key.json, mounted into every step",
+    )
+
+
+def options_from_args(args):
+    """:class:`PipelineOptions` from :func:`add_cluster_options` flags (UserError if bad)."""
+    from tfpipes_pipelines.training import PipelineOptions, parse_toleration
+
+    from tfpipes.errors import UserError
+
+    if args.train_gpus < 0:
+        raise UserError("--train-gpus must be >= 0")
+    selectors = []
+    for item in args.node_selector:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--node-selector {item!r}: expected KEY=VALUE")
+        selectors.append((key, value))
+    try:
+        tolerations = tuple(parse_toleration(t) for t in args.toleration)
+    except ValueError as e:
+        raise UserError(f"--toleration: {e}") from None
+    return PipelineOptions(
+        train_gpus=args.train_gpus,
+        gpu_type=args.gpu_type,
+        node_selector=tuple(selectors),
+        tolerations=tolerations,
+        gcs_secret=args.gcs_secret,
+    )
+
+
 def _add_pipeline_params(p: argparse.ArgumentParser) -> None:
     for flag, dest, typ, default, help_ in PIPELINE_PARAMS:
         p.add_argument(flag, dest=dest, type=typ, default=default, help=f"{help_} ({default!r})")
@@ -39,6 +93,7 @@ def register(sub) -> None:
         formatter_class=fmt,
     )
     c.add_argument("-o", "--output", default="pipeline.yaml", help="output path (pipeline.yaml)")
+    add_cluster_options(c)
     c.set_defaults(handler=_compile)
 
     r = sub.add_parser(
@@ -84,7 +139,7 @@ def _params(args) -> dict:
 def _compile(args) -> int:
     from tfpipes_pipelines.training import compile_pipeline
 
-    compile_pipeline(args.output)
+    compile_pipeline(args.output, options_from_args(args))
     log.info("compile: pipeline spec -> %s", os.path.abspath(args.output))
     return 0
 

@@ -1,0 +1,102 @@
+"""The compiled pipeline: resources, placement, credentials and caching as KFP will see them."""
+
+import os
+
+import pytest
+import yaml
+
+from tfpipes import cache
+from tfpipes_pipelines.training import PipelineOptions, compile_pipeline, parse_toleration
+
+
+def _compiled(tmp_path, options=PipelineOptions()):
+    path = str(tmp_path / "p.yaml")
+    compile_pipeline(path, options)
+    docs = list(yaml.safe_load_all(open(path)))
+    return docs[0], (docs[1] if len(docs) > 1 else {})
+
+
+def test_caching_resources_and_placement(tmp_path):
+    opts = PipelineOptions(
+        train_gpus=2,
+        gpu_type="nvidia.com/gpu",
+        node_selector=(("pool", "gpu"),),
+        tolerations=(parse_toleration("nvidia.com/gpu=present:NoSchedule"),),
+        gcs_secret="gcs-key",
+    )
+    spec, platform = _compiled(tmp_path, opts)
+    tasks = spec["root"]["dag"]["tasks"]
+    assert set(tasks) == {"fingerprint-op", "preprocess-op", "train-op", "export-op"}
+    caching = {
+        name: t.get("cachingOptions", {}).get("enableCache", False) for name, t in tasks.items()
+    }
+    assert caching == {
+        "fingerprint-op": False,
+        "preprocess-op": True,
+        "train-op": False,
+        "export-op": False,
+    }
+    # preprocess's cache key includes the content key computed from the data
+    pre_inputs = tasks["preprocess-op"]["inputs"]["parameters"]
+    assert pre_inputs["content_key"]["taskOutputParameter"]["producerTask"] == "fingerprint-op"
+    res = spec["deploymentSpec"]["executors"]["exec-train-op"]["container"]["resources"]
+    assert res["accelerator"]["resourceCount"] == "2"
+    assert res["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert "resourceCpuRequest" in res and "resourceMemoryRequest" in res
+    execs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    train = execs["exec-train-op"]
+    assert train["nodeSelector"]["labels"] == {"pool": "gpu"}
+    assert train["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}
+    ]
+    for name in ("exec-preprocess-op", "exec-train-op", "exec-export-op"):
+        assert execs[name]["secretAsVolume"][0]["secretName"] == "gcs-key"
+        env = spec["deploymentSpec"]["executors"][name]["container"]["env"]
+        assert {
+            "name": "GOOGLE_APPLICATION_CREDENTIALS",
+            "value": "/var/secrets/google/key.json",
+        } in env
+    assert "nodeSelector" not in execs["exec-preprocess-op"]
+
+
+def test_default_pipeline_has_no_gpu_or_platform_config(tmp_path):
+    spec, platform = _compiled(tmp_path)
+    res = spec["deploymentSpec"]["executors"]["exec-train-op"]["container"].get("resources", {})
+    assert "accelerator" not in res
+    assert not platform
+
+
+def test_cache_key_follows_content_and_missing_outputs(tmp_path):
+    from tfpipes.preprocess import source_fingerprint
+
+    a = tmp_path / "a.csv"
+    a.write_text("x,y\n1,0\n")
+    params = {"label": "y", "eval_fraction": 0.2, "num_shards": 2}
+    k1 = cache.cache_key(source_fingerprint([str(a)]), params)
+    assert k1 == cache.cache_key(source_fingerprint([str(a)]), params)
+    a.write_text("x,y\n1,1\n")  # same size, other bytes
+    k2 = cache.cache_key(source_fingerprint([str(a)]), params)
+    assert k2 != k1
+    assert cache.cache_key(source_fingerprint([str(a)]), {**params, "num_shards": 3}) != k2
+    index = tmp_path / "index"
+    assert cache.lookup_key(str(index), k2) == (k2, "new content")
+    out = tmp_path / "out"
+    os.makedirs(out)
+    (out / "manifest.json").write_text("{}")
+    cache.record(str(index), k2, str(out))
+    assert cache.lookup_key(str(index), k2)[0] == k2  # output present: reuse
+    os.remove(out / "manifest.json")
+    salted, why = cache.lookup_key(str(index), k2)
+    assert salted.startswith(k2 + "-rerun-") and "gone" in why
+
+
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("k=v:NoSchedule", {"key": "k", "operator": "Equal", "value": "v", "effect": "NoSchedule"}),
+        ("k:NoExecute", {"key": "k", "operator": "Exists", "effect": "NoExecute"}),
+        ('{"key": "k", "operator": "Exists"}', {"key": "k", "operator": "Exists"}),
+    ],
+)
+def test_parse_toleration(text, want):
+    assert parse_toleration(text) == want
