@@ -23,6 +23,7 @@ setup(
         "keras>=3",
         "numpy",
         "kfp>=2.9,<3",
+        "kfp-kubernetes>=1.4",
         "google-cloud-storage>=2.14",
         "google-crc32c",
         "tqdm",
