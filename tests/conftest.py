@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-pytest_plugins = ["tests.gcs_fixtures", "tests.kfp_api_server"]
+pytest_plugins = ["tests.gcs_fixtures", "tests.kfp_api_server", "tests.docker_fixtures"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -95,6 +95,7 @@ def test_wheel_holds_library_components_and_pipelines(tmp_path):
     for required in (
         "tfpipes/cli.py",
         "tfpipes/train.py",
+        "tfpipes/commands/steps.py",
         "tfpipes_components/steps.py",
         "tfpipes_pipelines/training.py",
     ):

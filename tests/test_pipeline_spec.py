@@ -4,9 +4,9 @@ import os
 
 import pytest
 import yaml
+from tfpipes_pipelines.training import PipelineOptions, compile_pipeline, parse_toleration
 
 from tfpipes import cache
-from tfpipes_pipelines.training import PipelineOptions, compile_pipeline, parse_toleration
 
 
 def _compiled(tmp_path, options=PipelineOptions()):

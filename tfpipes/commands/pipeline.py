@@ -150,6 +150,8 @@ def _run(params: dict, root: str, runner: str, verbose: int = 0) -> dict[str, st
     from tfpipes.errors import UserError
 
     os.makedirs(root, exist_ok=True)
+    if runner == "docker":
+        _check_image()
     log_path = os.path.join(os.path.abspath(root), "run-local.log")
     with _QuietOutput(log_path, echo_all=verbose > 0) as out:
         try:
@@ -162,10 +164,23 @@ def _run(params: dict, root: str, runner: str, verbose: int = 0) -> dict[str, st
         # reason is in its log.
         reasons = [ln for ln in out.lines if ": error: " in ln]
         raise UserError(f"{(reasons or [error])[-1].strip()} (full log: {log_path})")
-    for name in ("examples", "model", "metrics", "exported"):
+    # kfp.local's Docker runner reports success when an auto-removed container is already
+    # gone; a step is done only when its output is there and committed.
+    committed = {
+        "examples": "manifest.json",
+        "model": os.path.join("checkpoints", "checkpoint"),
+        "metrics": "",
+        "exported": "",
+    }
+    for name, marker in committed.items():
         path = outputs.get(name, "")
-        if not path or not os.path.exists(path):
+        if not path or not os.path.exists(os.path.join(path, marker) if marker else path):
             raise UserError(f"run-local: step output {name!r} is missing at {path or '?'}")
+    if not any(
+        os.path.exists(os.path.join(outputs["exported"], v, "saved_model.pb"))
+        for v in os.listdir(outputs["exported"])
+    ):
+        raise UserError(f"run-local: no SavedModel under {outputs['exported']}")
     return outputs
 
 
@@ -219,6 +234,25 @@ class _QuietOutput:
         self.reader.join(timeout=10)
         self.term.close()
         return False
+
+
+def _check_image() -> None:
+    from tfpipes_components.steps import IMAGE
+
+    from tfpipes.errors import UserError
+
+    try:
+        import docker
+
+        client = docker.from_env()
+        client.images.get(IMAGE)
+    except ImportError:
+        raise UserError("--runner docker needs the docker package: pip install docker") from None
+    except Exception as e:  # docker.errors.ImageNotFound, DockerException (no engine)
+        kind = type(e).__name__
+        if kind == "ImageNotFound":
+            raise UserError(f"image {IMAGE} not found; build it with docker/build.sh") from None
+        raise UserError(f"no Docker engine answers ({kind}); start one first") from None
 
 
 def _run_local(args) -> int:
