@@ -15,7 +15,7 @@ exit code, like the CLI.
 import os
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
 
 from tfpipes import __version__
 
@@ -109,6 +109,7 @@ def train_op(
     examples: Input[Dataset],
     model: Output[Model],
     metrics: Output[Metrics],
+    report: Output[Markdown],
     model_name: str = "mlp",
     hidden: str = "64,32",
     optimizer: str = "",
@@ -117,15 +118,23 @@ def train_op(
     train_steps: int = 1000,
     checkpoint_dir: str = "",
     seed: int = 42,
+    steps_per_loop: int = 50,
+    checkpoint_every: int = 200,
+    cache: bool = False,
+    mixed_precision: bool = False,
+    warm_start_from: str = "",
 ):
-    """Train on ``examples``; checkpoints go to ``checkpoint_dir`` (durable storage, survives a
-    preempted pod) or, when empty, into the ``model`` artifact itself."""
+    """Train on ``examples``. Checkpoints and TensorBoard logs go to ``checkpoint_dir`` (local or
+    gs://: a retried or preempted pod resumes from there) or, when empty, straight to the
+    ``model`` artifact's object-storage URI while training (never only into the artifact's
+    local path, which KFP uploads after the container exits: a preempted pod would lose it).
+    ``report`` links the TensorBoard logs (KFP v2 has no TensorBoard view of its own)."""
     import sys
 
     from tfpipes.errors import UserError
     from tfpipes.train import TrainConfig, train
 
-    model_dir = checkpoint_dir or model.path
+    model_dir = checkpoint_dir or (model.uri if model.uri.startswith("gs://") else model.path)
     try:
         r = train(
             TrainConfig(
@@ -138,6 +147,11 @@ def train_op(
                 batch_size=batch_size,
                 train_steps=train_steps,
                 seed=seed,
+                steps_per_loop=steps_per_loop,
+                checkpoint_every=checkpoint_every,
+                cache=cache,
+                mixed_precision=mixed_precision,
+                warm_start_from=warm_start_from,
                 progress=False,
             )
         )
@@ -158,6 +172,18 @@ def train_op(
 
     with open(metrics.path, "w") as f:
         json.dump(r.metrics, f, indent=2)
+    rows = "".join(
+        f"| {k} | {v:.6g} |\n" for k, v in r.metrics.items() if isinstance(v, (int, float))
+    )
+    with open(report.path, "w") as f:
+        f.write(
+            f"# Training: {model_name}, step {r.start_step} -> {r.final_step}\n\n"
+            f"Model directory: `{model_dir}` (checkpoints, `model_config.json`, "
+            f"`metrics.json`)\n\n"
+            f"TensorBoard (loss, learning rate, examples/s, eval metrics):\n\n"
+            f"```\ntensorboard --logdir {r.logs}\n```\n\n"
+            f"| metric | value |\n|---|---|\n{rows}"
+        )
     print(f"train: step {r.final_step}, {r.examples_per_second:.0f} examples/s -> {model_dir}")
 
 

@@ -100,3 +100,15 @@ def test_cache_key_follows_content_and_missing_outputs(tmp_path):
 )
 def test_parse_toleration(text, want):
     assert parse_toleration(text) == want
+
+
+def test_cli_compiles_the_distributed_variant(tmp_path):
+    from tfpipes.cli import main
+
+    path = str(tmp_path / "d.yaml")
+    assert main(["compile", "--distributed", "-o", path]) == 0
+    spec = yaml.safe_load(open(path))
+    assert spec["pipelineInfo"]["name"] == "tfpipes-distributed-training"
+    assert {"workers", "ps", "gpus_per_worker"} <= set(
+        spec["root"]["inputDefinitions"]["parameters"]
+    )

@@ -5,6 +5,8 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import run_tfpipes
 from tfpipes import manifest
@@ -182,3 +184,253 @@ def test_forced_types(tmp_path):
     with pytest.raises(UserError, match="data.csv:3: column 'b': 'x' is not a number"):
         _run(tmp_path, "a,b,y\n1,2,0\n1,x,1\n", schema_path=str(tmp_path / "types.json"))
     _assert_nothing_written(tmp_path)
+
+
+# ----------------------------------------------------------------------------- formats
+
+
+def _records(out) -> dict[str, list[bytes]]:
+    """Serialized examples per split, read with the TFRecord framing checked (no TensorFlow)."""
+    import gzip
+    import struct
+
+    import google_crc32c
+
+    from tfpipes.example_codec import _mask_crc
+
+    m = manifest.verify_dataset(str(out))
+    got = {}
+    for split in ("train", "eval"):
+        recs = []
+        for rel in m.shard_paths(split):
+            data = (out / rel).read_bytes()
+            if m.compression:
+                data = gzip.decompress(data)  # every gzip member
+            pos = 0
+            while pos < len(data):
+                (n,) = struct.unpack_from("<Q", data, pos)
+                body = data[pos + 12 : pos + 12 + n]
+                (crc,) = struct.unpack_from("<I", data, pos + 12 + n)
+                assert crc == int(_mask_crc(np.array([google_crc32c.value(body)]))[0])
+                recs.append(body)
+                pos += 16 + n
+        got[split] = recs
+    return got
+
+
+def _parse(record: bytes) -> dict:
+    """A tf.train.Example's features as {name: value}, with protobuf (TensorFlow's own class)."""
+    from tensorflow.core.example import example_pb2
+
+    ex = example_pb2.Example.FromString(record)
+    out = {}
+    for k, f in ex.features.feature.items():
+        kind = f.WhichOneof("kind")
+        out[k] = getattr(f, kind).value[0]
+    return out
+
+
+def test_quoted_fields_tsv_crlf_bom_and_directory_input(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "a.csv").write_bytes(
+        b'\xef\xbb\xbfx,note,y\r\n1.5,"a, b",0\r\n2.5,"line1\nline2 ""q""",1\r\n\r\n'
+    )
+    (d / "b.csv").write_bytes(b'x,note,y\n3.5,plain,1\n4.5,"",0\n')
+    (d / "ignored.json").write_text("{}")
+    r = preprocess(PreprocessConfig(str(d), str(tmp_path / "o"), "y", eval_fraction=0.0))
+    assert r.rows == 4 and r.schema.feature_names == ["x", "note"]
+    rows = sorted((_parse(b) for b in _records(tmp_path / "o")["train"]), key=lambda e: e["x"])
+    assert [e["note"] for e in rows] == [b"a, b", b'line1\nline2 "q"', b"plain", b""]
+    assert [e["y"] for e in rows] == [0, 1, 1, 0]
+
+    (tmp_path / "t.tsv").write_text("x\tname\ty\n1\ta,b\t0\n2\tc\t1\n")
+    r = preprocess(PreprocessConfig(str(tmp_path / "t.tsv"), str(tmp_path / "t"), "y"))
+    assert r.rows == 2 and r.schema.feature_names == ["x", "name"]
+
+
+def test_header_mismatch_across_files(tmp_path):
+    (tmp_path / "a.csv").write_text("x,y\n1,0\n")
+    (tmp_path / "b.csv").write_text("x,z\n1,0\n")
+    with pytest.raises(UserError, match=r"b\.csv: columns \['x', 'z'\] differ"):
+        preprocess(PreprocessConfig(str(tmp_path / "*.csv"), str(tmp_path / "out"), "y"))
+    _assert_nothing_written(tmp_path)
+
+
+def test_parquet_input(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 300
+    table = pa.table(
+        {
+            "f": pa.array(np.linspace(0, 1, n), pa.float64()),
+            "i": pa.array(np.arange(n) * 1000, pa.int32()),
+            "flag": pa.array(np.arange(n) % 2 == 0),
+            "cat": pa.array(["a", "bb", "ccc"] * 100).dictionary_encode(),
+            "label": pa.array(np.arange(n) % 3, pa.int64()),
+        }
+    )
+    pq.write_table(table, tmp_path / "d.parquet", row_group_size=70)
+    r = preprocess(PreprocessConfig(str(tmp_path / "d.parquet"), str(tmp_path / "o"), "label"))
+    types = {f.name: f.dtype for f in r.schema.features}
+    assert types == {"f": "float32", "i": "int64", "flag": "int64", "cat": "string"}
+    assert r.rows == n and r.schema.num_classes == 3
+    recs = _records(tmp_path / "o")
+    rows = sorted((_parse(b) for b in recs["train"] + recs["eval"]), key=lambda e: e["i"])
+    assert [e["i"] for e in rows] == list(range(0, n * 1000, 1000))
+    assert rows[5] == pytest.approx(
+        {"f": 5 / (n - 1), "i": 5000, "flag": 0, "cat": b"ccc", "label": 2}
+    )
+
+    bad = table.set_column(0, "f", pa.array([1.0] * 99 + [None] + [1.0] * 200, pa.float64()))
+    pq.write_table(bad, tmp_path / "bad.parquet", row_group_size=70)
+    with pytest.raises(UserError, match=r"bad\.parquet: row 100: column 'f': missing value"):
+        preprocess(PreprocessConfig(str(tmp_path / "bad.parquet"), str(tmp_path / "x"), "label"))
+    assert not (tmp_path / "x").exists()
+    r = preprocess(
+        PreprocessConfig(
+            str(tmp_path / "bad.parquet"), str(tmp_path / "x"), "label", on_bad_row="skip"
+        )
+    )
+    assert r.rows == n - 1 and r.skipped_rows == 1
+
+
+# ----------------------------------------------------------------------------- bad rows
+
+
+def test_skip_bad_rows_counts_and_reports_them(tmp_path, caplog):
+    text = (
+        "a,b,y\n"
+        "1,2.5,0\n"
+        "2,3.5\n"  # too few fields
+        "3,x,1\n"  # not a number
+        "4,nan,1\n"  # not finite
+        "5,1e39,0\n"  # overflows float32
+        "6,,1\n"  # empty value
+        "7,1.5,\n"  # missing label
+        "8,4.5,1,9\n"  # too many fields
+        "9,5.5,1\n"
+    )
+    r, out = _run(tmp_path, text, on_bad_row="skip", eval_fraction=0.0, block_size=24)
+    assert (r.rows, r.skipped_rows) == (2, 7)
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["skipped_rows"] == 7 and stats["num_rows"] == 2
+    assert sorted(e["a"] for e in map(_parse, _records(out)["train"])) == [1, 9]
+    assert "skipped 7 bad rows" in caplog.text and "data.csv:3" in caplog.text
+
+    (tmp_path / "b").mkdir()
+    with pytest.raises(UserError, match="no data rows after the header .7 bad rows skipped"):
+        _run(tmp_path / "b", "a,b,y\n" + "1,2\n" * 7, on_bad_row="skip")
+
+
+def test_unterminated_quote_and_bad_utf8_are_located(tmp_path):
+    with pytest.raises(UserError, match=r"data\.csv:3: unterminated quoted field"):
+        _run(tmp_path, 'a,b,y\n1,2,0\n1,"2,0\n3,4,1\n', block_size=8)
+    _assert_nothing_written(tmp_path)
+    with pytest.raises(UserError, match=r"data\.csv:3: not UTF-8 text"):
+        src = tmp_path / "data.csv"
+        src.write_bytes(b"a,s,y\n1,ok,0\n2,\xff\xfe,1\n")
+        preprocess(PreprocessConfig(str(src), str(tmp_path / "out"), "y", block_size=8))
+    _assert_nothing_written(tmp_path)
+
+
+def test_trainer_refuses_incomplete_or_altered_data_sets(tmp_path):
+    src = tmp_path / "d.csv"
+    write_csv(str(src), 200, seed=3)
+    out = tmp_path / "ds"
+    preprocess(PreprocessConfig(str(src), str(out), "label", num_shards=2))
+    shard = out / "train" / "part-00001-of-00002.tfrecord"
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(UserError, match=r"part-00001-of-00002\.tfrecord: CRC32C does not match"):
+        manifest.verify_dataset(str(out))
+    shard.write_bytes(data[:-5])
+    with pytest.raises(UserError, match="does not match manifest.json .* truncated"):
+        manifest.verify_dataset(str(out))
+    (out / "manifest.json").unlink()
+    with pytest.raises(UserError, match="not a committed tfpipes data set .no manifest.json"):
+        manifest.verify_dataset(str(out))
+
+
+def test_progress_logs_plain_lines_off_a_terminal(caplog):
+    import logging
+
+    from tfpipes.progress import Progress
+
+    caplog.set_level(logging.INFO, logger="tfpipes.progress")
+    bar = Progress("preprocess", total=4_000_000, unit="B", enabled=False, interval=0.0)
+    bar.update_to(2_000_000, rows=1000)
+    bar.close()
+    line = caplog.records[-1].getMessage()
+    assert line.startswith("preprocess: 2.0 MB/4.0 MB (50%), ") and " MB/s, 1,000 rows, " in line
+
+
+# ----------------------------------------------------------------------------- fuzzing
+
+_CELLS = ["1", "-2", "3.5", "1e3", "x", "", " ", "nan", "inf", '"', '""', '"a,b"', '"q\nr"', "é"]
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.lists(
+            st.sampled_from(_CELLS) | st.text(alphabet=',"\n\r xé1.-', max_size=6),
+            min_size=1,
+            max_size=4,
+        ),
+        max_size=8,
+    ),
+    st.sampled_from(["\n", "\r\n"]),
+    st.sampled_from(["fail", "skip"]),
+    st.integers(1, 64),
+    st.binary(max_size=3),
+)
+def test_malformed_csv_never_crashes_or_commits(tmp_path_factory, rows, eol, mode, block, junk):
+    """Whatever the bytes: success with a verified data set, or a one-line UserError and
+    nothing committed — never another exception, never a staging directory left behind."""
+    import contextlib
+    import io
+
+    from tfpipes import cli
+
+    d = tmp_path_factory.mktemp("fuzz")
+    text = "a,b,y" + eol + eol.join(",".join(r) for r in rows) + eol
+    (d / "in.csv").write_bytes(text.encode() + junk)
+    out = d / "out"
+    cfg = PreprocessConfig(
+        str(d / "in.csv"), str(out), "y", on_bad_row=mode, block_size=block, workers=1
+    )
+    try:
+        r = preprocess(cfg)
+    except UserError as e:
+        msg = str(e)
+        assert msg and "\n" not in msg and "Traceback" not in msg
+        assert not out.exists()
+    else:
+        m = manifest.verify_dataset(str(out))
+        assert m.rows["train"] + m.rows["eval"] == r.rows > 0
+    assert sorted(os.listdir(d)) == (["in.csv", "out"] if out.exists() else ["in.csv"])
+    # The command line (its own block size): exit 0 and a data set, or one line and exit 2.
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(
+            [
+                "preprocess",
+                "--source",
+                str(d / "in.csv"),
+                "--output",
+                str(d / "cli"),
+                "--label",
+                "y",
+            ]
+            + ["--on-bad-row", mode]
+        )
+    if code == 0:
+        manifest.verify_dataset(str(d / "cli"))
+    else:
+        assert code == 2 and len(err.getvalue().strip().splitlines()) == 1, err.getvalue()
+        assert not (d / "cli").exists()
+    assert not [p for p in os.listdir(d) if p.startswith(".")]

@@ -2,13 +2,19 @@
 
 TensorFlow writes checkpoints to a local directory. For a ``gs://`` model directory that local
 directory is a mirror: existing checkpoints are downloaded before resuming, and each new one is
-uploaded data files first and the ``checkpoint`` index last, so a reader (or a resumed,
-preempted pod) never sees a partial checkpoint. Checkpoints never live only inside a KFP output
+uploaded data files first, its ``.index`` next and the ``checkpoint`` state file last, so a
+reader (or a resumed, preempted pod) never sees a partial checkpoint; checkpoints the state no
+longer lists are deleted after it. TensorBoard logs are written next to the mirror and uploaded
+to ``<model_dir>/logs`` at each commit. Checkpoints never live only inside a KFP output
 artifact: KFP uploads outputs after the container exits, and a preempted pod would lose them.
+
+Under MultiWorkerMirroredStrategy every worker must take part in ``save()``; only the chief's
+copy counts, the others write theirs to a throwaway directory (:attr:`CheckpointStore.save_dir`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -25,37 +31,79 @@ INDEX = "checkpoint"
 
 
 class CheckpointStore:
-    """Where one training run's checkpoints live (``<model_dir>/checkpoints``)."""
+    """Where one training run's checkpoints (``<model_dir>/checkpoints``) and logs live.
 
-    def __init__(self, model_dir: str, writer: bool = True):
+    ``local_dir``: the directory checkpoints are restored from (the model dir's own, or a
+    downloaded mirror of a ``gs://`` one). ``save_dir``: where this task saves: ``local_dir``
+    for the writer (the chief), a throwaway directory for any other task. ``logs_dir``: where
+    TensorBoard summaries are written locally (``<model_dir>/logs`` itself when local).
+    """
+
+    def __init__(self, model_dir: str, writer: bool = True, task_index: int = 0):
         self.remote_dir = storage.join(model_dir, "checkpoints")
+        self.remote_logs = storage.join(model_dir, "logs")
         self.remote = storage.is_remote(model_dir)
         self.writer = writer
+        self._tmp: list[str] = []
         if self.remote:
-            self.local_dir = tempfile.mkdtemp(prefix="tfpipes-ckpt-")
+            root = self._mkdtemp("tfpipes-model-")
+            self.local_dir = os.path.join(root, "checkpoints")
+            self.logs_dir = os.path.join(root, "logs")
+            os.makedirs(self.local_dir)
             if storage.exists(storage.join(self.remote_dir, INDEX)):
                 with storage.local_dir(self.remote_dir) as d:
                     shutil.copytree(d, self.local_dir, dirs_exist_ok=True)
         else:
             self.local_dir = storage.normalize(self.remote_dir)
+            self.logs_dir = storage.normalize(self.remote_logs)
             if writer:
                 os.makedirs(self.local_dir, exist_ok=True)
+        self.save_dir = self.local_dir if writer else self._mkdtemp(f"_tmp_worker_{task_index}-")
+        self._uploaded_logs: dict[str, int] = {}
+
+    def _mkdtemp(self, prefix: str) -> str:
+        d = tempfile.mkdtemp(prefix=prefix)
+        self._tmp.append(d)
+        return d
 
     def commit(self, prefix: str) -> None:
-        """Publish a checkpoint just written locally (data files, then the index)."""
+        """Publish a checkpoint just written locally (data files, its index, then the state
+        file); then drop remote checkpoints the state no longer lists. Logs go up too."""
         if not (self.remote and self.writer):
             return
         name = os.path.basename(prefix)
-        for fname in sorted(os.listdir(self.local_dir)):
-            if fname.startswith(name + ".") or fname.startswith(name + "_temp"):
-                with open(os.path.join(self.local_dir, fname), "rb") as f:
-                    storage.write_bytes(storage.join(self.remote_dir, fname), f.read())
+        files = sorted(f for f in os.listdir(self.local_dir) if f.startswith(name + "."))
+        files.sort(key=lambda f: f.endswith(".index"))  # data first, the index after them
+        for fname in files:
+            with open(os.path.join(self.local_dir, fname), "rb") as f:
+                storage.write_bytes(storage.join(self.remote_dir, fname), f.read())
         with open(os.path.join(self.local_dir, INDEX), "rb") as f:
             storage.write_bytes(storage.join(self.remote_dir, INDEX), f.read())
+        kept = set(os.listdir(self.local_dir))
+        for fname in storage.listdir(self.remote_dir):
+            if fname != INDEX and fname not in kept:
+                storage.rmtree(storage.join(self.remote_dir, fname))
+        self.sync_logs()
+
+    def sync_logs(self) -> None:
+        """Upload TensorBoard event files that grew since the last upload (gs:// model dirs)."""
+        if not (self.remote and self.writer) or not os.path.isdir(self.logs_dir):
+            return
+        for root, _, names in os.walk(self.logs_dir):
+            for name in names:
+                path = os.path.join(root, name)
+                size = os.path.getsize(path)
+                if self._uploaded_logs.get(path) == size:
+                    continue
+                rel = os.path.relpath(path, self.logs_dir).replace(os.sep, "/")
+                with open(path, "rb") as f:
+                    storage.write_bytes(storage.join(self.remote_logs, rel), f.read())
+                self._uploaded_logs[path] = size
 
     def close(self) -> None:
-        if self.remote:
-            shutil.rmtree(self.local_dir, ignore_errors=True)
+        """Remove the local mirror and any throwaway save directory."""
+        for d in self._tmp:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def verify_checkpoint(prefix: str) -> str | None:
@@ -65,8 +113,9 @@ def verify_checkpoint(prefix: str) -> str | None:
         for name, dtype in reader.get_variable_to_dtype_map().items():
             if dtype != tf.variant:  # the tf.data iterator state has no numpy form
                 reader.get_tensor(name)
-    except (tf.errors.OpError, ValueError, OSError) as e:
-        return f"{e.__class__.__name__}: {str(e).splitlines()[0]}"
+    except Exception as e:  # any failure to read it back (truncated: IndexError) = corrupt
+        text = str(e).strip()
+        return f"{e.__class__.__name__}: {text.splitlines()[0] if text else ''}"
     return None
 
 
@@ -90,9 +139,103 @@ def restore_latest(ckpt: tf.train.Checkpoint, manager: tf.train.CheckpointManage
             first = str(e).splitlines()[0] if str(e) else e.__class__.__name__
             raise UserError(
                 f"{prefix}: checkpoint does not match this model ({first}); use a new "
-                "--model-dir or the same model options as the run that wrote it"
+                "--model-dir or the same model and input options as the run that wrote it"
             ) from None
         return prefix
     raise UserError(
         f"{manager.directory}: every checkpoint is corrupt; move them aside to start afresh"
     )
+
+
+def warm_start(model, source: str, config: dict | None = None) -> str:
+    """Load every weight of ``model`` from ``source``; return what was loaded.
+
+    ``source``: another run's model directory (its newest sound checkpoint), a checkpoint
+    prefix, or an exported SavedModel directory (``<base>/<version>``); local or ``gs://``.
+    Only the weights are taken: the optimizer, step and data position start afresh. ``config``
+    (this run's ``model_config.json`` content) is compared with a model directory's to name a
+    mismatch plainly. Raises UserError when ``source`` holds no model or one of another shape.
+    """
+    where = f"--warm-start-from {source}"
+    if storage.exists(storage.join(source, "saved_model.pb")):
+        with storage.local_dir(source) as d:
+            _restore_weights(model, os.path.join(d, "variables", "variables"), where, True)
+        return source
+    if storage.exists(storage.join(source, "model_config.json")) and config is not None:
+        other = json.loads(storage.read_text(storage.join(source, "model_config.json")))
+        for key, what in (("schema", "data set schema"), ("model", "model options")):
+            if other.get(key) != config.get(key):
+                raise UserError(
+                    f"{where}: trained with a different {what} ({json.dumps(other.get(key))[:120]})"
+                )
+    if storage.exists(storage.join(source, "checkpoints", INDEX)):
+        store = CheckpointStore(source, writer=False)
+        try:
+            prefix = _newest_sound(store.local_dir, where)
+            _restore_weights(model, prefix, where, False)
+        finally:
+            store.close()
+        return prefix
+    local = storage.normalize(source)
+    if not storage.is_remote(local):
+        if os.path.isdir(local) and tf.train.latest_checkpoint(local):
+            local = _newest_sound(local, where)
+        if os.path.exists(local + ".index"):
+            problem = verify_checkpoint(local)
+            if problem:
+                raise UserError(f"{where}: checkpoint is corrupt ({problem})")
+            _restore_weights(model, local, where, False)
+            return local
+    raise UserError(
+        f"{where}: not a model directory, checkpoint or SavedModel (no checkpoints/, "
+        "<prefix>.index or saved_model.pb)"
+    )
+
+
+def _newest_sound(directory: str, where: str) -> str:
+    state = tf.train.get_checkpoint_state(directory)
+    prefixes = list(reversed(state.all_model_checkpoint_paths)) if state else []
+    for prefix in prefixes:
+        if not os.path.isabs(prefix):
+            prefix = os.path.join(directory, prefix)
+        problem = verify_checkpoint(prefix)
+        if not problem:
+            return prefix
+        log.warning("checkpoint %s is corrupt (%s); trying the previous one", prefix, problem)
+    raise UserError(f"{where}: no sound checkpoint")
+
+
+def _restore_weights(model, prefix: str, where: str, saved_model: bool) -> None:
+    """Read the model's weights only; UserError unless every weight was found, same shape."""
+    from tfpipes.models import checkpoint_objects
+
+    reader = tf.train.load_checkpoint(prefix)
+    shapes = reader.get_variable_to_shape_map()
+    if saved_model:
+        # An export's variables are keyed by object path (model/body/...), not by position.
+        root = tf.train.Checkpoint(model=model)
+        saved = [reader.get_tensor(k) for k in shapes if k.endswith("VARIABLE_VALUE")]
+    else:
+        variables = checkpoint_objects(model)["model_variables"]
+        for i, v in enumerate(variables):
+            key = f"model_variables/{i}/.ATTRIBUTES/VARIABLE_VALUE"
+            if key not in shapes or list(shapes[key]) != list(v.shape):
+                got = shapes.get(key)
+                raise UserError(
+                    f"{where}: holds a different model (weight {v.path}: shape "
+                    f"{list(v.shape)} here, {got if got is None else list(got)} there)"
+                )
+        root = tf.train.Checkpoint(model_variables=variables)
+        saved = None
+    try:
+        root.read(prefix).expect_partial()
+    except (ValueError, tf.errors.OpError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{where}: does not fit this model ({first})") from None
+    if saved is not None:
+        import numpy as np
+
+        for v in model.variables:
+            value = np.asarray(v.numpy())
+            if not any(s.shape == value.shape and np.array_equal(s, value) for s in saved):
+                raise UserError(f"{where}: holds no weight for {v.path} {list(v.shape)}")

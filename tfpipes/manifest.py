@@ -66,14 +66,25 @@ def write_manifest(
     rows: dict,
     compression: str,
     source_hash: str = "",
+    checksums: dict[str, tuple[int, str]] | None = None,
 ) -> DatasetManifest:
     """Checksum every listed file under ``local_root`` and write ``manifest.json`` there.
 
-    ``shards``: (relative path, split, rows). Call this last, after every file is closed.
+    ``shards``: (relative path, split, rows). ``checksums``: (size, hex CRC32C) already known
+    for some relative paths (computed while writing them), which are then not read again; a
+    size that differs from the file on disk is a bug and raises ValueError. Call this last,
+    after every file is closed.
     """
+    known = checksums or {}
 
     def info(rel: str, split: str, n: int) -> ShardInfo:
-        size, crc = file_crc32c(os.path.join(local_root, rel))
+        path = os.path.join(local_root, rel)
+        if rel in known:
+            size, crc = known[rel]
+            if os.path.getsize(path) != size:
+                raise ValueError(f"{path}: {os.path.getsize(path)} bytes, expected {size}")
+        else:
+            size, crc = file_crc32c(path)
         return ShardInfo(rel, split, n, size, crc)
 
     m = DatasetManifest(

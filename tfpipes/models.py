@@ -5,21 +5,27 @@ standardized with the data set's statistics, string features hashed and embedded
 body. The encoder is part of the model, so the exported SavedModel takes raw features and
 serving never drifts from training.
 
-A user's ``build_fn(num_outputs: int, **options)`` returns a Keras layer or model that maps the
-encoded ``[batch, width]`` float matrix to ``[batch, num_outputs]``; custom layers with their
-own ``build``/``call``/``add_weight`` work as in any Keras code.
+A user's ``build_fn(num_outputs: int, **options)`` returns a Keras layer, model or list of
+layers (stacked into a ``Sequential``) that maps the encoded ``[batch, width]`` float matrix to
+``[batch, num_outputs]``; ``hidden`` and ``dropout`` are passed when it accepts them. Custom
+layers with their own ``build``/``call``/``add_weight`` work as in any Keras code. The loss
+follows the task (see ``train.Trainer``): logits for classification, one value for regression.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import json
+import os
+import sys
 
 import keras
 import tensorflow as tf
 
 from tfpipes.errors import UserError
+from tfpipes.input_pipeline import dtype_groups, packed_key
 from tfpipes.schema import Schema
 
 HASH_BUCKETS = 1000
@@ -44,36 +50,53 @@ class ModelSpec:
 
 
 class FeatureEncoder(keras.layers.Layer):
-    """Raw features -> ``[batch, width]`` float32: standardized numbers, embedded strings."""
+    """Raw features -> ``[batch, width]`` float32: standardized numbers, embedded strings.
+
+    Takes either one tensor per feature (``{name: [batch]}``, what serving passes) or the
+    packed form of the input pipeline (``{"__float32__": [batch, k], ...}``, features of one
+    dtype stacked in schema order); both give the same output. The columns of the output are
+    the float features, then the integer features (standardized with the data set's mean and
+    std), then one embedding of each string feature (hashed into ``HASH_BUCKETS``).
+    """
 
     def __init__(self, schema: Schema, stats: dict, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # standardization stays float32 under mixed precision
         super().__init__(**kwargs)
-        self.numeric = []
-        self.strings = []
         feats = stats.get("features", {})
-        for f in schema.features:
-            if f.dtype == "string":
-                self.strings.append(f.name)
-            else:
-                s = feats.get(f.name, {})
-                std = float(s.get("std", 1.0)) or 1.0
-                self.numeric.append((f.name, float(s.get("mean", 0.0)), std))
+        self.groups = dtype_groups(schema)
+        self.strings = self.groups.get("string", [])
+        self.moments = {}
+        for dtype in ("float32", "int64"):
+            names = self.groups.get(dtype, [])
+            if names:
+                mean = [float(feats.get(n, {}).get("mean", 0.0)) for n in names]
+                std = [float(feats.get(n, {}).get("std", 1.0)) or 1.0 for n in names]
+                self.moments[dtype] = (mean, std)
         # Attributes, not a dict: Keras 3 does not track layers in containers for checkpoints.
         for i, name in enumerate(self.strings):
             setattr(
                 self,
                 f"embed_{i}",
-                keras.layers.Embedding(HASH_BUCKETS, EMBED_DIM, name=f"embed_{name}"),
+                keras.layers.Embedding(
+                    HASH_BUCKETS, EMBED_DIM, name=f"embed_{name}", dtype="float32"
+                ),
             )
+
+    def _block(self, features, dtype):
+        key = packed_key(dtype)
+        if key in features:
+            return features[key]
+        return tf.stack([features[n] for n in self.groups[dtype]], axis=1)
 
     def call(self, features):
         parts = []
-        if self.numeric:
-            cols = [(tf.cast(features[n], tf.float32) - m) / s for n, m, s in self.numeric]
-            parts.append(tf.stack(cols, axis=1))
-        for i, name in enumerate(self.strings):
-            ids = tf.strings.to_hash_bucket_fast(features[name], HASH_BUCKETS)
-            parts.append(getattr(self, f"embed_{i}")(ids))
+        for dtype, (mean, std) in self.moments.items():
+            x = tf.cast(self._block(features, dtype), tf.float32)
+            parts.append((x - tf.constant(mean)) / tf.constant(std))
+        if self.strings:
+            ids = tf.strings.to_hash_bucket_fast(self._block(features, "string"), HASH_BUCKETS)
+            for i in range(len(self.strings)):
+                parts.append(getattr(self, f"embed_{i}")(ids[:, i]))
         return tf.concat(parts, axis=1) if len(parts) > 1 else parts[0]
 
 
@@ -113,7 +136,10 @@ BUILTIN = {"linear": _linear, "mlp": _mlp}
 
 
 def resolve_build_fn(name: str):
-    """``linear``, ``mlp`` or ``package.module:function`` -> the body builder. UserError if not."""
+    """``linear``, ``mlp`` or ``package.module:function`` -> the body builder. UserError if not.
+
+    The module is imported from ``sys.path`` (``PYTHONPATH``), then from the current directory.
+    """
     if name in BUILTIN:
         return BUILTIN[name]
     if ":" not in name:
@@ -122,34 +148,82 @@ def resolve_build_fn(name: str):
         )
     mod_name, fn_name = name.split(":", 1)
     try:
-        mod = importlib.import_module(mod_name)
+        mod = _import(mod_name)
     except ImportError as e:
         raise UserError(f"--model {name!r}: cannot import {mod_name!r} ({e})") from None
+    except Exception as e:  # the user's module raised while importing
+        raise UserError(
+            f"--model {name!r}: importing {mod_name!r} failed: {e.__class__.__name__}: {e}"
+        ) from None
     fn = getattr(mod, fn_name, None)
     if not callable(fn):
         raise UserError(f"--model {name!r}: {mod_name} has no function {fn_name!r}")
     return fn
 
 
+def _import(mod_name: str):
+    try:
+        return importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        cwd = os.getcwd()
+        top = mod_name.split(".")[0]
+        if e.name != top or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.append(cwd)  # as `python -m` would: a user's package next to their data
+        return importlib.import_module(mod_name)
+
+
 def num_outputs(schema: Schema) -> int:
     return schema.num_classes if schema.task == "classification" else 1
 
 
-def build_model(spec: ModelSpec, schema: Schema, stats: dict) -> TabularModel:
-    """Build (and create the variables of) the model for ``schema``."""
+def _build_body(spec: ModelSpec, outputs: int):
     fn = resolve_build_fn(spec.name)
-    kwargs = {"hidden": spec.hidden, "dropout": spec.dropout} if spec.name == "mlp" else {}
+    options = {"hidden": spec.hidden, "dropout": spec.dropout}
     try:
-        body = fn(num_outputs(schema), **kwargs)
-    except TypeError as e:
-        raise UserError(f"--model {spec.name!r}: build_fn(num_outputs) failed: {e}") from None
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        options = {k: v for k, v in options.items() if k in params}
+    try:
+        body = fn(outputs, **options)
+    except Exception as e:
+        raise UserError(
+            f"--model {spec.name!r}: build_fn({outputs}) failed: {e.__class__.__name__}: {e}"
+        ) from None
+    if isinstance(body, (list, tuple)) and all(isinstance(b, keras.layers.Layer) for b in body):
+        body = keras.Sequential(list(body), name="user_body")
+    if not isinstance(body, keras.layers.Layer):
+        raise UserError(
+            f"--model {spec.name!r}: build_fn returned {type(body).__name__}; expected a Keras "
+            "layer, model or list of layers"
+        )
+    return body
+
+
+def build_model(spec: ModelSpec, schema: Schema, stats: dict) -> TabularModel:
+    """Build (and create the variables of) the model for ``schema``.
+
+    Raises UserError for an unknown or failing ``spec.name`` and for a body whose output does
+    not fit the task (``num_classes`` logits, or one value for regression).
+    """
+    outputs = num_outputs(schema)
+    body = _build_body(spec, outputs)
     model = TabularModel(FeatureEncoder(schema, stats), body, name="tabular_model")
     dummy = {f.name: tf.zeros([1], _dummy_dtype(f.dtype)) for f in schema.features}
-    out = model(dummy)
-    if out.shape[-1] != num_outputs(schema):
+    try:
+        out = model(dummy)
+    except Exception as e:
+        width = model.encoder(dummy).shape[-1]
         raise UserError(
-            f"--model {spec.name!r}: outputs {out.shape[-1]} values per example, "
-            f"the task needs {num_outputs(schema)}"
+            f"--model {spec.name!r}: the model fails on this data set's {width} encoded "
+            f"features: {e.__class__.__name__}: {str(e).strip().splitlines()[0]}"
+        ) from None
+    if len(out.shape) != 2 or out.shape[-1] != outputs:
+        raise UserError(
+            f"--model {spec.name!r}: outputs shape {list(out.shape)} per batch, "
+            f"the {schema.task} task needs [batch, {outputs}]"
         )
     return model
 

@@ -176,16 +176,21 @@ def staged_dir(final: str, *, overwrite: bool = False, last: tuple[str, ...] = (
     manifest never sees a partial output. On any exception the staging directory is removed and
     nothing is committed.
 
-    Raises UserError if ``final`` exists and is not empty, unless ``overwrite``.
+    Raises UserError if ``final`` exists and is not empty, unless ``overwrite`` — or, for a
+    remote ``final`` with ``last`` files, unless it holds none of them: that is the leftover of
+    an upload that failed before its commit, and it is replaced (with a warning).
     """
     final = normalize(final)
     if is_remote(final):
+        leftover = False
         if not overwrite and _gcs().is_prefix(final):
-            raise UserError(f"{final}: already exists; pass --overwrite to replace it")
+            leftover = is_uncommitted_leftover(final, last)
+            if not leftover:
+                raise UserError(f"{final}: already exists; pass --overwrite to replace it")
         tmp = tempfile.mkdtemp(prefix="tfpipes-stage-")
         try:
             yield tmp
-            _gcs().upload_dir(tmp, final, last=last, replace=overwrite)
+            _gcs().upload_dir(tmp, final, last=last, replace=overwrite or leftover)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return
@@ -252,3 +257,18 @@ def publish_dir(local_src: str, final: str, *, overwrite: bool = True) -> None:
     """Copy a local directory to ``final`` (local or remote) through :func:`staged_dir`."""
     with staged_dir(final, overwrite=overwrite, last=("saved_model.pb", "manifest.json")) as tmp:
         shutil.copytree(normalize(local_src), tmp, dirs_exist_ok=True)
+
+
+def is_uncommitted_leftover(final: str, last: tuple[str, ...]) -> bool:
+    """True if the remote prefix ``final`` holds objects but none of the commit files ``last``
+    (its manifest): what an upload that failed midway leaves. Logs a warning when true."""
+    if not last or any(exists(join(final, name)) for name in last):
+        return False
+    import logging
+
+    logging.getLogger("tfpipes.storage").warning(
+        "%s: holds a partial upload without %s (a failed run); replacing it",
+        final,
+        " or ".join(last),
+    )
+    return True

@@ -43,6 +43,16 @@ class Resolution:
             )
         return True
 
+    @property
+    def input_pipeline_id(self) -> int:
+        """This task's input pipeline among ``num_workers`` (MWMS: the chief is 0, then the
+        workers; what ``tf.distribute.InputContext.input_pipeline_id`` says there)."""
+        if self.kind != "multi_worker":
+            return 0
+        if self.task_type == "chief":
+            return 0
+        return self.task_index + (1 if self.cluster.get("chief") else 0)
+
 
 def parse_tf_config(text: str | None) -> dict:
     if not text:
@@ -98,10 +108,13 @@ def resolve(tf_config: str | None, num_gpus: int, override: str | None = None) -
             raise UserError(f"--strategy {kind}: needs a TF_CONFIG cluster")
         if kind == "parameter_server" and not n_ps:
             raise UserError("--strategy parameter_server: TF_CONFIG names no 'ps' tasks")
-        if kind in ("mirrored", "one_device") and auto in ("multi_worker", "parameter_server"):
-            raise UserError(f"--strategy {kind}: TF_CONFIG describes a {auto} cluster")
-        if kind == "one_device" and num_gpus == 0:
-            kind = "one_device"  # on the CPU: allowed, useful for tests
+        if auto in ("multi_worker", "parameter_server"):
+            # Each task would train alone, or a ps cluster would run without its coordinator.
+            raise UserError(
+                f"--strategy {kind}: TF_CONFIG describes a {auto} cluster; unset TF_CONFIG "
+                "to train in one process"
+            )
+        # one_device / mirrored without a GPU run on the CPU: allowed, useful for tests.
     return Resolution(kind, task_type, task_index, max(n_workers, 1), n_ps, num_gpus, cluster)
 
 
@@ -109,11 +122,13 @@ def create_strategy(res: Resolution):
     """Create the ``tf.distribute`` strategy for a resolution and log what was chosen."""
     import tensorflow as tf
 
-    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    # Physical, not logical devices: listing logical ones starts TensorFlow's runtime, after
+    # which MultiWorkerMirroredStrategy can no longer configure its collectives.
+    gpu = bool(tf.config.list_physical_devices("GPU"))
     if res.kind == "default":
         strategy = tf.distribute.get_strategy()
     elif res.kind == "one_device":
-        strategy = tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+        strategy = tf.distribute.OneDeviceStrategy("/gpu:0" if gpu else "/cpu:0")
     elif res.kind == "mirrored":
         strategy = tf.distribute.MirroredStrategy()
     elif res.kind == "multi_worker":
@@ -126,8 +141,10 @@ def create_strategy(res: Resolution):
         strategy = tf.distribute.experimental.ParameterServerStrategy(
             resolver, variable_partitioner=partitioner
         )
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     log.info(
-        "strategy: %s (%s:%d), %d replica(s) in sync, devices: %s",
+        "strategy: %s (%s), task %s:%d, %d replica(s) in sync, devices: %s",
+        res.kind,
         type(strategy).__name__,
         res.task_type,
         res.task_index,

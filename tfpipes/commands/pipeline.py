@@ -93,6 +93,12 @@ def register(sub) -> None:
         formatter_class=fmt,
     )
     c.add_argument("-o", "--output", default="pipeline.yaml", help="output path (pipeline.yaml)")
+    c.add_argument(
+        "--distributed",
+        action="store_true",
+        help="the variant whose train step runs as a Kubeflow TFJob (workers, ps, GPUs are "
+        "run parameters)",
+    )
     add_cluster_options(c)
     c.set_defaults(handler=_compile)
 
@@ -139,7 +145,12 @@ def _params(args) -> dict:
 def _compile(args) -> int:
     from tfpipes_pipelines.training import compile_pipeline
 
-    compile_pipeline(args.output, options_from_args(args))
+    if args.distributed:
+        from tfpipes_pipelines.distributed import compile_distributed_pipeline
+
+        compile_distributed_pipeline(args.output, options_from_args(args))
+    else:
+        compile_pipeline(args.output, options_from_args(args))
     log.info("compile: pipeline spec -> %s", os.path.abspath(args.output))
     return 0
 

@@ -27,23 +27,35 @@ def register(sub) -> None:
         help="CSV -> sharded TFRecords with schema, statistics and a train/eval split",
         formatter_class=fmt,
         description=(
-            "Turn CSV files (plain or .gz; a file, glob, directory or gs:// prefix) into a data\n"
-            "set of sharded TFRecord files of tf.train.Example, one per row, with schema.json,\n"
-            "stats.json and a deterministic hash-based train/eval split. The output is written\n"
-            "to a staging place and committed with manifest.json last: a failed run leaves\n"
-            "nothing behind.\n\n"
+            "Turn CSV/TSV (plain or .gz) or Parquet files (a file, glob, directory or gs://\n"
+            "prefix) into a data set of sharded TFRecord files of tf.train.Example, one per row,\n"
+            "with schema.json, stats.json and a deterministic hash-based train/eval split. The\n"
+            "output is written to a staging place and committed with manifest.json last: a\n"
+            "failed run leaves nothing behind. Bad rows stop the run with file:line: column\n"
+            "(or, with --on-bad-row skip, are dropped and counted). See docs/preprocess.md.\n\n"
             "example:\n  tfpipes preprocess --source data.csv --output out/data --label species"
         ),
     )
-    p.add_argument("--source", required=True, help="CSV file, glob, directory or gs:// prefix")
+    p.add_argument(
+        "--source", required=True, help="CSV/Parquet file, glob, directory or gs:// prefix"
+    )
     p.add_argument("--output", required=True, help="data set directory or gs:// prefix to create")
     p.add_argument("--label", required=True, help="name of the label column")
     p.add_argument("--eval-fraction", type=float, default=0.2, help="share of rows for eval (0.2)")
-    p.add_argument("--num-shards", type=int, default=8, help="shards per split (8)")
+    p.add_argument(
+        "--num-shards", type=int, default=16, help="shards per split (16: 4 each for 4 workers)"
+    )
     p.add_argument("--split-seed", type=int, default=0, help="salt of the split hash (0)")
     p.add_argument("--compression", choices=["", "GZIP"], default="", help="shard compression")
     p.add_argument("--schema", default="", help="JSON {column: dtype} forcing column types")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--workers", type=int, default=0, help="parsing threads (0: one per core)")
+    p.add_argument(
+        "--on-bad-row",
+        choices=["fail", "skip"],
+        default="fail",
+        help="fail on the first bad row (default), or skip bad rows and count them",
+    )
     p.set_defaults(handler=_preprocess)
 
     t = sub.add_parser(
@@ -52,12 +64,16 @@ def register(sub) -> None:
         formatter_class=fmt,
         description=(
             "Train with a tf.function custom loop under the tf.distribute strategy the\n"
-            "environment asks for (TF_CONFIG, visible GPUs; --strategy overrides). Checkpoints\n"
-            "go to <model-dir>/checkpoints every --checkpoint-every steps and at the end; running\n"
-            "again with the same --model-dir resumes from the newest sound checkpoint, data\n"
-            "position included. Evaluation on the eval split writes <model-dir>/metrics.json.\n\n"
+            "environment asks for (TF_CONFIG with ps tasks: ParameterServerStrategy; workers\n"
+            "only: MultiWorkerMirroredStrategy; several GPUs: Mirrored; one GPU: OneDevice;\n"
+            "--strategy overrides). Checkpoints (model, optimizer, step, data position) go to\n"
+            "<model-dir>/checkpoints every --checkpoint-every steps and at the end; running\n"
+            "again with the same arguments resumes from the newest sound checkpoint and ends\n"
+            "with the same weights as an uninterrupted run (on CPU). Evaluation on the eval\n"
+            "split writes <model-dir>/metrics.json; TensorBoard logs go to <model-dir>/logs.\n\n"
             "models: linear (regression: MSE; classification: logistic), mlp (--hidden 64,32),\n"
-            "        or your own package.module:build_fn(num_outputs) returning a Keras layer.\n\n"
+            "        or your own package.module:build_fn(num_outputs) returning a Keras layer,\n"
+            "        model or list of layers (imported from PYTHONPATH or the current dir).\n\n"
             "example:\n  tfpipes train --data out/data --model-dir out/model --model mlp "
             "--train-steps 2000"
         ),
@@ -75,8 +91,35 @@ def register(sub) -> None:
     t.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
     t.add_argument("--log-every", type=int, default=100, help="steps between log lines (100)")
     t.add_argument("--seed", type=int, default=42, help="random seed (42)")
-    t.add_argument("--strategy", default="", help="force a strategy (default: from environment)")
-    t.add_argument("--cache", action="store_true", help="cache the input in memory")
+    t.add_argument(
+        "--strategy",
+        default="",
+        help="force default | one_device | mirrored | multi_worker | parameter_server",
+    )
+    t.add_argument(
+        "--cache", action="store_true", help="parse the train split once and train from memory"
+    )
+    t.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPU)")
+    t.add_argument("--jit", action="store_true", help="XLA compilation (GPU)")
+    t.add_argument(
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="op determinism: bit-identical resumes (default: on without a GPU)",
+    )
+    t.add_argument(
+        "--warm-start-from",
+        default="",
+        help="initial weights: another model dir, a checkpoint or an exported SavedModel",
+    )
+    t.add_argument("--max-to-keep", type=int, default=3, help="checkpoints kept (3)")
+    t.add_argument("--shuffle-buffer", type=int, default=10_000, help="records (10000)")
+    t.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: when stderr is a terminal)",
+    )
     t.set_defaults(handler=_train)
 
     e = sub.add_parser(
@@ -115,16 +158,22 @@ def _preprocess(args) -> int:
             compression=args.compression,
             schema_path=args.schema,
             overwrite=args.overwrite,
+            workers=args.workers,
+            on_bad_row=args.on_bad_row,
         )
     )
     log.info(
-        "preprocess: %d rows (train %d, eval %d) in %.1f s, %.0f rows/s; %s task, %d features\n"
-        "  -> %s",
+        "preprocess: %d rows (train %d, eval %d, %d bad rows skipped) in %.1f s, %.0f rows/s, "
+        "%.1f MB/s on %d workers (peak RSS %d MB); %s task, %d features\n  -> %s",
         r.rows,
         r.train_rows,
         r.eval_rows,
+        r.skipped_rows,
         r.seconds,
         r.rows_per_second,
+        r.mb_per_second,
+        r.workers,
+        r.peak_rss_mb,
         r.schema.task,
         len(r.schema.features),
         r.output,
@@ -152,6 +201,13 @@ def _train(args) -> int:
             seed=args.seed,
             strategy=args.strategy,
             cache=args.cache,
+            mixed_precision=args.mixed_precision,
+            jit=args.jit,
+            deterministic=args.deterministic,
+            warm_start_from=args.warm_start_from,
+            max_to_keep=args.max_to_keep,
+            shuffle_buffer=args.shuffle_buffer,
+            progress=args.progress,
         )
     )
     m = r.metrics

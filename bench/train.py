@@ -1,0 +1,259 @@
+"""Training throughput: our trainer vs Keras ``model.fit`` vs the in-memory upper bound.
+
+One process, one data set, one model (an MLP 20 features -> 128 -> 64 -> 10, batch 256 by
+default), measured in the same run, in alternating rounds (the best round of each counts, so
+that a busy machine penalizes all three alike):
+
+  (a) our trainer reading the TFRecords: what ``tfpipes train --cache`` runs: the split is
+      parsed once into memory, then each step gathers its shuffled batch itself
+      (``Trainer.train_steps`` on ``InMemoryData``), K steps per ``tf.function`` call;
+  (b) Keras ``model.fit`` on the same batches as a tf.data pipeline
+      (``InMemoryData.dataset()``), same model, optimizer and loss (defaults:
+      ``steps_per_execution=1``, ``jit_compile="auto"``); (b') the same with
+      ``steps_per_execution=K``, for reference;
+  (c) our step fed from in-memory tensors: the same ``Trainer.replica_step`` in the same
+      ``tf.range`` loop, batches taken from a tensor already in memory (no tf.data at all).
+
+Also shown: (s) our trainer with the streaming pipeline (no --cache), and the end-to-end
+``tfpipes.train.train`` wall time. Steady state: every path is traced and warmed up first.
+
+  python bench/train.py                       # CPU, the issue's setting
+  python bench/train.py --hidden 1024,1024 --batch-size 4096 --mixed-precision --jit   # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--rows", type=int, default=200_000)
+    p.add_argument("--features", type=int, default=20)
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--hidden", default="128,64")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=2000, help="timed steps per round and path")
+    p.add_argument("--steps-per-loop", type=int, default=50)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--mixed-precision", action="store_true")
+    p.add_argument("--jit", action="store_true", help="XLA auto-clustering (GPU)")
+    p.add_argument("--nondeterministic", action="store_true", help="no op determinism")
+    p.add_argument("--data-dir", default="", help="reuse/keep the data set here")
+    p.add_argument("--skip-e2e", action="store_true", help="skip the end-to-end train() run")
+    p.add_argument("--paths", default="a,b,b',c,s", help="which measurements to run")
+    return p.parse_args()
+
+
+def _make_data(args, work: str) -> str:
+    from tfpipes.preprocess import PreprocessConfig, preprocess
+    from tfpipes.sample_data import write_float_csv
+
+    data = args.data_dir or os.path.join(work, "data")
+    if os.path.exists(os.path.join(data, "manifest.json")):
+        return data
+    csv = os.path.join(work, "bench.csv")
+    write_float_csv(csv, args.rows, args.features, args.classes, seed=0)
+    preprocess(
+        PreprocessConfig(csv, data, "label", num_shards=10, eval_fraction=0.05, progress=False)
+    )
+    return data
+
+
+def main() -> int:
+    args = _args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import json
+
+    import keras
+    import tensorflow as tf
+
+    from tfpipes import strategy as strategy_lib
+    from tfpipes.input_pipeline import load_in_memory, make_dataset
+    from tfpipes.manifest import verify_dataset
+    from tfpipes.schema import load_schema
+    from tfpipes.train import TrainConfig, Trainer, _cache_device, configure_tensorflow, train
+
+    hidden = tuple(int(h) for h in args.hidden.split(","))
+    work = tempfile.mkdtemp(prefix="bench-train-")
+    try:
+        data = _make_data(args, work)
+        cfg = TrainConfig(
+            data,
+            os.path.join(work, "model"),
+            hidden=hidden,
+            batch_size=args.batch_size,
+            steps_per_loop=args.steps_per_loop,
+            cache=True,
+            mixed_precision=args.mixed_precision,
+            jit=args.jit,
+            deterministic=False if args.nondeterministic else None,
+            progress=False,
+        )
+        deterministic = configure_tensorflow(cfg)
+        strategy = strategy_lib.create_strategy(strategy_lib.resolve_from_environment())
+        manifest = verify_dataset(data)
+        schema = load_schema(data)
+        stats = json.load(open(os.path.join(data, "stats.json")))
+        B, K, S = args.batch_size, args.steps_per_loop, args.steps
+
+        def trainer():
+            keras.utils.set_random_seed(0)
+            return Trainer(
+                strategy, cfg.model_spec, schema, stats, "adam", 1e-3, B,
+                mixed_precision=args.mixed_precision,
+            )  # fmt: skip
+
+        # (a): our trainer on the TFRecords, parsed once into memory (what train() does with
+        # --cache and one replica); (s): the streaming pipeline.
+        t_load = time.perf_counter()
+        cached = load_in_memory(
+            data, manifest, "train", schema, B, seed=cfg.seed, device=_cache_device(manifest)
+        )
+        load_s = time.perf_counter() - t_load
+        # The same batches through tf.data, for (b) and (c); tf.data runs on the host.
+        on_host = cached
+        if _cache_device(manifest) != "/cpu:0":
+            on_host = load_in_memory(data, manifest, "train", schema, B, seed=cfg.seed)
+        ds_cached = on_host.dataset()
+        ours = trainer()
+        ours_s = trainer()
+        it_s = iter(make_dataset(data, manifest, "train", schema, B, training=True, seed=cfg.seed))
+
+        def run_ours(tr, it):
+            tr.train_steps(it, K)  # warm (traced on the first call)
+            t = time.perf_counter()
+            for _ in range(S // K):
+                tr.train_steps(it, K)
+            return (S // K) * K * B / (time.perf_counter() - t)
+
+        # (c): the same step on batches already in memory.
+        mem = trainer()
+        nb = 64
+        batches = list(ds_cached.take(nb))
+        with tf.device(_cache_device(manifest)):  # where (a) keeps its data too
+            mem_x = {k: tf.stack([b[0][k] for b in batches]) for k in batches[0][0]}
+            mem_y = tf.stack([b[1] for b in batches])
+
+        @tf.function
+        def mem_loop(n):
+            total = tf.constant(0.0)
+            for i in tf.range(n):
+                j = tf.cast(i % nb, tf.int32)
+                batch = ({k: v[j] for k, v in mem_x.items()}, mem_y[j])
+                per_replica = strategy.run(mem.replica_step, args=(batch,))
+                total += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+            return total
+
+        def run_mem():
+            mem_loop(tf.constant(K, tf.int64))
+            t = time.perf_counter()
+            for _ in range(S // K):
+                float(mem_loop(tf.constant(K, tf.int64)))
+            return (S // K) * K * B / (time.perf_counter() - t)
+
+        # (b): Keras fit on the same tf.data input.
+        def fit_model(steps_per_execution: int):
+            from tfpipes.models import build_model
+
+            keras.utils.set_random_seed(0)
+            prev = keras.config.dtype_policy()
+            if args.mixed_precision:
+                gpu = bool(tf.config.list_logical_devices("GPU"))
+                keras.config.set_dtype_policy("mixed_float16" if gpu else "mixed_bfloat16")
+            with strategy.scope():
+                model = build_model(cfg.model_spec, schema, stats)
+                keras.config.set_dtype_policy(prev)
+                model.compile(
+                    optimizer=keras.optimizers.Adam(1e-3),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                    steps_per_execution=steps_per_execution,
+                )
+            return model
+
+        fit_b, fit_b2 = fit_model(1), fit_model(K)
+
+        def run_fit(model):
+            model.fit(ds_cached, steps_per_epoch=K * 2, epochs=1, verbose=0)  # warm
+            t = time.perf_counter()
+            model.fit(ds_cached, steps_per_epoch=(S // K) * K, epochs=1, verbose=0)
+            return (S // K) * K * B / (time.perf_counter() - t)
+
+        paths = {
+            "a": lambda: run_ours(ours, cached),
+            "c": run_mem,  # right after (a): their ratio is the one the load disturbs least
+            "b": lambda: run_fit(fit_b),
+            "b2": lambda: run_fit(fit_b2),
+            "s": lambda: run_ours(ours_s, it_s),
+        }
+        chosen = {p.strip().replace("'", "2") for p in args.paths.split(",")}
+        paths = {k: v for k, v in paths.items() if k in chosen}
+        best = dict.fromkeys(("a", "b", "b2", "c", "s"), float("nan"))
+        rounds: list[dict] = []
+        for r in range(args.rounds):
+            rounds.append({})
+            for name, fn in paths.items():
+                eps = rounds[-1][name] = fn()
+                best[name] = eps if r == 0 else max(best[name], eps)
+                label = "b'" if name == "b2" else name
+                print(f"round {r + 1} ({label}) {eps:12,.0f} examples/s", flush=True)
+
+        e2e = None
+        if not args.skip_e2e:
+            t = time.perf_counter()
+            steps = max(S, 1000)
+            res = train(dataclasses_replace(cfg, train_steps=steps, checkpoint_every=steps))
+            e2e = (time.perf_counter() - t, res.examples_per_second, steps)
+
+        gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+        print()
+        print(
+            f"device: {', '.join(gpus) or f'CPU ({os.cpu_count()} cores)'}; TF {tf.__version__}; "
+            f"MLP {args.features}->{'->'.join(map(str, hidden))}->{args.classes}, batch {B}, "
+            f"{K} steps/loop, mixed precision {'on' if args.mixed_precision else 'off'}, "
+            f"jit {'on' if args.jit else 'off'}, deterministic {deterministic}; "
+            f"{S} timed steps, best of {args.rounds} rounds"
+        )
+        print(f"(a) our trainer, TFRecords (--cache)   {best['a']:12,.0f} examples/s")
+        print(f"(b) Keras model.fit, same tf.data      {best['b']:12,.0f} examples/s")
+        print(f"(b') model.fit, steps_per_execution={K:<4}{best['b2']:11,.0f} examples/s")
+        print(f"(c) our step, in-memory tensors        {best['c']:12,.0f} examples/s")
+        print(f"(s) our trainer, streaming (no cache)  {best['s']:12,.0f} examples/s")
+        print(f"parse once into memory: {load_s:.2f} s for {manifest.rows.get('train', '?')} rows")
+        if e2e:
+            print(
+                f"end to end: tfpipes.train.train, {e2e[2]} steps: {e2e[0]:.1f} s wall "
+                f"(TensorFlow setup, load, trace, checkpoint, eval included), "
+                f"{e2e[1]:,.0f} examples/s in steps"
+            )
+
+        def median_ratio(x, y):
+            # Within one round the paths ran back to back, under about the same load.
+            ratios = sorted(r[x] / r[y] for r in rounds if x in r and y in r)
+            return ratios[len(ratios) // 2] if ratios else float("nan")
+
+        print("ratios: best/best, and the median of the per-round ratios")
+        goals = {"c": " (goal >= 0.9)", "b": " (goal >= 1.2)", "b2": ""}
+        for y, goal in goals.items():
+            name = "(a)/(b')" if y == "b2" else f"(a)/({y})"
+            print(f"{name:9} = {best['a'] / best[y]:.2f}, median {median_ratio('a', y):.2f}{goal}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def dataclasses_replace(cfg, **changes):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **changes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The distributed pipeline: preprocess -> TFJob train -> export.
+
+The same DAG as ``training.py`` with the train step replaced by ``tfjob_train_op``, which runs
+``tfpipes train`` as a TFJob (MultiWorkerMirroredStrategy, or ParameterServerStrategy with
+``ps > 0``) and hands the model directory and metrics to export. The cluster's shape, image,
+GPUs and resources are run-time parameters: the TFJob manifest is built when the step runs.
+
+Every pod of the TFJob reads the data set by its URI and writes the model directory itself, so
+run it with a ``gs://`` pipeline root (or pass ``model_dir``) and, outside GKE workload
+identity, a credentials secret (``gcs_secret``, mounted into the KFP steps at compile time by
+``PipelineOptions`` and into the TFJob's pods by the step).
+"""
+
+import warnings
+from typing import NamedTuple
+
+from kfp import compiler, dsl, kubernetes
+from kfp.dsl import Dataset, Metrics, Model
+from tfpipes_components import export_op, fingerprint_op, preprocess_op
+from tfpipes_components.tfjob_op import IMAGE, tfjob_train_op
+from tfpipes_pipelines.training import GCS_KEY_MOUNT, PipelineOptions
+
+PIPELINE_NAME = "tfpipes-distributed-training"
+
+
+class DistributedOutputs(NamedTuple):
+    examples: Dataset
+    model: Model
+    metrics: Metrics
+    exported: Model
+
+
+def build_distributed_pipeline(options: PipelineOptions = PipelineOptions()):
+    """The distributed pipeline function for ``options`` (only ``gcs_secret`` applies: the
+    TFJob's own GPUs and resources are parameters of the run)."""
+
+    def platform(task):
+        if options.gcs_secret:
+            kubernetes.use_secret_as_volume(
+                task, secret_name=options.gcs_secret, mount_path=GCS_KEY_MOUNT
+            )
+            task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{GCS_KEY_MOUNT}/key.json")
+        return task
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="CSV -> TFRecords -> distributed training as a Kubeflow TFJob -> SavedModel",
+    )
+    def distributed_pipeline(
+        source: str,
+        label: str,
+        image: str = IMAGE,
+        workers: int = 2,
+        ps: int = 0,
+        chief: bool = False,
+        gpus_per_worker: int = 0,
+        worker_cpu: str = "",
+        worker_memory: str = "",
+        namespace: str = "",
+        model_dir: str = "",
+        model_name: str = "mlp",
+        hidden: str = "64,32",
+        optimizer: str = "",
+        learning_rate: float = 0.0,
+        batch_size: int = 64,
+        train_steps: int = 1000,
+        eval_fraction: float = 0.2,
+        num_shards: int = 8,
+        model_version: str = "",
+        publish_base: str = "",
+        cache_index: str = "",
+        timeout_seconds: int = 86400,
+    ) -> DistributedOutputs:
+        """``workers``/``ps``/``chief``: the TFJob's shape (``ps > 0``: ParameterServerStrategy
+        with a chief; else MultiWorkerMirroredStrategy). ``num_shards`` must be at least the
+        number of workers. ``model_dir``: durable storage all pods reach (default: the model
+        artifact's URI). ``timeout_seconds``: the job is deleted and the step fails after it.
+        """
+        fp = platform(
+            fingerprint_op(
+                source=source,
+                label=label,
+                eval_fraction=eval_fraction,
+                num_shards=num_shards,
+                cache_index=cache_index,
+            )
+        )
+        fp.set_caching_options(False)
+        pre = platform(
+            preprocess_op(
+                source=source,
+                label=label,
+                eval_fraction=eval_fraction,
+                num_shards=num_shards,
+                content_key=fp.output,
+                cache_index=cache_index,
+            )
+        )
+        pre.set_caching_options(True)
+        tr = platform(
+            tfjob_train_op(
+                examples=pre.outputs["examples"],
+                image=image,
+                workers=workers,
+                ps=ps,
+                chief=chief,
+                gpus_per_worker=gpus_per_worker,
+                cpu=worker_cpu,
+                memory=worker_memory,
+                gcs_secret=options.gcs_secret,
+                namespace=namespace,
+                model_dir=model_dir,
+                model_name=model_name,
+                hidden=hidden,
+                optimizer=optimizer,
+                learning_rate=learning_rate,
+                batch_size=batch_size,
+                train_steps=train_steps,
+                timeout_seconds=timeout_seconds,
+            )
+        )
+        # It only waits on the job: a small pod. Never cached, as the plain train step.
+        tr.set_cpu_request("100m")
+        tr.set_memory_request("256Mi")
+        tr.set_caching_options(False)
+        ex = platform(
+            export_op(
+                model=tr.outputs["model"],
+                examples=pre.outputs["examples"],
+                version=model_version,
+                publish_base=publish_base,
+            )
+        )
+        ex.set_caching_options(False)
+        return DistributedOutputs(
+            examples=pre.outputs["examples"],
+            model=tr.outputs["model"],
+            metrics=tr.outputs["metrics"],
+            exported=ex.outputs["exported"],
+        )
+
+    return distributed_pipeline
+
+
+distributed_pipeline = build_distributed_pipeline()
+
+
+def compile_distributed_pipeline(path: str, options: PipelineOptions = PipelineOptions()) -> str:
+    """Write the distributed pipeline spec (YAML) to ``path``; returns the path."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        compiler.Compiler().compile(build_distributed_pipeline(options), package_path=path)
+    return path

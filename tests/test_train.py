@@ -1,0 +1,353 @@
+"""The trainer: exact resume after SIGKILL, steps per loop, user models, warm start, gs://
+model dirs, corrupt checkpoints and bad input. Distributed runs with several processes are
+tested in test_local_cluster.py; here every strategy path that runs in one process."""
+
+import dataclasses
+import json
+import os
+import queue
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, run_tfpipes, tfpipes_exe
+from tfpipes.errors import UserError
+from tfpipes.sample_data import write_csv
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--hidden", "16,8", "--batch-size", "32", "--log-every", "10"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> str:
+    """A small classification data set (string, int and float features), 2 shards per split."""
+    from tfpipes.preprocess import PreprocessConfig, preprocess
+
+    d = tmp_path_factory.mktemp("train-data")
+    write_csv(str(d / "data.csv"), 1500, "classification", seed=11)
+    out = str(d / "data")
+    preprocess(PreprocessConfig(str(d / "data.csv"), out, "label", num_shards=2, progress=False))
+    return out
+
+
+def _cfg(data, model_dir, **kw):
+    from tfpipes.train import TrainConfig
+
+    base = dict(hidden=(16, 8), batch_size=32, log_every=10, progress=False)
+    return TrainConfig(data, str(model_dir), **{**base, **kw})
+
+
+def _state(model_dir: str, step: int | None = None) -> dict:
+    """Every tensor of the newest (or step's) checkpoint but the iterator and the save counter:
+    the model's weights, the optimizer's slots and step counters, the global step."""
+    import tensorflow as tf
+
+    ckpt_dir = os.path.join(model_dir, "checkpoints")
+    prefix = tf.train.latest_checkpoint(ckpt_dir)
+    if step is not None:
+        prefix = os.path.join(ckpt_dir, f"ckpt-{step}")
+    reader = tf.train.load_checkpoint(prefix)
+    keys = [
+        k
+        for k, dtype in reader.get_variable_to_dtype_map().items()
+        if dtype != tf.variant and k.split("/")[0] in ("model_variables", "optimizer", "step")
+    ]
+    assert any(k.startswith("model_variables/") for k in keys)
+    return {k: reader.get_tensor(k) for k in keys}
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    diff = [k for k in a if not np.array_equal(a[k], b[k])]
+    assert not diff, f"{len(diff)} of {len(a)} tensors differ, e.g. {diff[:3]}"
+
+
+def _start(args, cwd):
+    """Start `tfpipes train`; a thread feeds its stderr lines into a queue."""
+    p = subprocess.Popen(
+        [tfpipes_exe(), *args],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in p.stderr], daemon=True).start()
+    return p, lines
+
+
+def _interrupt(args, cwd, sig, after_lines: int, delay: float) -> tuple[int | None, str]:
+    """Run `tfpipes train`, send ``sig`` ``delay`` s after its ``after_lines``-th progress line.
+    Returns (exit code, stderr); the code is None if the run ended before the signal."""
+    p, lines = _start(args, cwd)
+    out, seen, sent = [], 0, False
+    deadline = time.monotonic() + 120
+    try:
+        while p.poll() is None and time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            out.append(line)
+            seen += line.startswith("step ")
+            if seen >= after_lines:
+                time.sleep(delay)
+                p.send_signal(sig)
+                sent = True
+                break
+        p.wait(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    time.sleep(0.1)
+    while not lines.empty():
+        out.append(lines.get())
+    return (p.returncode if sent else None), "".join(out)
+
+
+def test_killed_and_restarted_run_ends_with_identical_weights(data, outside_dir):
+    """SIGKILL (and one SIGTERM) at random moments, restart with the same arguments each time:
+    the final checkpoint equals an uninterrupted run's, every weight and optimizer slot."""
+    d = str(outside_dir)
+    seed = int(time.time())
+    rng = random.Random(seed)
+    common = [*SMALL, "--data", data, "--train-steps", "300", "--checkpoint-every", "20"]
+    # A small shuffle buffer: the buffer is part of every checkpoint (the iterator state).
+    common += ["--steps-per-loop", "5", "--max-to-keep", "2", "--seed", "7", "--shuffle-buffer"]
+    common += ["300"]
+
+    args = ["train", *common, "--model-dir", "killed"]
+    interrupted = []
+    for sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGKILL):
+        code, err = _interrupt(args, d, sig, rng.randint(1, 6), rng.uniform(0, 0.03))
+        if code is None:
+            break  # finished before the signal: fine, the comparison below still holds
+        interrupted.append((sig, code, err))
+        if sig == signal.SIGKILL:
+            assert code == -signal.SIGKILL, err
+        else:  # preemption: a checkpoint at the current step, then the retryable exit code
+            assert code == 138 and "stopped by SIGTERM" in err and "Traceback" not in err, err
+    assert len(interrupted) >= 2, f"seed {seed}: the runs ended before they could be killed"
+    final = run_tfpipes(*args, cwd=d, timeout=300)
+    assert final.returncode == 0, final.stderr
+    assert "resumed from" in final.stderr, final.stderr
+    from tfpipes.train import train  # the uninterrupted reference, the same code in-process
+
+    ref = _cfg(data, os.path.join(d, "ref"), train_steps=300, checkpoint_every=300, seed=7)
+    train(dataclasses.replace(ref, steps_per_loop=50, shuffle_buffer=300))
+    try:
+        _assert_same(_state(os.path.join(d, "ref"), 300), _state(os.path.join(d, "killed"), 300))
+    except AssertionError as e:
+        raise AssertionError(f"random seed {seed}: {e}") from None
+    assert len([f for f in os.listdir(os.path.join(d, "killed", "checkpoints"))]) <= 5
+
+
+@pytest.mark.parametrize("cache", [False, True], ids=["streaming", "cache"])
+def test_steps_per_loop_1_and_50_give_the_same_weights(data, tmp_path, cache):
+    """Also across a resume: the 50-steps run stops at 70 and a new run goes on to 120 (with
+    --cache the data position is the step count; streaming, the iterator's saved state)."""
+    from tfpipes.train import train
+
+    def cfg(name, spl, steps):
+        return _cfg(data, tmp_path / name, train_steps=steps, steps_per_loop=spl, cache=cache)
+
+    assert train(cfg("m1", 1, 120)).metrics["accuracy"] > 0.5
+    assert train(cfg("m50", 50, 70)).final_step == 70
+    r = train(cfg("m50", 50, 120))
+    assert (r.start_step, r.steps_run, r.final_step) == (70, 50, 120)
+    _assert_same(_state(str(tmp_path / "m1")), _state(str(tmp_path / "m50")))
+
+
+def test_corrupt_newest_checkpoint_is_reported_and_the_previous_one_used(data, tmp_path, caplog):
+    from tfpipes.train import train
+
+    m = tmp_path / "m"
+    train(_cfg(data, m, train_steps=40, checkpoint_every=20))
+    shard = m / "checkpoints" / "ckpt-40.data-00000-of-00001"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    r = train(_cfg(data, m, train_steps=60, checkpoint_every=20))
+    assert (r.start_step, r.final_step) == (20, 60)
+    assert any("ckpt-40 is corrupt" in rec.getMessage() for rec in caplog.records)
+
+
+def test_custom_layer_user_model_trains_and_exports(data, outside_dir):
+    """A model defined outside the package (tests/user_models), with custom layers that build
+    their own weights, found through PYTHONPATH as a user's package would be."""
+    import tensorflow as tf
+
+    d = str(outside_dir)
+    env = {"PYTHONPATH": REPO}
+    p = run_tfpipes(
+        "train", *SMALL, "--data", data, "--model-dir", "m", "--train-steps", "150",
+        "--model", "tests.user_models.custom_layer:build_fn", cwd=d, env=env, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    metrics = json.load(open(os.path.join(d, "m", "metrics.json")))
+    assert metrics["accuracy"] > metrics["majority_baseline_accuracy"] + 0.2, metrics
+    state = _state(os.path.join(d, "m"))
+    shapes = sorted(v.shape for k, v in state.items() if k.startswith("model_variables/"))
+    assert (16, 16) in shapes and () in shapes  # the residual block's weights and its scale
+    from tfpipes.export import ExportConfig, export
+
+    export(ExportConfig(os.path.join(d, "m"), os.path.join(d, "exp"), version=1, data=data))
+    loaded = tf.saved_model.load(os.path.join(d, "exp", "1"))
+    out = loaded.signatures["predict"](
+        x1=tf.constant([0.5]), x2=tf.constant([-1.0]), x3=tf.constant([0.0]),
+        x4=tf.constant([1.0]), count=tf.constant([3], tf.int64), color=tf.constant(["red"]),
+    )  # fmt: skip
+    assert out["logits"].shape == (1, 3)
+
+
+def test_user_model_errors_are_one_line(data, tmp_path):
+    from tfpipes.train import train
+
+    for model, message in (
+        ("tests.user_models.custom_layer:wrong_outputs", r"needs \[batch, 3\]"),
+        ("tests.user_models.nosuch:build", "cannot import"),
+        ("tests.user_models.custom_layer:nosuch", "has no function 'nosuch'"),
+        ("nosuch", "unknown model"),
+    ):
+        with pytest.raises(UserError, match=message):
+            train(_cfg(data, tmp_path / "m", model=model, train_steps=5))
+    assert not (tmp_path / "m" / "checkpoints").exists() or not os.listdir(
+        tmp_path / "m" / "checkpoints"
+    )
+
+
+def test_warm_start_from_a_model_dir_and_from_an_export(data, tmp_path):
+    from tfpipes.export import ExportConfig, export
+    from tfpipes.train import train
+
+    src = tmp_path / "src"
+    train(_cfg(data, src, train_steps=50))
+    export(ExportConfig(str(src), str(tmp_path / "exp"), version=1, data=data))
+    want = {k: v for k, v in _state(str(src)).items() if k.startswith("model_variables/")}
+    for name, source in (("from_dir", src), ("from_export", tmp_path / "exp" / "1")):
+        r = train(_cfg(data, tmp_path / name, train_steps=0, warm_start_from=str(source)))
+        assert r.final_step == 0
+        got = {k: v for k, v in _state(str(tmp_path / name)).items() if k in want}
+        _assert_same(want, got)
+    # training on continues from the loaded weights, a fresh optimizer and step
+    r = train(_cfg(data, tmp_path / "more", train_steps=30, warm_start_from=str(src)))
+    assert (r.start_step, r.final_step) == (0, 30) and r.metrics["accuracy"] > 0.6
+    # a model of another shape is refused before anything is written
+    with pytest.raises(UserError, match="different model options"):
+        train(_cfg(data, tmp_path / "bad", hidden=(4,), warm_start_from=str(src)))
+    with pytest.raises(UserError, match="holds no weight|does not fit"):
+        train(_cfg(data, tmp_path / "bad", hidden=(4,), warm_start_from=str(tmp_path / "exp/1")))
+    with pytest.raises(UserError, match="not a model directory"):
+        train(_cfg(data, tmp_path / "bad", warm_start_from=str(tmp_path)))
+    assert not (tmp_path / "bad" / "model_config.json").exists()
+
+
+def test_model_dir_of_another_data_set_or_input_mode_is_refused(data, tmp_path):
+    from tfpipes.preprocess import PreprocessConfig, preprocess
+    from tfpipes.train import train
+
+    m = tmp_path / "m"
+    train(_cfg(data, m, train_steps=20, checkpoint_every=20))
+    before = sorted(os.listdir(m / "checkpoints"))
+    write_csv(str(tmp_path / "reg.csv"), 300, "regression", seed=2)
+    other = str(tmp_path / "reg")
+    preprocess(PreprocessConfig(str(tmp_path / "reg.csv"), other, "label", num_shards=1))
+    with pytest.raises(UserError, match="different data set schema"):
+        train(_cfg(other, m, train_steps=40))
+    with pytest.raises(UserError, match="different setting of --cache"):
+        train(_cfg(data, m, train_steps=40, cache=True))
+    assert sorted(os.listdir(m / "checkpoints")) == before
+
+
+@pytest.mark.gcs
+def test_gs_model_dir_holds_checkpoints_and_logs_and_resumes(data, gcs_bucket):
+    from tfpipes import storage
+    from tfpipes.train import train
+
+    model_dir = f"{gcs_bucket}/runs/m"
+    r = train(_cfg(data, model_dir, train_steps=40, checkpoint_every=20, max_to_keep=1))
+    assert r.final_step == 40 and r.logs == f"{model_dir}/logs"
+    ckpts = storage.listdir(f"{model_dir}/checkpoints")
+    assert ckpts == ["checkpoint", "ckpt-40.data-00000-of-00001", "ckpt-40.index"]
+    assert storage.listdir(f"{model_dir}/logs") == ["eval", "train"]
+    assert storage.listdir(f"{model_dir}/logs/train")[0].startswith("events.out.tfevents")
+    assert json.loads(storage.read_text(f"{model_dir}/metrics.json"))["step"] == 40
+    assert storage.exists(f"{model_dir}/model_config.json")
+    r = train(_cfg(data, model_dir, train_steps=60, checkpoint_every=20, max_to_keep=1))
+    assert (r.start_step, r.final_step) == (40, 60)
+    assert "ckpt-60.index" in storage.listdir(f"{model_dir}/checkpoints")
+    assert "ckpt-40.index" not in storage.listdir(f"{model_dir}/checkpoints")
+
+
+def test_summaries_hold_loss_learning_rate_throughput_and_eval_metrics(data, tmp_path):
+    import tensorflow as tf
+
+    from tfpipes.train import train
+
+    train(_cfg(data, tmp_path / "m", train_steps=20, checkpoint_every=20))
+    tags: dict[str, set] = {"train": set(), "eval": set()}
+    for split in tags:
+        logdir = tmp_path / "m" / "logs" / split
+        for f in os.listdir(logdir):
+            for event in tf.compat.v1.train.summary_iterator(str(logdir / f)):
+                tags[split].update(v.tag for v in event.summary.value)
+    assert {"loss", "learning_rate", "examples_per_second"} <= tags["train"]
+    assert {"loss", "accuracy"} <= tags["eval"]
+
+
+def test_multi_worker_strategy_in_one_process_saves_and_resumes(data, outside_dir):
+    """MultiWorkerMirroredStrategy with a one-worker TF_CONFIG on 127.0.0.1: the plain-iterator
+    path, the chief's checkpoint and the resume (several processes: test_local_cluster.py)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        "TF_CONFIG": json.dumps(
+            {"cluster": {"worker": [f"127.0.0.1:{port}"]}, "task": {"type": "worker", "index": 0}}
+        )
+    }
+    d = str(outside_dir)
+    args = ["train", *SMALL, "--data", data, "--model-dir", "m", "--strategy", "multi_worker"]
+    p = run_tfpipes(*args, "--train-steps", "30", cwd=d, env=env, timeout=300)
+    assert p.returncode == 0 and "strategy: multi_worker" in p.stderr, p.stderr
+    p = run_tfpipes(*args, "--train-steps", "60", cwd=d, env=env, timeout=300)
+    assert p.returncode == 0 and "ckpt-30 at step 30" in p.stderr, p.stderr
+    assert not [f for f in os.listdir(d) if f.startswith("_tmp_worker")]
+
+
+MIRRORED_SCRIPT = """
+import sys, tensorflow as tf
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+from tfpipes import strategy as strategy_lib, train as train_lib
+strategy_lib.create_strategy = lambda res: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+data, root = sys.argv[1], sys.argv[2]
+for name, steps in (("straight", 60), ("resumed", 20), ("resumed", 60)):
+    r = train_lib.train(train_lib.TrainConfig(data, f"{root}/{name}", hidden=(16, 8),
+        batch_size=32, train_steps=steps, checkpoint_every=20, log_every=10,
+        strategy="mirrored", progress=False))
+    print(name, r.start_step, r.final_step)
+"""
+
+
+def test_two_replica_mirrored_resume_skips_to_the_same_batches(data, tmp_path):
+    """Two replicas in one process need a distributed iterator, which TF cannot checkpoint:
+    the resumed run rebuilds the pipeline and skips what was consumed; same weights. (Two
+    CPU devices need a process of their own; the strategy is the one TF would pick for two
+    GPUs, substituted for create_strategy's.)"""
+    p = subprocess.run(
+        [sys.executable, "-c", MIRRORED_SCRIPT, data, str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split("\n")[:3] == ["straight 0 60", "resumed 0 20", "resumed 20 60"]
+    _assert_same(_state(str(tmp_path / "straight")), _state(str(tmp_path / "resumed")))

@@ -1,0 +1,1 @@
+"""User models defined outside the tfpipes package, as a user would write them."""
