@@ -81,6 +81,7 @@ def build_pipeline(options: PipelineOptions = PipelineOptions()):
         model_version: str = "",
         publish_base: str = "",
         cache_index: str = "",
+        warm_start_from: str = "",
         train_cpu_request: str = "1",
         train_memory_request: str = "2Gi",
     ) -> TrainingOutputs:
@@ -88,6 +89,8 @@ def build_pipeline(options: PipelineOptions = PipelineOptions()):
         seconds. Recurring runs pass ``[[ScheduledTime]]`` (YYYYMMDDhhmmss, UTC), so each
         scheduled retrain publishes a version named after its schedule time.
         ``cache_index``: a folder (gs://...) where preprocess outputs are indexed by content.
+        ``warm_start_from``: a model dir, checkpoint or SavedModel to start from; recurring
+        retrains pass ``latest:<publish_base>`` (the newest published version, if any).
         """
         fp = platform(
             fingerprint_op(
@@ -120,6 +123,7 @@ def build_pipeline(options: PipelineOptions = PipelineOptions()):
                 batch_size=batch_size,
                 train_steps=train_steps,
                 checkpoint_dir=checkpoint_dir,
+                warm_start_from=warm_start_from,
             ),
             is_train=True,
         )

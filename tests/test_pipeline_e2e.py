@@ -317,3 +317,53 @@ def test_compile_and_run_local(outside_dir):
     assert os.path.exists(os.path.join(arts["model"], "checkpoints", "checkpoint"))
     assert json.load(open(arts["metrics"]))["step"] == 200
     assert os.path.exists(os.path.join(arts["exported"], "1", "saved_model.pb"))
+
+
+def test_recurring_retrain_warm_starts_from_the_latest_published_version(outside_dir):
+    """What a schedule passes: --warm-start-from latest:<publish base>. The first run (nothing
+    published yet) starts fresh; later runs load the newest version's weights."""
+    from tfpipes.export import ExportConfig, export
+    from tfpipes.preprocess import PreprocessConfig, preprocess
+    from tfpipes.train import TrainConfig, train
+
+    d = str(outside_dir)
+    write_csv(os.path.join(d, "data.csv"), 400, seed=12)
+    data = os.path.join(d, "data")
+    preprocess(PreprocessConfig(os.path.join(d, "data.csv"), data, "label", num_shards=2))
+    base = os.path.join(d, "published")
+    first = train(
+        TrainConfig(data, os.path.join(d, "run1"), train_steps=30, warm_start_from=f"latest:{base}")
+    )
+    assert first.final_step == 30
+    export(ExportConfig(os.path.join(d, "run1"), base, version=20261101030000, data=data))
+    train(TrainConfig(data, os.path.join(d, "run2"), train_steps=60, seed=7))
+    export(ExportConfig(os.path.join(d, "run2"), base, version=20261102030000, data=data))
+    p = run_tfpipes(
+        "train",
+        "--data",
+        "data",
+        "--model-dir",
+        "run3",
+        "--train-steps",
+        "0",
+        "--warm-start-from",
+        f"latest:{base}",
+        cwd=d,
+    )
+    _ok(p)
+    assert "warm start: weights from" in p.stderr and "20261102030000" in p.stderr
+    import tensorflow as tf
+
+    def weights(model_dir):
+        prefix = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+        r = tf.train.load_checkpoint(prefix)
+        return {
+            k: r.get_tensor(k)
+            for k in r.get_variable_to_shape_map()
+            if k.startswith("model_variables/")
+        }
+
+    w2, w3 = weights(os.path.join(d, "run2")), weights(os.path.join(d, "run3"))
+    assert w2.keys() == w3.keys() and w2
+    for k in w2:
+        np.testing.assert_array_equal(w2[k], w3[k])

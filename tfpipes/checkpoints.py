@@ -147,16 +147,41 @@ def restore_latest(ckpt: tf.train.Checkpoint, manager: tf.train.CheckpointManage
     )
 
 
+LATEST_PREFIX = "latest:"
+
+
+def latest_published_version(base: str) -> str | None:
+    """``<base>/<N>`` for the highest version N holding a SavedModel (TF Serving's choice), or
+    None when ``base`` has none (or does not exist yet)."""
+    if not storage.is_dir(base):
+        return None
+    versions = sorted((int(n) for n in storage.listdir(base) if n.isdigit()), reverse=True)
+    for v in versions:
+        path = storage.join(base, str(v))
+        if storage.exists(storage.join(path, "saved_model.pb")):
+            return path
+    return None
+
+
 def warm_start(model, source: str, config: dict | None = None) -> str:
     """Load every weight of ``model`` from ``source``; return what was loaded.
 
     ``source``: another run's model directory (its newest sound checkpoint), a checkpoint
     prefix, or an exported SavedModel directory (``<base>/<version>``); local or ``gs://``.
+    ``latest:<base>`` takes the newest published version under ``<base>`` and, when nothing is
+    published yet (a recurring retrain's first run), loads nothing and returns "".
     Only the weights are taken: the optimizer, step and data position start afresh. ``config``
     (this run's ``model_config.json`` content) is compared with a model directory's to name a
     mismatch plainly. Raises UserError when ``source`` holds no model or one of another shape.
     """
     where = f"--warm-start-from {source}"
+    if source.startswith(LATEST_PREFIX):
+        base = source[len(LATEST_PREFIX) :]
+        newest = latest_published_version(base)
+        if newest is None:
+            log.info("%s: nothing published yet; starting from fresh weights", where)
+            return ""
+        source = newest
     if storage.exists(storage.join(source, "saved_model.pb")):
         with storage.local_dir(source) as d:
             _restore_weights(model, os.path.join(d, "variables", "variables"), where, True)

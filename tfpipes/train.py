@@ -485,7 +485,8 @@ def _train(cfg: TrainConfig, res: strategy_lib.Resolution) -> TrainResult:
                     log.info("--warm-start-from ignored: resuming this model dir's own run")
             elif cfg.warm_start_from:
                 loaded = warm_start(trainer.model, cfg.warm_start_from, config)
-                log.info("warm start: weights from %s", loaded)
+                if loaded:
+                    log.info("warm start: weights from %s", loaded)
             if data is None and plain:  # MWMS, one replica per worker: skip `start` batches
                 data = iter(dataset_fn(ctx, start))
             elif data is None:  # each step takes one per-replica batch per local replica

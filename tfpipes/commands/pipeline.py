@@ -21,6 +21,7 @@ PIPELINE_PARAMS = (
     ("--checkpoint-dir", "checkpoint_dir", str, "", "durable checkpoint dir (local or gs://)"),
     ("--version", "model_version", str, "", "exported model version (default: now)"),
     ("--publish-base", "publish_base", str, "", "also publish the SavedModel under this base"),
+    ("--warm-start-from", "warm_start_from", str, "", "model dir, SavedModel or latest:<base>"),
 )
 
 
