@@ -351,3 +351,27 @@ def test_two_replica_mirrored_resume_skips_to_the_same_batches(data, tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.split("\n")[:3] == ["straight 0 60", "resumed 0 20", "resumed 20 60"]
     _assert_same(_state(str(tmp_path / "straight")), _state(str(tmp_path / "resumed")))
+
+
+def test_mixed_precision_trains_and_exports_float32_outputs(data, outside_dir):
+    """--mixed-precision on the CPU computes the body in bfloat16 (float16 with loss scaling
+    on a GPU); the model still learns, and the export's outputs are float32."""
+    import tensorflow as tf
+
+    d = str(outside_dir)
+    p = run_tfpipes(
+        "train", *SMALL, "--data", data, "--model-dir", "m", "--train-steps", "150",
+        "--mixed-precision", cwd=d, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    metrics = json.load(open(os.path.join(d, "m", "metrics.json")))
+    assert metrics["accuracy"] > metrics["majority_baseline_accuracy"] + 0.2, metrics
+    from tfpipes.export import ExportConfig, export
+
+    r = export(ExportConfig(os.path.join(d, "m"), os.path.join(d, "exp"), version=1, data=data,
+                            tolerance=1e-2))  # fmt: skip
+    out = tf.saved_model.load(r.path).signatures["predict"](
+        x1=tf.constant([0.5]), x2=tf.constant([-1.0]), x3=tf.constant([0.0]),
+        x4=tf.constant([1.0]), count=tf.constant([3], tf.int64), color=tf.constant(["red"]),
+    )  # fmt: skip
+    assert out["logits"].dtype == tf.float32 and out["probabilities"].dtype == tf.float32
