@@ -57,7 +57,7 @@ def preprocess_op(
     label: str,
     examples: Output[Dataset],
     eval_fraction: float = 0.2,
-    num_shards: int = 8,
+    num_shards: int = 16,
     compression: str = "",
     content_key: str = "",
     cache_index: str = "",

@@ -317,7 +317,11 @@ def test_server_stopped_mid_upload_then_rerun_commits(tmp_path, monkeypatch):
 
         monkeypatch.setattr(gcs, "after_upload", None)
         server.start()
-        # The partial upload is there but not committed.
+        # The partial upload is there but not committed. (A restarted fake-gcs-server answers
+        # a moment before its filesystem backend lists the bucket again: poll for it.)
+        from tests.test_preprocess_gcs import _wait_for_objects
+
+        _wait_for_objects(dest)
         assert storage.is_dir(dest)
         assert not storage.exists(f"{dest}/manifest.json")
 

@@ -17,7 +17,7 @@ PIPELINE_PARAMS = (
     ("--batch-size", "batch_size", int, 64, "global batch size"),
     ("--train-steps", "train_steps", int, 1000, "training steps"),
     ("--eval-fraction", "eval_fraction", float, 0.2, "share of rows for eval"),
-    ("--num-shards", "num_shards", int, 8, "shards per split"),
+    ("--num-shards", "num_shards", int, 16, "shards per split"),
     ("--checkpoint-dir", "checkpoint_dir", str, "", "durable checkpoint dir (local or gs://)"),
     ("--version", "model_version", str, "", "exported model version (default: now)"),
     ("--publish-base", "publish_base", str, "", "also publish the SavedModel under this base"),
