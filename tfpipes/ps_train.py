@@ -419,7 +419,13 @@ def _failure(res: Resolution, error: Exception, manager) -> Exception:
 
     text = getattr(error, "message", None) or str(error)
     first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-    gone = [p for p in peers.cluster_peers(res) if p.task_type == "ps" and peers.probe(p)]
+    # A ps is gone if it no longer answers, or if TensorFlow's error names its address (a
+    # restarted ps answers again at once, but the variables it held are lost all the same).
+    gone = [
+        p
+        for p in peers.cluster_peers(res)
+        if p.task_type == "ps" and (p.address in text or peers.probe(p))
+    ]
     resume = manager.latest_checkpoint
     where = f"from {resume}" if resume else "from the start (no checkpoint yet)"
     if gone:
