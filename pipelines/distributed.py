@@ -14,11 +14,11 @@ identity, a credentials secret (``gcs_secret``, mounted into the KFP steps at co
 import warnings
 from typing import NamedTuple
 
-from kfp import compiler, dsl, kubernetes
+from kfp import compiler, dsl
 from kfp.dsl import Dataset, Metrics, Model
-from tfpipes_components import export_op, fingerprint_op, preprocess_op
+from tfpipes_components import export_op
 from tfpipes_components.tfjob_op import IMAGE, tfjob_train_op
-from tfpipes_pipelines.training import GCS_KEY_MOUNT, PipelineOptions
+from tfpipes_pipelines.training import PipelineOptions, data_steps, with_credentials
 
 PIPELINE_NAME = "tfpipes-distributed-training"
 
@@ -35,12 +35,7 @@ def build_distributed_pipeline(options: PipelineOptions = PipelineOptions()):
     TFJob's own GPUs and resources are parameters of the run)."""
 
     def platform(task):
-        if options.gcs_secret:
-            kubernetes.use_secret_as_volume(
-                task, secret_name=options.gcs_secret, mount_path=GCS_KEY_MOUNT
-            )
-            task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{GCS_KEY_MOUNT}/key.json")
-        return task
+        return with_credentials(task, options)
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -76,27 +71,7 @@ def build_distributed_pipeline(options: PipelineOptions = PipelineOptions()):
         number of workers. ``model_dir``: durable storage all pods reach (default: the model
         artifact's URI). ``timeout_seconds``: the job is deleted and the step fails after it.
         """
-        fp = platform(
-            fingerprint_op(
-                source=source,
-                label=label,
-                eval_fraction=eval_fraction,
-                num_shards=num_shards,
-                cache_index=cache_index,
-            )
-        )
-        fp.set_caching_options(False)
-        pre = platform(
-            preprocess_op(
-                source=source,
-                label=label,
-                eval_fraction=eval_fraction,
-                num_shards=num_shards,
-                content_key=fp.output,
-                cache_index=cache_index,
-            )
-        )
-        pre.set_caching_options(True)
+        pre = data_steps(options, source, label, eval_fraction, num_shards, cache_index)
         tr = platform(
             tfjob_train_op(
                 examples=pre.outputs["examples"],

@@ -43,15 +43,53 @@ class TrainingOutputs(NamedTuple):
     exported: Model
 
 
+def with_credentials(task, options: PipelineOptions):
+    """Mount the storage credentials secret (if any) into ``task``; returns ``task``."""
+    if options.gcs_secret:
+        kubernetes.use_secret_as_volume(
+            task, secret_name=options.gcs_secret, mount_path=GCS_KEY_MOUNT
+        )
+        task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{GCS_KEY_MOUNT}/key.json")
+    return task
+
+
+def data_steps(options, source, label, eval_fraction, num_shards, cache_index):
+    """fingerprint -> preprocess, shared by every pipeline; returns the preprocess task.
+
+    The fingerprint is never cached (it must look at the data every time); preprocess is
+    cached with the content key among its parameters, so it is reused only for the same bytes.
+    """
+    fp = with_credentials(
+        fingerprint_op(
+            source=source,
+            label=label,
+            eval_fraction=eval_fraction,
+            num_shards=num_shards,
+            cache_index=cache_index,
+        ),
+        options,
+    )
+    fp.set_caching_options(False)
+    pre = with_credentials(
+        preprocess_op(
+            source=source,
+            label=label,
+            eval_fraction=eval_fraction,
+            num_shards=num_shards,
+            content_key=fp.output,
+            cache_index=cache_index,
+        ),
+        options,
+    )
+    pre.set_caching_options(True)
+    return pre
+
+
 def build_pipeline(options: PipelineOptions = PipelineOptions()):
     """The pipeline function for ``options`` (a ``@dsl.pipeline``)."""
 
     def platform(task, is_train: bool = False):
-        if options.gcs_secret:
-            kubernetes.use_secret_as_volume(
-                task, secret_name=options.gcs_secret, mount_path=GCS_KEY_MOUNT
-            )
-            task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{GCS_KEY_MOUNT}/key.json")
+        with_credentials(task, options)
         if is_train:
             if options.train_gpus:
                 task.set_accelerator_type(options.gpu_type)
@@ -92,27 +130,7 @@ def build_pipeline(options: PipelineOptions = PipelineOptions()):
         ``warm_start_from``: a model dir, checkpoint or SavedModel to start from; recurring
         retrains pass ``latest:<publish_base>`` (the newest published version, if any).
         """
-        fp = platform(
-            fingerprint_op(
-                source=source,
-                label=label,
-                eval_fraction=eval_fraction,
-                num_shards=num_shards,
-                cache_index=cache_index,
-            )
-        )
-        fp.set_caching_options(False)  # it must look at the data every time
-        pre = platform(
-            preprocess_op(
-                source=source,
-                label=label,
-                eval_fraction=eval_fraction,
-                num_shards=num_shards,
-                content_key=fp.output,
-                cache_index=cache_index,
-            )
-        )
-        pre.set_caching_options(True)  # keyed by content_key: reused only for the same bytes
+        pre = data_steps(options, source, label, eval_fraction, num_shards, cache_index)
         tr = platform(
             train_op(
                 examples=pre.outputs["examples"],
