@@ -16,9 +16,13 @@ from typing import NamedTuple
 
 from kfp import compiler, dsl
 from kfp.dsl import Dataset, Metrics, Model
-from tfpipes_components import export_op
 from tfpipes_components.tfjob_op import IMAGE, tfjob_train_op
-from tfpipes_pipelines.training import PipelineOptions, data_steps, with_credentials
+from tfpipes_pipelines.training import (
+    PipelineOptions,
+    data_steps,
+    export_step,
+    with_credentials,
+)
 
 PIPELINE_NAME = "tfpipes-distributed-training"
 
@@ -98,21 +102,7 @@ def build_distributed_pipeline(options: PipelineOptions = PipelineOptions()):
         tr.set_cpu_request("100m")
         tr.set_memory_request("256Mi")
         tr.set_caching_options(False)
-        ex = platform(
-            export_op(
-                model=tr.outputs["model"],
-                examples=pre.outputs["examples"],
-                version=model_version,
-                publish_base=publish_base,
-            )
-        )
-        ex.set_caching_options(False)
-        return DistributedOutputs(
-            examples=pre.outputs["examples"],
-            model=tr.outputs["model"],
-            metrics=tr.outputs["metrics"],
-            exported=ex.outputs["exported"],
-        )
+        return export_step(options, pre, tr, model_version, publish_base, DistributedOutputs)
 
     return distributed_pipeline
 

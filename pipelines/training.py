@@ -85,6 +85,26 @@ def data_steps(options, source, label, eval_fraction, num_shards, cache_index):
     return pre
 
 
+def export_step(options, pre, tr, model_version, publish_base, outputs):
+    """export after ``tr`` (never cached), and the pipeline's ``outputs`` tuple of artifacts."""
+    ex = with_credentials(
+        export_op(
+            model=tr.outputs["model"],
+            examples=pre.outputs["examples"],
+            version=model_version,
+            publish_base=publish_base,
+        ),
+        options,
+    )
+    ex.set_caching_options(False)
+    return outputs(
+        examples=pre.outputs["examples"],
+        model=tr.outputs["model"],
+        metrics=tr.outputs["metrics"],
+        exported=ex.outputs["exported"],
+    )
+
+
 def build_pipeline(options: PipelineOptions = PipelineOptions()):
     """The pipeline function for ``options`` (a ``@dsl.pipeline``)."""
 
@@ -150,21 +170,7 @@ def build_pipeline(options: PipelineOptions = PipelineOptions()):
         # Training is not cached: the same inputs may be retrained on purpose (a new seed, a
         # checkpoint directory that moved on); KFP's cache key would not see that.
         tr.set_caching_options(False)
-        ex = platform(
-            export_op(
-                model=tr.outputs["model"],
-                examples=pre.outputs["examples"],
-                version=model_version,
-                publish_base=publish_base,
-            )
-        )
-        ex.set_caching_options(False)
-        return TrainingOutputs(
-            examples=pre.outputs["examples"],
-            model=tr.outputs["model"],
-            metrics=tr.outputs["metrics"],
-            exported=ex.outputs["exported"],
-        )
+        return export_step(options, pre, tr, model_version, publish_base, TrainingOutputs)
 
     return training_pipeline
 
