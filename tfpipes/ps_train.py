@@ -207,7 +207,7 @@ def coordinate(cfg, res: Resolution):
     from tfpipes.input_pipeline import make_dataset
     from tfpipes.models import checkpoint_objects
     from tfpipes.schema import load_schema
-    from tfpipes.train import METRICS, MODEL_CONFIG, TrainResult, _check_compatible
+    from tfpipes.train import METRICS, MODEL_CONFIG, TrainResult, _check_compatible, _rate
 
     t_start = time.monotonic()
     opt_name, lr = cfg.resolved_optimizer()
@@ -294,20 +294,10 @@ def coordinate(cfg, res: Resolution):
         finally:
             store.close()
     final = int(metrics["step"])
-    rate = steps_run * cfg.batch_size / seconds if seconds > 0 else 0.0
+    rate = _rate(steps_run, cfg, seconds)
     metrics["train_examples_per_second"] = rate
     storage.write_text(storage.join(cfg.model_dir, METRICS), json.dumps(metrics, indent=2) + "\n")
-    return TrainResult(
-        cfg.model_dir,
-        start,
-        final,
-        steps_run,
-        time.monotonic() - t_start,
-        rate,
-        metrics,
-        last_ckpt,
-        storage.join(cfg.model_dir, "logs"),
-    )
+    return TrainResult.of_run(cfg, start, final, steps_run, t_start, rate, metrics, last_ckpt)
 
 
 def _log_placement(trainer: PSTrainer) -> None:

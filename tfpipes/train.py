@@ -128,6 +128,13 @@ class TrainResult:
     checkpoint: str
     logs: str = ""  # TensorBoard log directory (next to the checkpoints)
 
+    @classmethod
+    def of_run(cls, cfg, start, final, steps_run, t_start, rate, metrics, last_ckpt):
+        """The result of a run that began at ``time.monotonic()`` ``t_start``."""
+        logs = storage.join(cfg.model_dir, "logs")
+        seconds = time.monotonic() - t_start
+        return cls(cfg.model_dir, start, final, steps_run, seconds, rate, metrics, last_ckpt, logs)
+
 
 def _make_optimizer(name: str, lr: float):
     import keras
@@ -513,17 +520,7 @@ def _train(cfg: TrainConfig, res: strategy_lib.Resolution) -> TrainResult:
                 store.sync_logs()
         finally:
             store.close()
-    return TrainResult(
-        cfg.model_dir,
-        start,
-        final,
-        steps_run,
-        time.monotonic() - t_start,
-        rate,
-        metrics,
-        last_ckpt,
-        storage.join(cfg.model_dir, "logs"),
-    )
+    return TrainResult.of_run(cfg, start, final, steps_run, t_start, rate, metrics, last_ckpt)
 
 
 def _cache_device(manifest) -> str:
