@@ -23,6 +23,7 @@ from tfpipes.sample_data import write_csv
 pytestmark = pytest.mark.slow
 
 SMALL = ["--hidden", "16,8", "--batch-size", "32", "--log-every", "10"]
+LOSS_SCALE = "optimizer/dynamic_scale/.ATTRIBUTES/VARIABLE_VALUE"  # LossScaleOptimizer's
 
 
 @pytest.fixture(scope="module")
@@ -331,26 +332,31 @@ tf.config.set_logical_device_configuration(
 from tfpipes import strategy as strategy_lib, train as train_lib
 strategy_lib.create_strategy = lambda res: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 data, root = sys.argv[1], sys.argv[2]
+precision = sys.argv[3]
 for name, steps in (("straight", 60), ("resumed", 20), ("resumed", 60)):
     r = train_lib.train(train_lib.TrainConfig(data, f"{root}/{name}", hidden=(16, 8),
         batch_size=32, train_steps=steps, checkpoint_every=20, log_every=10,
-        strategy="mirrored", progress=False))
+        strategy="mirrored", mixed_precision=precision, progress=False))
     print(name, r.start_step, r.final_step)
 """
 
 
-def test_two_replica_mirrored_resume_skips_to_the_same_batches(data, tmp_path):
+@pytest.mark.parametrize("precision", ["", "float16"], ids=["float32", "float16"])
+def test_two_replica_mirrored_resume_skips_to_the_same_batches(data, tmp_path, precision):
     """Two replicas in one process need a distributed iterator, which TF cannot checkpoint:
     the resumed run rebuilds the pipeline and skips what was consumed; same weights. (Two
     CPU devices need a process of their own; the strategy is the one TF would pick for two
-    GPUs, substituted for create_strategy's.)"""
+    GPUs, substituted for create_strategy's.) float16: what a multi-GPU run with
+    --mixed-precision does, the loss scale kept across replicas and the resume."""
     p = subprocess.run(
-        [sys.executable, "-c", MIRRORED_SCRIPT, data, str(tmp_path)],
+        [sys.executable, "-c", MIRRORED_SCRIPT, data, str(tmp_path), precision],
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert p.stdout.split("\n")[:3] == ["straight 0 60", "resumed 0 20", "resumed 20 60"]
-    _assert_same(_state(str(tmp_path / "straight")), _state(str(tmp_path / "resumed")))
+    straight = _state(str(tmp_path / "straight"))
+    _assert_same(straight, _state(str(tmp_path / "resumed")))
+    assert (LOSS_SCALE in straight) == (precision == "float16")
 
 
 def test_mixed_precision_trains_and_exports_float32_outputs(data, outside_dir):
@@ -375,3 +381,51 @@ def test_mixed_precision_trains_and_exports_float32_outputs(data, outside_dir):
         x4=tf.constant([1.0]), count=tf.constant([3], tf.int64), color=tf.constant(["red"]),
     )  # fmt: skip
     assert out["logits"].dtype == tf.float32 and out["probabilities"].dtype == tf.float32
+
+
+def test_float16_with_loss_scaling_resumes_exactly_and_exports_float32(data, outside_dir):
+    """--mixed-precision float16, the GPU's setting, run on the CPU: the loss scale lives in
+    the checkpoint, a resumed run ends with the weights, slots and scale of an uninterrupted
+    one, the export computes in float32, and resuming in another precision is refused."""
+    import tensorflow as tf
+
+    d = str(outside_dir)
+
+    def run(model_dir, steps, precision="float16"):
+        return run_tfpipes(
+            "train", *SMALL, "--data", data, "--model-dir", model_dir, "--train-steps", steps,
+            "--checkpoint-every", "20", "--mixed-precision", precision, cwd=d, timeout=300,
+        )  # fmt: skip
+
+    for model_dir, steps in (("straight", "60"), ("resumed", "20"), ("resumed", "60")):
+        p = run(model_dir, steps)
+        assert p.returncode == 0, p.stderr
+        assert "float16 compute, float32 weights, dynamic loss scaling" in p.stderr
+    straight = _state(os.path.join(d, "straight"))
+    assert straight[LOSS_SCALE] > 1  # dynamic scaling on (2**15 at the start)
+    _assert_same(straight, _state(os.path.join(d, "resumed")))
+
+    before = sorted(os.listdir(os.path.join(d, "resumed", "checkpoints")))
+    p = run("resumed", "80", "bfloat16")
+    assert p.returncode == 2, p.stderr
+    assert "--mixed-precision" in p.stderr and '"float16"' in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+    assert sorted(os.listdir(os.path.join(d, "resumed", "checkpoints"))) == before
+
+    from tfpipes.export import ExportConfig, export
+
+    r = export(ExportConfig(os.path.join(d, "straight"), os.path.join(d, "exp"), version=1,
+                            data=data, tolerance=1e-2))  # fmt: skip
+    out = tf.saved_model.load(r.path).signatures["predict"](
+        x1=tf.constant([0.5]), x2=tf.constant([-1.0]), x3=tf.constant([0.0]),
+        x4=tf.constant([1.0]), count=tf.constant([3], tf.int64), color=tf.constant(["red"]),
+    )  # fmt: skip
+    assert out["logits"].dtype == tf.float32
+
+
+def test_mixed_precision_dtype_is_checked(data, tmp_path):
+    from tfpipes.train import train
+
+    with pytest.raises(UserError, match="--mixed-precision 'float8'"):
+        train(_cfg(data, tmp_path / "m", mixed_precision="float8"))
+    assert not (tmp_path / "m").exists()

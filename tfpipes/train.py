@@ -53,7 +53,8 @@ class TrainConfig:
     with an existing model_dir resumes. train_steps: the global step to stop at.
     steps_per_loop: steps per ``tf.function`` call (any value gives the same weights).
     cache: parse the train split once and feed it from memory (see ``input_pipeline``).
-    mixed_precision: float16 compute on GPU (bfloat16 on CPU) with loss scaling. jit: XLA
+    mixed_precision: "" (off), "auto" or True (float16 with a GPU, else bfloat16), "float16"
+    (dynamic loss scaling) or "bfloat16"; weights stay float32 (see ``precision_policy``). jit: XLA
     auto-clustering (GPU). deterministic: op determinism (None: on unless a GPU is visible), what
     makes a resumed run bit-identical. warm_start_from: initial weights from another run's
     model dir or checkpoint, or an exported SavedModel (ignored when model_dir has a checkpoint).
@@ -77,7 +78,7 @@ class TrainConfig:
     strategy: str = ""  # override the environment's choice
     cache: bool = False
     progress: bool | None = None
-    mixed_precision: bool = False
+    mixed_precision: bool | str = False
     jit: bool = False
     deterministic: bool | None = None
     warm_start_from: str = ""
@@ -105,6 +106,7 @@ class TrainConfig:
             raise UserError("--dropout must be in [0, 1)")
         if any(h < 1 for h in self.hidden):
             raise UserError("--hidden sizes must be positive integers")
+        precision_policy(self.mixed_precision, gpu=False)  # a bad value is an error anywhere
 
     @property
     def model_spec(self) -> ModelSpec:
@@ -147,6 +149,29 @@ def _make_optimizer(name: str, lr: float):
     }[name](learning_rate=lr)
 
 
+PRECISIONS = ("auto", "float16", "bfloat16")
+
+
+def precision_policy(mixed_precision: bool | str, gpu: bool) -> str:
+    """The compute dtype of a run: "" (float32), "float16" or "bfloat16".
+
+    ``mixed_precision``: False/"" (off), True/"auto" (float16 on a GPU, bfloat16 without one),
+    or a dtype. float16 comes with dynamic loss scaling; it also runs on a CPU (slowly), which
+    is how the GPU's code path is tested here.
+    """
+    if mixed_precision is True:
+        mixed_precision = "auto"
+    if mixed_precision in (False, "", "off"):
+        return ""
+    if mixed_precision not in PRECISIONS:
+        raise UserError(
+            f"--mixed-precision {mixed_precision!r}: choose one of {', '.join(PRECISIONS)}"
+        )
+    if mixed_precision == "auto":
+        return "float16" if gpu else "bfloat16"
+    return mixed_precision
+
+
 def load_model_config(model_dir: str) -> dict:
     path = storage.join(model_dir, MODEL_CONFIG)
     if not storage.exists(path):
@@ -176,8 +201,9 @@ def _check_compatible(model_dir: str, config: dict) -> None:
 class Trainer:
     """Owns the model, optimizer, step counter and the compiled train and eval functions.
 
-    ``batch`` is the global batch size. ``mixed_precision``: the body computes in float16
-    (bfloat16 without a GPU) with float32 weights, the loss is scaled against underflow.
+    ``batch`` is the global batch size. ``mixed_precision`` (see :func:`precision_policy`):
+    the body computes in float16 or bfloat16 with float32 weights; with float16 the loss is
+    scaled against underflow (``LossScaleOptimizer``, its scale saved with the optimizer).
     """
 
     def __init__(
@@ -190,7 +216,7 @@ class Trainer:
         lr,
         batch,
         *,
-        mixed_precision: bool = False,
+        mixed_precision: bool | str = False,
     ):
         import keras
         import tensorflow as tf
@@ -201,10 +227,10 @@ class Trainer:
         self.schema = schema
         self.global_batch = batch
         self.classification = schema.task == "classification"
-        policy = None
-        if mixed_precision:
-            gpu = bool(tf.config.list_logical_devices("GPU"))
-            policy = "mixed_float16" if gpu else "mixed_bfloat16"
+        gpu = bool(tf.config.list_logical_devices("GPU"))
+        compute = precision_policy(mixed_precision, gpu)
+        self.precision = compute or "float32"
+        policy = f"mixed_{compute}" if compute else None
         previous = keras.config.dtype_policy()
         with strategy.scope():
             try:
@@ -410,6 +436,7 @@ def _train(cfg: TrainConfig, res: strategy_lib.Resolution) -> TrainResult:
     configure_tensorflow(cfg)
     opt_name, lr = cfg.resolved_optimizer()
     replicas = strategy.num_replicas_in_sync
+    precision = precision_policy(cfg.mixed_precision, bool(tf.config.list_logical_devices("GPU")))
     if cfg.batch_size % replicas:
         raise UserError(
             f"--batch-size {cfg.batch_size} is not divisible by the {replicas} replicas"
@@ -425,9 +452,14 @@ def _train(cfg: TrainConfig, res: strategy_lib.Resolution) -> TrainResult:
             "schema": json.loads(schema.to_json()),
             "stats": stats,
             "optimizer": {"name": opt_name, "learning_rate": lr},
-            "run": {"cache": cfg.cache, "mixed_precision": cfg.mixed_precision},
+            # The compute dtype as resolved here: a float16 run's checkpoints hold a loss
+            # scale that a bfloat16 or float32 run would not restore.
+            "run": {"cache": cfg.cache, "mixed_precision": precision},
         }
         _check_compatible(cfg.model_dir, config)
+        if precision:
+            scaling = ", dynamic loss scaling" if precision == "float16" else ""
+            log.info("mixed precision: %s compute, float32 weights%s", precision, scaling)
 
         keras.utils.set_random_seed(cfg.seed)
         trainer = Trainer(
@@ -438,7 +470,7 @@ def _train(cfg: TrainConfig, res: strategy_lib.Resolution) -> TrainResult:
             opt_name,
             lr,
             cfg.batch_size,
-            mixed_precision=cfg.mixed_precision,
+            mixed_precision=precision,
         )
         # One replica per input pipeline: each task feeds its replica itself, from memory
         # (--cache) or a plain tf.data iterator. Several local replicas need a distributed

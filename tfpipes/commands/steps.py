@@ -99,7 +99,16 @@ def register(sub) -> None:
     t.add_argument(
         "--cache", action="store_true", help="parse the train split once and train from memory"
     )
-    t.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPU)")
+    t.add_argument(
+        "--mixed-precision",
+        nargs="?",
+        const="auto",
+        default="",
+        choices=("auto", "float16", "bfloat16"),
+        metavar="DTYPE",
+        help="compute in 16 bits, weights in float32: float16 with dynamic loss scaling, or "
+        "bfloat16; alone (auto): float16 with a GPU, bfloat16 without",
+    )
     t.add_argument("--jit", action="store_true", help="XLA compilation (GPU)")
     t.add_argument(
         "--deterministic",
