@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -429,3 +430,30 @@ def test_mixed_precision_dtype_is_checked(data, tmp_path):
     with pytest.raises(UserError, match="--mixed-precision 'float8'"):
         train(_cfg(data, tmp_path / "m", mixed_precision="float8"))
     assert not (tmp_path / "m").exists()
+
+
+def test_jit_compiles_the_train_step_with_xla(data, outside_dir):
+    """--jit with TensorFlow's switch that lets auto-clustering act on the CPU as it does on a
+    GPU: XLA compiles a cluster holding the model's and the optimizer's variables (the dump
+    names its resource arguments), and the model still learns and exports."""
+    d = str(outside_dir)
+    env = {
+        "TF_XLA_FLAGS": "--tf_xla_cpu_global_jit",
+        "XLA_FLAGS": f"--xla_dump_to={os.path.join(d, 'xla')}",
+    }
+    p = run_tfpipes(
+        "train", *SMALL, "--data", data, "--model-dir", "m", "--train-steps", "150", "--jit",
+        cwd=d, env=env, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "no GPU is visible" not in p.stderr
+    resource_args = {
+        int(m.group(1))
+        for f in os.listdir(os.path.join(d, "xla"))
+        if (m := re.search(r"cluster_\d+__XlaCompiledKernel_true__.*XlaNumResourceArgs_(\d+)", f))
+    }
+    # The MLP has 6 weights, Adam 2 slots each + iteration and learning rate: one cluster
+    # updates them all.
+    assert resource_args and max(resource_args) >= 18, sorted(resource_args)
+    metrics = json.load(open(os.path.join(d, "m", "metrics.json")))
+    assert metrics["accuracy"] > metrics["majority_baseline_accuracy"] + 0.2, metrics

@@ -375,8 +375,12 @@ def configure_tensorflow(cfg: TrainConfig) -> bool:
         # Auto-clustering compiles the parts of the step XLA supports and leaves the rest
         # (string hashing, the tf.data iterator) to TensorFlow; it acts on GPUs.
         tf.config.optimizer.set_jit("autoclustering")
-        if not tf.config.list_physical_devices("GPU"):
-            log.info("--jit: XLA auto-clustering acts on GPUs; no GPU is visible")
+        on_cpu = "--tf_xla_cpu_global_jit" in os.environ.get("TF_XLA_FLAGS", "")
+        if not tf.config.list_physical_devices("GPU") and not on_cpu:
+            log.info(
+                "--jit: XLA auto-clustering acts on GPUs and no GPU is visible "
+                "(TF_XLA_FLAGS=--tf_xla_cpu_global_jit clusters on the CPU too)"
+            )
     return deterministic
 
 
