@@ -23,16 +23,25 @@ uses, so it restores into a plain model (``tfpipes export``, and the evaluation 
 which runs on such a model in the chief). The input position is not checkpointed: a resumed
 run reshuffles with the seed offset by the restored step.
 
-Data on ``gs://``: the workers read the shards with TensorFlow's own GCS filesystem, the one
-place where tfpipes does not go through its storage layer (a worker runs no Python of ours).
+Data on ``gs://``: workers run the shards' reads inside TensorFlow, so they need a path they
+can open, and TensorFlow's own GCS filesystem is not our storage layer (it has no retries of
+ours, no CRC checks, and cannot reach an emulator). So each worker first copies the data set
+through the storage layer into :func:`worker_data_dir` (verified against the manifest,
+committed by a rename, reused when already there), then starts its server; the chief names
+that same local path in the workers' input pipelines. The directory is keyed by the data set's
+location and manifest, under ``$TFPIPES_WORKER_DATA`` (default ``<tmp>/tfpipes-data``), which
+must be the same path in every task.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
 from typing import NoReturn
 
@@ -56,6 +65,10 @@ def train(cfg, res: Resolution):
     """
     cfg.validate()
     if res.task_type in ("worker", "ps"):
+        if res.task_type == "worker" and storage.is_remote(cfg.data):
+            local, fetched = fetch_worker_data(cfg.data)
+            how = "copied to" if fetched else "already copied to"
+            log.info("%s:%d data %s %s %s", res.task_type, res.task_index, cfg.data, how, local)
         serve(res)
     for flag, value in (
         ("--mixed-precision", cfg.mixed_precision),
@@ -66,6 +79,46 @@ def train(cfg, res: Resolution):
     if res.task_type != "chief":
         raise UserError(f"TF_CONFIG: task type {res.task_type!r} has no role in ps training")
     return coordinate(cfg, res)
+
+
+WORKER_DATA_ENV = "TFPIPES_WORKER_DATA"
+
+
+def worker_data_dir(data: str, manifest_text: str) -> str:
+    """The local directory where each worker keeps its copy of the remote data set ``data``:
+    the same path in every task (the chief names it in the workers' input pipelines), keyed by
+    the data set's location and its manifest's content."""
+    base = os.environ.get(WORKER_DATA_ENV) or os.path.join(tempfile.gettempdir(), "tfpipes-data")
+    key = hashlib.sha256(f"{storage.normalize(data)}\n{manifest_text}".encode()).hexdigest()
+    return os.path.join(base, key[:20])
+
+
+def fetch_worker_data(data: str) -> tuple[str, bool]:
+    """Copy the remote data set ``data`` into :func:`worker_data_dir` unless a verified copy is
+    there; return that directory and whether this call copied it. The copy is verified against the manifest (sizes, CRC32C)
+    in a staging directory and renamed into place, so a crash never leaves a partial copy
+    that looks complete, and tasks on one machine can fetch at the same time."""
+    manifest_text = storage.read_text(storage.join(data, manifest_lib.MANIFEST))
+    final = worker_data_dir(data, manifest_text)
+    if os.path.exists(final):
+        try:
+            manifest_lib.verify_dataset(final)
+            return final, False
+        except UserError as e:
+            log.warning("%s; fetching the data set again", e)
+            shutil.rmtree(final, ignore_errors=True)
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".fetch-", dir=os.path.dirname(final))
+    try:
+        storage.download_dir(data, tmp)
+        manifest_lib.verify_dataset(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another task on this machine committed it first
+            manifest_lib.verify_dataset(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final, True
 
 
 def serve(res: Resolution) -> NoReturn:
@@ -222,8 +275,12 @@ def coordinate(cfg, res: Resolution):
             "optimizer": {"name": opt_name, "learning_rate": lr},
         }
         _check_compatible(cfg.model_dir, config)
-        # Workers read the shards themselves: they need a path they can open.
-        worker_root = storage.normalize(cfg.data) if storage.is_remote(cfg.data) else data_root
+        # Workers read the shards themselves, from a path they can open: their own copy of a
+        # remote data set (fetched before they started serving), else the shared directory.
+        worker_root = data_root
+        if storage.is_remote(cfg.data):
+            manifest_text = storage.read_text(os.path.join(data_root, manifest_lib.MANIFEST))
+            worker_root = worker_data_dir(cfg.data, manifest_text)
 
         strategy = strategy_lib.create_strategy(res)
         coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)

@@ -233,10 +233,15 @@ def local_dir(path: str) -> Iterator[str]:
         return
     tmp = tempfile.mkdtemp(prefix="tfpipes-dl-")
     try:
-        _gcs().download_dir(path, tmp)
+        download_dir(path, tmp)
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def download_dir(path: str, dest: str) -> None:
+    """Copy every object under the remote prefix ``path`` into the local directory ``dest``."""
+    _gcs().download_dir(normalize(path), dest)
 
 
 def match_files(pattern_or_dir: str, suffixes: tuple[str, ...]) -> list[str]:
