@@ -95,9 +95,10 @@ def worker_data_dir(data: str, manifest_text: str) -> str:
 
 def fetch_worker_data(data: str) -> tuple[str, bool]:
     """Copy the remote data set ``data`` into :func:`worker_data_dir` unless a verified copy is
-    there; return that directory and whether this call copied it. The copy is verified against the manifest (sizes, CRC32C)
-    in a staging directory and renamed into place, so a crash never leaves a partial copy
-    that looks complete, and tasks on one machine can fetch at the same time."""
+    there; return that directory and whether this call copied it. The copy is verified
+    against the manifest (sizes, CRC32C) in a staging directory and renamed into place, so a
+    crash never leaves a partial copy that looks complete, and tasks on one machine can fetch
+    at the same time."""
     manifest_text = storage.read_text(storage.join(data, manifest_lib.MANIFEST))
     final = worker_data_dir(data, manifest_text)
     if os.path.exists(final):
