@@ -354,8 +354,12 @@ def test_a_peer_that_never_starts_fails_the_task_with_its_name(runs, data4, tmp_
             tf_config = json.dumps(
                 {"cluster": cluster, "task": {"type": task_type, "index": index}}
             )
-            env = base_env(TF_CONFIG=tf_config, **{peers.ENV_TIMEOUT: str(PEER_TIMEOUT)})
             args = ["train", "--data", str(data4), "--model-dir", str(tmp_path / name)]
+            if name == "ps-chief":  # the flag, which wins over the variable
+                env = base_env(TF_CONFIG=tf_config, **{peers.ENV_TIMEOUT: "600"})
+                args += ["--peer-timeout", str(PEER_TIMEOUT)]
+            else:
+                env = base_env(TF_CONFIG=tf_config, **{peers.ENV_TIMEOUT: str(PEER_TIMEOUT)})
             started[name] = runs(args, env)
         for name, (_, _, _, missing) in shapes.items():
             run = started[name]

@@ -158,7 +158,7 @@ def wait_for(
                     f"{p.name} at {p.address} unreachable after {timeout:g} s ({reasons[p]})"
                     for p in pending
                 )
-                + f" [{ENV_TIMEOUT} sets the wait]"
+                + f" [--peer-timeout or {ENV_TIMEOUT} sets the wait]"
             )
         if tries == 1:
             log.info(
@@ -262,7 +262,7 @@ def _registration_failure(res: Resolution, error: Exception, timeout: float) -> 
     who = ", ".join(f"{p.name} at {p.address}" for p in missing) or "a peer"
     return (
         f"{who} unreachable after {timeout:g} s: never joined the cluster "
-        f"({type(error).__name__}: {first}) [{ENV_TIMEOUT} sets the wait]"
+        f"({type(error).__name__}: {first}) [--peer-timeout or {ENV_TIMEOUT} sets the wait]"
     )
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+
+from tfpipes.errors import UserError
 
 log = logging.getLogger("tfpipes")
 
@@ -111,6 +114,14 @@ def register(sub) -> None:
     )
     t.add_argument("--jit", action="store_true", help="XLA compilation (GPU)")
     t.add_argument(
+        "--peer-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long a distributed task waits for the others in TF_CONFIG before it exits "
+        "with 138 naming them (default: $TFPIPES_PEER_TIMEOUT, else 300)",
+    )
+    t.add_argument(
         "--deterministic",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -191,8 +202,13 @@ def _preprocess(args) -> int:
 
 
 def _train(args) -> int:
+    from tfpipes import peers
     from tfpipes.train import TrainConfig, train
 
+    if args.peer_timeout is not None:
+        if not args.peer_timeout > 0:
+            raise UserError("--peer-timeout must be a positive number of seconds")
+        os.environ[peers.ENV_TIMEOUT] = str(args.peer_timeout)  # read wherever peers wait
     r = train(
         TrainConfig(
             data=args.data,
