@@ -90,8 +90,15 @@ def register(sub) -> None:
     t.add_argument("--learning-rate", type=float, default=0.0, help="(0.05 for sgd, else 0.001)")
     t.add_argument("--batch-size", type=int, default=64, help="global batch size (64)")
     t.add_argument("--train-steps", type=int, default=1000, help="global step to stop at (1000)")
-    t.add_argument("--steps-per-loop", type=int, default=50, help="steps per tf.function call")
-    t.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
+    t.add_argument(
+        "--steps-per-loop",
+        type=int,
+        default=50,
+        help="steps per tf.function call (50); any value gives the same weights",
+    )
+    t.add_argument(
+        "--checkpoint-every", type=int, default=200, help="steps between checkpoints (200)"
+    )
     t.add_argument("--log-every", type=int, default=100, help="steps between log lines (100)")
     t.add_argument("--seed", type=int, default=42, help="random seed (42)")
     t.add_argument(
@@ -130,7 +137,8 @@ def register(sub) -> None:
     t.add_argument(
         "--warm-start-from",
         default="",
-        help="initial weights: another model dir, a checkpoint or an exported SavedModel",
+        help="initial weights: another model dir, a checkpoint, an exported SavedModel, "
+        "or latest:<export base> (its newest version)",
     )
     t.add_argument("--max-to-keep", type=int, default=3, help="checkpoints kept (3)")
     t.add_argument("--shuffle-buffer", type=int, default=10_000, help="records (10000)")
