@@ -18,7 +18,9 @@ best) swings as much:
       ``tf.range`` loop, batches taken from a tensor already in memory (no tf.data at all).
 
 Also shown: (s) our trainer with the streaming pipeline (no --cache), (b-s) ``model.fit`` on
-that same streaming pipeline (ratio (s)/(b-s)), and the end-to-end
+that same streaming pipeline (ratio (s)/(b-s)), where the streaming input's time goes (no
+training: (p) the whole pipeline, (r) reading + shuffling + batching the serialized records,
+(q) ``parse_example`` of one batch over and over), and the end-to-end
 ``tfpipes.train.train`` wall time. Steady state: every path is traced and warmed up first.
 
   python bench/train.py                       # CPU, the issue's setting
@@ -53,7 +55,7 @@ def _args():
     p.add_argument("--nondeterministic", action="store_true", help="no op determinism")
     p.add_argument("--data-dir", default="", help="reuse/keep the data set here")
     p.add_argument("--skip-e2e", action="store_true", help="skip the end-to-end train() run")
-    p.add_argument("--paths", default="a,b,b',c,s,b-s", help="which measurements to run")
+    p.add_argument("--paths", default="a,b,b',c,s,b-s,p,r,q", help="which measurements to run")
     return p.parse_args()
 
 
@@ -130,7 +132,11 @@ def main() -> int:
         ds_cached = on_host.dataset()
         ours = trainer()
         ours_s = trainer()
-        it_s = iter(make_dataset(data, manifest, "train", schema, B, training=True, seed=cfg.seed))
+
+        def stream():
+            # A new iterator for each round: a live one would go on filling its buffers in
+            # the background while the other paths run, and start its next round ahead.
+            return iter(make_dataset(data, manifest, "train", schema, B, training=True, seed=1))
 
         def run_ours(tr, it):
             tr.train_steps(it, K)  # warm (traced on the first call)
@@ -203,13 +209,34 @@ def main() -> int:
             model.fit(ds, steps_per_epoch=total, epochs=1, verbose=0, callbacks=[Clock()])
             return (total - mark["done"]) * B / (time.perf_counter() - mark["t"])
 
+        # The streaming input alone, no training: (p) the whole pipeline, (r) its reading,
+        # shuffling and batching of serialized records, (q) its parse of one batch, repeated.
+        from tfpipes.input_pipeline import _parse_fn, _records
+
+        files = [os.path.join(data, f) for f in manifest.shard_paths("train")]
+        records = _records(files, manifest.compression or None, None)
+        ds_r = records.shuffle(10_000, seed=1).repeat().batch(B, drop_remainder=True)
+        one = next(iter(records.batch(B)))
+        ds_q = tf.data.Dataset.from_tensors(one).repeat().map(_parse_fn(schema)).prefetch(1)
+
+        def run_input(it):
+            for _ in range(K):
+                next(it)
+            t = time.perf_counter()
+            for _ in range(S):
+                next(it)
+            return S * B / (time.perf_counter() - t)
+
         paths = {
             "a": lambda: run_ours(ours, cached),
             "c": run_mem,
             "b": lambda: run_fit(fit_b),
             "b2": lambda: run_fit(fit_b2),
-            "s": lambda: run_ours(ours_s, it_s),
+            "s": lambda: run_ours(ours_s, stream()),
             "bs": lambda: run_fit(fit_bs, ds_stream),
+            "p": lambda: run_input(stream()),
+            "r": lambda: run_input(iter(ds_r)),
+            "q": lambda: run_input(iter(ds_q)),
         }
         chosen = {p.strip().replace("'", "2").replace("-", "") for p in args.paths.split(",")}
         paths = {k: v for k, v in paths.items() if k in chosen}
@@ -228,8 +255,9 @@ def main() -> int:
             xs = sorted(r[name] for r in rounds if name in r)
             return pick(xs) if xs else float("nan")
 
-        best = {k: stat(k, max) for k in ("a", "b", "b2", "c", "s", "bs")}
-        med = {k: stat(k, statistics.median) for k in ("a", "b", "b2", "c", "s", "bs")}
+        keys = ("a", "b", "b2", "c", "s", "bs", "p", "r", "q")
+        best = {k: stat(k, max) for k in keys}
+        med = {k: stat(k, statistics.median) for k in keys}
 
         e2e = None
         if not args.skip_e2e:
@@ -255,8 +283,12 @@ def main() -> int:
             ("c", "(c) our step, in-memory tensors"),
             ("s", "(s) our trainer, streaming (no cache)"),
             ("bs", "(b-s) model.fit, the streaming tf.data"),
+            ("p", "(p) streaming input alone, no step"),
+            ("r", "(r) p's read+shuffle+batch, no parse"),
+            ("q", "(q) p's parse_example alone"),
         ):
-            print(f"{name:40}{med[key]:12,.0f}{best[key]:12,.0f}")
+            if key in paths:
+                print(f"{name:40}{med[key]:12,.0f}{best[key]:12,.0f}")
         print(f"parse once into memory: {load_s:.2f} s for {manifest.rows.get('train', '?')} rows")
         if e2e:
             print(
@@ -274,6 +306,8 @@ def main() -> int:
         goals = {("a", "c"): 0.9, ("a", "b"): 1.2, ("a", "b2"): None, ("s", "bs"): None}
         names = {"b2": "b'", "bs": "b-s"}
         for (x, y), goal in goals.items():
+            if x not in paths or y not in paths:
+                continue
             name = f"({x})/({names.get(y, y)})"
             m = median_ratio(x, y)
             verdict = ""
