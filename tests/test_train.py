@@ -457,3 +457,31 @@ def test_jit_compiles_the_train_step_with_xla(data, outside_dir):
     assert resource_args and max(resource_args) >= 18, sorted(resource_args)
     metrics = json.load(open(os.path.join(d, "m", "metrics.json")))
     assert metrics["accuracy"] > metrics["majority_baseline_accuracy"] + 0.2, metrics
+
+
+def test_float16_overflow_lowers_the_loss_scale_and_a_resume_keeps_it(tmp_path):
+    """Targets in the thousands overflow float16 gradients at the initial loss scale (2**15):
+    the LossScaleOptimizer skips those steps and halves its scale. The scale and the count
+    of applied steps are part of the state a resumed run must end with, bit for bit."""
+    from tfpipes.preprocess import PreprocessConfig, preprocess
+    from tfpipes.train import train
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1200, 3))
+    y = 3000 * x[:, 0] - 2000 * x[:, 1] + rng.normal(size=1200)
+    lines = ["a,b,c,y"] + [f"{r[0]:.5f},{r[1]:.5f},{r[2]:.5f},{t:.3f}" for r, t in zip(x, y)]
+    (tmp_path / "r.csv").write_text("\n".join(lines) + "\n")
+    data = str(tmp_path / "data")
+    preprocess(PreprocessConfig(str(tmp_path / "r.csv"), data, "y", num_shards=2, progress=False))
+
+    def run(name, steps):
+        cfg = _cfg(data, tmp_path / name, train_steps=steps, checkpoint_every=20)
+        return train(dataclasses.replace(cfg, hidden=(16,), mixed_precision="float16"))
+
+    run("straight", 60)
+    run("resumed", 20)
+    assert run("resumed", 60).start_step == 20
+    straight = _state(str(tmp_path / "straight"))
+    applied = straight["optimizer/inner_optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"]
+    assert straight[LOSS_SCALE] < 2**15 and applied < 60, (straight[LOSS_SCALE], applied)
+    _assert_same(straight, _state(str(tmp_path / "resumed")))

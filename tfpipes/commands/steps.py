@@ -192,7 +192,7 @@ def _preprocess(args) -> int:
     )
     log.info(
         "preprocess: %d rows (train %d, eval %d, %d bad rows skipped) in %.1f s, %.0f rows/s, "
-        "%.1f MB/s on %d workers (peak RSS %d MB); %s task, %d features\n  -> %s",
+        "%.1f MB/s on %d worker%s (peak RSS %d MB); %s task, %d features\n  -> %s",
         r.rows,
         r.train_rows,
         r.eval_rows,
@@ -201,6 +201,7 @@ def _preprocess(args) -> int:
         r.rows_per_second,
         r.mb_per_second,
         r.workers,
+        "" if r.workers == 1 else "s",
         r.peak_rss_mb,
         r.schema.task,
         len(r.schema.features),
