@@ -93,6 +93,7 @@ class FakeGcsServer:
         if self._proc is not None:
             return self
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._discard_partial_uploads()
         cmd = [
             fake_gcs_server_binary(),
             "-scheme", "http",
@@ -123,6 +124,16 @@ class FakeGcsServer:
                     f"{self.log_tail()}"
                 )
             time.sleep(0.05)
+
+    def _discard_partial_uploads(self) -> None:
+        """Remove what uploads cut by a ``stop()`` left behind. The filesystem backend writes an
+        object to a hidden temporary file (``.<name><digits>``) and renames it when complete;
+        killed midway, it leaves that file, and after a restart it then fails to list the
+        whole prefix ("no such object"). On GCS a cut upload leaves no trace, so neither may
+        the stand-in."""
+        for path in self.data_dir.rglob(".*"):
+            if path.is_file():
+                path.unlink()
 
     def _answers(self) -> bool:
         try:
@@ -198,6 +209,31 @@ def _reset_tfpipes_client() -> None:
     from tfpipes import gcs
 
     gcs.reset_client()
+
+
+def wait_for_objects(url: str, server: FakeGcsServer, timeout: float = 30.0) -> None:
+    """A restarted fake-gcs-server answers before its filesystem backend lists the bucket's
+    objects again (it then says 404 for a moment): poll until it does. On failure, say what
+    the last try answered, what the server logged and what its data directory holds."""
+    from tfpipes import storage
+    from tfpipes.errors import UserError
+
+    deadline = time.monotonic() + timeout
+    last = "listed nothing"
+    while True:
+        try:
+            if storage.is_dir(url):
+                return
+            last = "listed nothing"
+        except UserError as e:
+            last = f"UserError: {e}"
+        if time.monotonic() > deadline:
+            files = sorted(str(p.relative_to(server.data_dir)) for p in server.data_dir.rglob("*"))
+            raise AssertionError(
+                f"{url}: no objects listed {timeout} s after the restart (last try: {last})\n"
+                f"server data: {files}\nserver log:\n{server.log_tail()}"
+            )
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gcs_fixtures import FakeGcsServer, point_tfpipes_at
+from tests.gcs_fixtures import FakeGcsServer, point_tfpipes_at, wait_for_objects
 from tfpipes import gcs, storage
 from tfpipes.errors import UserError
 from tfpipes.tfjob import is_retryable
@@ -319,9 +319,8 @@ def test_server_stopped_mid_upload_then_rerun_commits(tmp_path, monkeypatch):
         server.start()
         # The partial upload is there but not committed. (A restarted fake-gcs-server answers
         # a moment before its filesystem backend lists the bucket again: poll for it.)
-        from tests.test_preprocess_gcs import _wait_for_objects
-
-        _wait_for_objects(dest)
+        point_tfpipes_at(server, monkeypatch)  # a new client: no connection to the old process
+        wait_for_objects(dest, server)
         assert storage.is_dir(dest)
         assert not storage.exists(f"{dest}/manifest.json")
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 import gzip
 import os
 import threading
-import time
 
 import pytest
 
-from tests.gcs_fixtures import FakeGcsServer, point_tfpipes_at
+from tests.gcs_fixtures import FakeGcsServer, point_tfpipes_at, wait_for_objects
 from tfpipes import gcs, manifest, storage
 from tfpipes.errors import UserError
 from tfpipes.preprocess import PreprocessConfig, preprocess
@@ -30,21 +29,6 @@ def _tree(root: str) -> dict[str, bytes]:
                 data = b"\n".join(ln for ln in data.splitlines() if b'"created"' not in ln)
             out[os.path.relpath(p, root)] = data
     return out
-
-
-def _wait_for_objects(url: str, timeout: float = 15.0) -> None:
-    """A restarted fake-gcs-server answers before its filesystem backend lists the bucket's
-    objects again (it then says 404 for a moment): poll until it does."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if storage.is_dir(url):
-                return
-        except UserError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{url}: no objects listed {timeout} s after the restart")
-        time.sleep(0.1)
 
 
 def _upload_inputs(tmp_path, bucket: str) -> str:
@@ -141,7 +125,8 @@ def test_server_stopped_mid_upload_then_rerun_commits(tmp_path, monkeypatch):
 
         monkeypatch.setattr(gcs, "after_upload", None)
         server.start()
-        _wait_for_objects(dest)
+        point_tfpipes_at(server, monkeypatch)  # a new client: no connection to the old process
+        wait_for_objects(dest, server)
         assert storage.is_dir(dest)  # a partial upload, not committed
         assert not storage.exists(f"{dest}/manifest.json")
         with pytest.raises(UserError, match="not a committed tfpipes data set"):
