@@ -129,6 +129,7 @@ def train_op(
     ``model`` artifact's object-storage URI while training (never only into the artifact's
     local path, which KFP uploads after the container exits: a preempted pod would lose it).
     ``report`` links the TensorBoard logs (KFP v2 has no TensorBoard view of its own)."""
+    import os
     import sys
 
     from tfpipes.errors import UserError

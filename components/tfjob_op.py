@@ -417,7 +417,7 @@ def tfjob_train_op(
     examples: Input[Dataset],
     model: Output[Model],
     metrics: Output[Metrics],
-    image: str = IMAGE,
+    image: str = "",
     workers: int = 2,
     ps: int = 0,
     chief: bool = False,
@@ -441,10 +441,12 @@ def tfjob_train_op(
 ):
     """Train on ``examples`` with a TFJob (``workers`` workers, ``ps`` parameter servers, a
     chief when ``chief`` or ``ps > 0``); stream its chief's log; fail with its condition's
-    message if it fails; output the model directory and its metrics."""
+    message if it fails; output the model directory and its metrics. ``image``: the pods'
+    image (default: this step's own). The body runs on its own in the container (KFP copies
+    just this function), so everything it uses is imported here, defaults included."""
     import sys
 
-    from tfpipes_components.tfjob_op import TFJobError, run_step
+    from tfpipes_components.tfjob_op import IMAGE, TFJobError, run_step
 
     from tfpipes.errors import UserError
 
@@ -453,7 +455,7 @@ def tfjob_train_op(
             examples,
             model,
             metrics,
-            image=image,
+            image=image or IMAGE,
             workers=workers,
             ps=ps,
             chief=chief,

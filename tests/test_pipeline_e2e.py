@@ -319,6 +319,38 @@ def test_compile_and_run_local(outside_dir):
     assert os.path.exists(os.path.join(arts["exported"], "1", "saved_model.pb"))
 
 
+def test_run_local_with_a_checkpoint_dir_outside_the_model_artifact(outside_dir):
+    """--checkpoint-dir: the checkpoints go there (durable, what a preempted pod resumes from)
+    and the model artifact holds only a pointer to it; run-local still succeeds."""
+    d = str(outside_dir)
+    write_csv(os.path.join(d, "data.csv"), 300, seed=5)
+    ckpt = os.path.join(d, "ckpts")
+    p = _ok(
+        run_tfpipes(
+            "run-local",
+            "--source",
+            "data.csv",
+            "--label",
+            "label",
+            "--train-steps",
+            "20",
+            "--num-shards",
+            "2",
+            "--version",
+            "1",
+            "--checkpoint-dir",
+            ckpt,
+            "--pipeline-root",
+            "root",
+            cwd=d,
+        )  # fmt: skip
+    )
+    arts = dict(re.findall(r"^\s+(examples|model|metrics|exported)\s+(\S+)$", p.stderr, re.M))
+    assert os.path.exists(os.path.join(ckpt, "checkpoints", "checkpoint"))
+    assert open(os.path.join(arts["model"], "MODEL_DIR")).read().strip() == ckpt
+    assert os.path.exists(os.path.join(arts["exported"], "1", "saved_model.pb"))
+
+
 def test_recurring_retrain_warm_starts_from_the_latest_published_version(outside_dir):
     """What a schedule passes: --warm-start-from latest:<publish base>. The first run (nothing
     published yet) starts fresh; later runs load the newest version's weights."""

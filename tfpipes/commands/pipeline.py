@@ -178,20 +178,16 @@ def _run(params: dict, root: str, runner: str, verbose: int = 0) -> dict[str, st
         raise UserError(f"{(reasons or [error])[-1].strip()} (full log: {log_path})")
     # kfp.local's Docker runner reports success when an auto-removed container is already
     # gone; a step is done only when its output is there and committed.
-    committed = {
-        "examples": "manifest.json",
-        "model": os.path.join("checkpoints", "checkpoint"),
-        "metrics": "",
-        "exported": "",
-    }
+    # (The model artifact holds the checkpoints, or only a MODEL_DIR pointer to
+    # --checkpoint-dir; the SavedModel, committed last, proves that training finished.)
+    from tfpipes.checkpoints import latest_published_version
+
+    committed = {"examples": "manifest.json", "model": "", "metrics": "", "exported": ""}
     for name, marker in committed.items():
         path = outputs.get(name, "")
         if not path or not os.path.exists(os.path.join(path, marker) if marker else path):
             raise UserError(f"run-local: step output {name!r} is missing at {path or '?'}")
-    if not any(
-        os.path.exists(os.path.join(outputs["exported"], v, "saved_model.pb"))
-        for v in os.listdir(outputs["exported"])
-    ):
+    if latest_published_version(outputs["exported"]) is None:
         raise UserError(f"run-local: no SavedModel under {outputs['exported']}")
     return outputs
 
