@@ -21,11 +21,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -209,6 +211,39 @@ def _reset_tfpipes_client() -> None:
     from tfpipes import gcs
 
     gcs.reset_client()
+
+
+@contextmanager
+def outage_midway(
+    server: FakeGcsServer, monkeypatch: pytest.MonkeyPatch, after: int = 3
+) -> Iterator[list[str]]:
+    """Stop ``server`` once ``after`` uploads have completed. Every uploader is held after its
+    current upload until the server is gone, so the outage lands in the middle of the
+    transfer whatever the timing. Yields the URLs uploaded (through ``gcs.after_upload``)."""
+    from tfpipes import gcs
+
+    uploaded: list[str] = []
+    outage, down = threading.Event(), threading.Event()
+
+    def stop_server() -> None:
+        outage.wait(30)
+        server.stop()
+        down.set()
+
+    def after_upload(url: str) -> None:
+        uploaded.append(url)
+        if len(uploaded) >= after:
+            outage.set()
+            down.wait(30)
+
+    stopper = threading.Thread(target=stop_server, daemon=True)
+    stopper.start()
+    monkeypatch.setattr(gcs, "after_upload", after_upload)
+    try:
+        yield uploaded
+    finally:
+        stopper.join(10)
+        monkeypatch.setattr(gcs, "after_upload", None)
 
 
 def wait_for_objects(url: str, server: FakeGcsServer, timeout: float = 30.0) -> None:

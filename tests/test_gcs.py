@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.gcs_fixtures import FakeGcsServer, point_tfpipes_at, wait_for_objects
+from tests.gcs_fixtures import FakeGcsServer, outage_midway, point_tfpipes_at, wait_for_objects
 from tfpipes import gcs, storage
 from tfpipes.errors import UserError
 from tfpipes.tfjob import is_retryable
@@ -278,34 +277,14 @@ def test_server_stopped_mid_upload_then_rerun_commits(tmp_path, monkeypatch):
         dest = f"gs://{server.create_bucket()}/ds"
         files = _dataset(60)
 
-        uploaded: list[str] = []
-        outage = threading.Event()
-        down = threading.Event()
-
-        def stop_server() -> None:
-            outage.wait(30)
-            server.stop()
-            down.set()
-
-        def after_upload(url: str) -> None:
-            uploaded.append(url)
-            if len(uploaded) >= 3:
-                # Hold every worker after its current upload until the server is gone, so the
-                # outage lands in the middle of the transfer whatever the timing.
-                outage.set()
-                down.wait(30)
-
-        stopper = threading.Thread(target=stop_server, daemon=True)
-        stopper.start()
-        monkeypatch.setattr(gcs, "after_upload", after_upload)
-        start = time.monotonic()
-        with (
-            pytest.raises(UserError) as e,
-            storage.staged_dir(dest, last=("manifest.json",)) as tmp,
-        ):
-            _write_tree(tmp, files)
-        elapsed = time.monotonic() - start
-        stopper.join(10)
+        with outage_midway(server, monkeypatch) as uploaded:
+            start = time.monotonic()
+            with (
+                pytest.raises(UserError) as e,
+                storage.staged_dir(dest, last=("manifest.json",)) as tmp,
+            ):
+                _write_tree(tmp, files)
+            elapsed = time.monotonic() - start
 
         msg = str(e.value)
         assert f"object storage unreachable at {server.url} after" in msg, msg
@@ -315,7 +294,6 @@ def test_server_stopped_mid_upload_then_rerun_commits(tmp_path, monkeypatch):
         assert 3 <= len(uploaded) < len(files) - 1
         assert f"{dest}/manifest.json" not in uploaded
 
-        monkeypatch.setattr(gcs, "after_upload", None)
         server.start()
         # The partial upload is there but not committed. (A restarted fake-gcs-server answers
         # a moment before its filesystem backend lists the bucket again: poll for it.)

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import gzip
 import os
-import threading
 
 import pytest
 
-from tests.gcs_fixtures import FakeGcsServer, point_tfpipes_at, wait_for_objects
-from tfpipes import gcs, manifest, storage
+from tests.gcs_fixtures import FakeGcsServer, outage_midway, point_tfpipes_at, wait_for_objects
+from tfpipes import manifest, storage
 from tfpipes.errors import UserError
 from tfpipes.preprocess import PreprocessConfig, preprocess
 from tfpipes.sample_data import write_csv
@@ -97,33 +96,13 @@ def test_server_stopped_mid_upload_then_rerun_commits(tmp_path, monkeypatch):
         dest = f"{bucket}/ds"
         cfg = PreprocessConfig(source, dest, "label", num_shards=8)  # 16 shards + 2 files
 
-        uploaded: list[str] = []
-        outage, down = threading.Event(), threading.Event()
-
-        def stop_server() -> None:
-            outage.wait(30)
-            server.stop()
-            down.set()
-
-        def after_upload(url: str) -> None:
-            uploaded.append(url)
-            if len(uploaded) >= 3:
-                # hold every uploader until the server is gone: the outage lands midway
-                outage.set()
-                down.wait(30)
-
-        stopper = threading.Thread(target=stop_server, daemon=True)
-        stopper.start()
-        monkeypatch.setattr(gcs, "after_upload", after_upload)
-        with pytest.raises(UserError) as e:
+        with outage_midway(server, monkeypatch) as uploaded, pytest.raises(UserError) as e:
             preprocess(cfg)
-        stopper.join(10)
         msg = str(e.value)
         assert f"object storage unreachable at {server.url}" in msg and "\n" not in msg, msg
         assert is_retryable(e.value.exit_code)
         assert 3 <= len(uploaded) < 18 and f"{dest}/manifest.json" not in uploaded
 
-        monkeypatch.setattr(gcs, "after_upload", None)
         server.start()
         point_tfpipes_at(server, monkeypatch)  # a new client: no connection to the old process
         wait_for_objects(dest, server)

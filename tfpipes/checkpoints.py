@@ -23,7 +23,7 @@ import tempfile
 import tensorflow as tf
 
 from tfpipes import storage
-from tfpipes.errors import UserError
+from tfpipes.errors import UserError, first_line
 
 log = logging.getLogger("tfpipes.checkpoints")
 
@@ -136,9 +136,8 @@ def restore_latest(ckpt: tf.train.Checkpoint, manager: tf.train.CheckpointManage
         try:
             ckpt.restore(prefix).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as e:
-            first = str(e).splitlines()[0] if str(e) else e.__class__.__name__
             raise UserError(
-                f"{prefix}: checkpoint does not match this model ({first}); use a new "
+                f"{prefix}: checkpoint does not match this model ({first_line(e)}); use a new "
                 "--model-dir or the same model and input options as the run that wrote it"
             ) from None
         return prefix
@@ -255,8 +254,7 @@ def _restore_weights(model, prefix: str, where: str, saved_model: bool) -> None:
     try:
         root.read(prefix).expect_partial()
     except (ValueError, tf.errors.OpError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{where}: does not fit this model ({first})") from None
+        raise UserError(f"{where}: does not fit this model ({first_line(e)})") from None
     if saved is not None:
         import numpy as np
 

@@ -20,6 +20,13 @@ class UserError(Exception):
         self.exit_code = exit_code
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (TensorFlow's ``message`` when it has one),
+    or its class name when the message is empty: what a one-line error quotes."""
+    text = (getattr(e, "message", None) or str(e)).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def location(path: str, line: int | None = None, column: int | str | None = None) -> str:
     """Format ``path:line: column NAME`` the way every error message names a place."""
     out = str(path)

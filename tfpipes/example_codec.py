@@ -186,22 +186,16 @@ def _example_pieces(columns: list[tuple[str, str, object]], n: int) -> list:
 # ----------------------------------------------------------------------------- assembly
 
 
-def _write_fixed(out: np.ndarray, col: int, piece, rows: np.ndarray | None = None) -> int:
-    """Write a fixed-width piece (only ``rows`` of it, in that order, if given) into
-    ``out[:, col:]``; return the next column."""
+def _write_fixed(out: np.ndarray, col: int, piece, rows: np.ndarray | None = None) -> None:
+    """Write the values of a fixed-width, non-constant piece (only ``rows`` of them, in that
+    order, if given) into ``out[:, col:]``."""
     kind, data = piece[0], piece[1]
-    w = _width(piece)
-    if kind == "const":
-        if w:
-            out[:, col : col + w] = np.frombuffer(data, dtype=np.uint8)
-        return col + w
     if rows is not None:
         data = data[rows]  # a contiguous gather, then a strided write: faster than take(out=)
     if kind == "f32":
         out[:, col : col + 4].view("<f4")[:, 0] = data
     else:
-        out[:, col : col + w] = data
-    return col + w
+        out[:, col : col + _width(piece)] = data
 
 
 def _template(pieces: list) -> bytes:

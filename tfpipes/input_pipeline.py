@@ -23,7 +23,7 @@ import os
 
 import tensorflow as tf
 
-from tfpipes.errors import UserError
+from tfpipes.errors import UserError, first_line
 from tfpipes.manifest import DatasetManifest
 from tfpipes.schema import Schema
 
@@ -289,8 +289,6 @@ def check_records(root: str, manifest: DatasetManifest, schema: Schema) -> None:
             for rec in tf.data.TFRecordDataset(path, compression_type=compression).take(1):
                 tf.io.parse_single_example(rec, spec)
         except tf.errors.InvalidArgumentError as e:
-            first = (e.message or str(e)).strip().splitlines()[0]
-            raise UserError(f"{path}: records do not match schema.json ({first})") from None
+            raise UserError(f"{path}: records do not match schema.json ({first_line(e)})") from None
         except tf.errors.DataLossError as e:
-            first = (e.message or str(e)).strip().splitlines()[0]
-            raise UserError(f"{path}: corrupt shard ({first})") from None
+            raise UserError(f"{path}: corrupt shard ({first_line(e)})") from None

@@ -24,7 +24,7 @@ import sys
 import keras
 import tensorflow as tf
 
-from tfpipes.errors import UserError
+from tfpipes.errors import UserError, first_line
 from tfpipes.input_pipeline import dtype_groups, packed_key
 from tfpipes.schema import Schema
 
@@ -218,7 +218,7 @@ def build_model(spec: ModelSpec, schema: Schema, stats: dict) -> TabularModel:
         width = model.encoder(dummy).shape[-1]
         raise UserError(
             f"--model {spec.name!r}: the model fails on this data set's {width} encoded "
-            f"features: {e.__class__.__name__}: {str(e).strip().splitlines()[0]}"
+            f"features: {e.__class__.__name__}: {first_line(e)}"
         ) from None
     if len(out.shape) != 2 or out.shape[-1] != outputs:
         raise UserError(

@@ -31,7 +31,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 
-from tfpipes.errors import RetryableError, UserError
+from tfpipes.errors import RetryableError, UserError, first_line
 from tfpipes.strategy import Resolution
 
 log = logging.getLogger("tfpipes.peers")
@@ -243,16 +243,16 @@ def _bound_registration(res: Resolution, seconds: float) -> None:
     ctx.coordination_service.cluster_register_with_barrier = True
 
 
-_TF_TASK = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
+TF_TASK = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
 
 
 def _registration_failure(res: Resolution, error: Exception, timeout: float) -> str:
     text = getattr(error, "message", None) or str(error)
-    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    first = first_line(error)
     by_name = {p.name: p for p in cluster_peers(res)}
     # The leader's error lists the tasks that never registered.
     _, _, tail = text.partition("timed out task names:")
-    names = [f"{t}:{i}" for t, i in _TF_TASK.findall(tail.split("\n\n")[0])]
+    names = [f"{t}:{i}" for t, i in TF_TASK.findall(tail.split("\n\n")[0])]
     missing = [by_name[n] for n in names if n in by_name]
     if not missing:  # a joining task only hears "Deadline Exceeded": ask the peers themselves
         missing = [p for p in by_name.values() if probe(p) is not None]

@@ -179,16 +179,18 @@ def source_fingerprint(files: list[str]) -> str:
 
     :func:`preprocess` computes the same value while it streams the inputs.
     """
+    return _fingerprint([(path, _file_crc_hex(path)) for path in files])
+
+
+def _file_crc_hex(path: str) -> str:
+    """CRC32C of the bytes of ``path`` (local or remote), as :func:`_crc_hex` writes it."""
     import google_crc32c
 
-    parts = []
-    for path in files:
-        crc = google_crc32c.Checksum()
-        with storage.open_read(path) as f:
-            while chunk := f.read(8 << 20):
-                crc.update(chunk)
-        parts.append((path, _crc_hex(crc)))
-    return _fingerprint(parts)
+    crc = google_crc32c.Checksum()
+    with storage.open_read(path) as f:
+        while chunk := f.read(8 << 20):
+            crc.update(chunk)
+    return _crc_hex(crc)
 
 
 class _Tap:
@@ -445,16 +447,6 @@ class _ParquetInput:
                 first += batch.num_rows
         except (pa.ArrowException, OSError) as e:
             raise UserError(f"{self.path}: cannot read ({_one_line(e)})") from None
-
-
-def _parquet_crc(path: str) -> str:
-    import google_crc32c
-
-    crc = google_crc32c.Checksum()
-    with storage.open_read(path) as f:
-        while chunk := f.read(8 << 20):
-            crc.update(chunk)
-    return _crc_hex(crc)
 
 
 # ----------------------------------------------------------------------------- types
@@ -1243,7 +1235,7 @@ class _Run:
             self.crcs.append((inp.path, _crc_hex(inp.tap.crc)))
             self.bytes_done = before + inp.tap.bytes
         else:
-            self.crcs.append((inp.path, _parquet_crc(inp.path)))
+            self.crcs.append((inp.path, _file_crc_hex(inp.path)))
             self.bytes_done = before + inp.bytes
         self.bar.update_to(self.bytes_done, rows=self.rows)
 
@@ -1287,7 +1279,7 @@ class _Run:
                 "; ".join(self.notes) or "-",
             )
         types = self.plan.types
-        features = [h for h in self.header if h != cfg.label]
+        features = list(self.plan.order[:-1])  # the label comes last
         schema = _make_schema(types, features, cfg.label, self.stats, files[0])
         source_hash = _fingerprint(self.crcs)
         storage.write_text(os.path.join(self.tmp, "schema.json"), schema.to_json())

@@ -39,7 +39,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -48,12 +47,10 @@ from typing import NoReturn
 from tfpipes import manifest as manifest_lib
 from tfpipes import peers, storage
 from tfpipes import strategy as strategy_lib
-from tfpipes.errors import RetryableError, UserError
+from tfpipes.errors import RetryableError, UserError, first_line
 from tfpipes.strategy import Resolution
 
 log = logging.getLogger("tfpipes.ps_train")
-
-_TF_TASK = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
 
 
 def train(cfg, res: Resolution):
@@ -192,13 +189,12 @@ class PSTrainer:
     def _replica_step(self, batch):
         import tensorflow as tf
 
+        from tfpipes.train import per_example_loss
+
         features, y = batch
         with tf.GradientTape() as tape:
             out = self.model(features, training=True)
-            if self.classification:
-                per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=out)
-            else:
-                per_example = tf.square(tf.squeeze(out, axis=-1) - y)
+            per_example = per_example_loss(self.classification, y, out)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.batch)
             if self.model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
@@ -245,7 +241,7 @@ def _checkpoint_whole(variable) -> None:
 
 
 def _task_name(device: str) -> str:
-    m = _TF_TASK.search(device or "")
+    m = peers.TF_TASK.search(device or "")
     return f"{m.group(1)}:{m.group(2)}" if m else device
 
 
@@ -466,7 +462,7 @@ def _failure(res: Resolution, error: Exception, manager) -> Exception:
     import tensorflow as tf
 
     text = getattr(error, "message", None) or str(error)
-    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    first = first_line(error)
     # A ps is gone if it no longer answers, or if TensorFlow's error names its address (a
     # restarted ps answers again at once, but the variables it held are lost all the same).
     gone = [

@@ -32,7 +32,7 @@ import time
 from tfpipes import manifest as manifest_lib
 from tfpipes import progress, storage
 from tfpipes import strategy as strategy_lib
-from tfpipes.errors import RetryableError, UserError
+from tfpipes.errors import RetryableError, UserError, first_line
 from tfpipes.models import ModelSpec
 from tfpipes.schema import Schema
 
@@ -198,6 +198,17 @@ def _check_compatible(model_dir: str, config: dict) -> None:
             )
 
 
+def per_example_loss(classification: bool, y, out):
+    """Softmax cross-entropy of logits ``out`` (classification) or squared error, per example,
+    in float32 whatever the compute dtype."""
+    import tensorflow as tf
+
+    out = tf.cast(out, tf.float32)
+    if classification:
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=out)
+    return tf.square(tf.squeeze(out, axis=-1) - y)
+
+
 class Trainer:
     """Owns the model, optimizer, step counter and the compiled train and eval functions.
 
@@ -229,7 +240,6 @@ class Trainer:
         self.classification = schema.task == "classification"
         gpu = bool(tf.config.list_logical_devices("GPU"))
         compute = precision_policy(mixed_precision, gpu)
-        self.precision = compute or "float32"
         policy = f"mixed_{compute}" if compute else None
         previous = keras.config.dtype_policy()
         with strategy.scope():
@@ -247,12 +257,7 @@ class Trainer:
         self._train_loop = tf.function(self._loop)
 
     def per_example_loss(self, y, out):
-        import tensorflow as tf
-
-        out = tf.cast(out, tf.float32)
-        if self.classification:
-            return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=out)
-        return tf.square(tf.squeeze(out, axis=-1) - y)
+        return per_example_loss(self.classification, y, out)
 
     def replica_step(self, batch):
         """One optimizer step on one replica's ``(features, target)``; returns its share of
@@ -573,11 +578,6 @@ def _rate(steps: int, cfg: TrainConfig, seconds: float) -> float:
     return steps * cfg.batch_size / seconds if seconds > 0 else 0.0
 
 
-def _first_line(e: Exception) -> str:
-    text = (getattr(e, "message", None) or str(e)).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 class _Loop:
     """The cadence: chunks of steps up to the next log or checkpoint boundary, log lines and
     summaries, checkpoints (committed to object storage), a progress bar, SIGTERM."""
@@ -682,11 +682,11 @@ class _Loop:
             if "Feature" in str(e) or "Key:" in str(e) or "parse" in str(e).lower():
                 raise UserError(
                     f"{self.cfg.data}: records do not match the data set's schema.json "
-                    f"({_first_line(e)})"
+                    f"({first_line(e)})"
                 ) from None
             raise
         except tf.errors.DataLossError as e:
-            raise UserError(f"{self.cfg.data}: a shard is corrupt ({_first_line(e)})") from None
+            raise UserError(f"{self.cfg.data}: a shard is corrupt ({first_line(e)})") from None
         except (
             tf.errors.UnavailableError,
             tf.errors.DeadlineExceededError,
@@ -696,7 +696,7 @@ class _Loop:
             resume = self.last_ckpt or "the start (no checkpoint yet)"
             raise RetryableError(
                 f"a peer of the cluster became unreachable ({type(e).__name__}: "
-                f"{_first_line(e)}); run again to resume from {resume}"
+                f"{first_line(e)}); run again to resume from {resume}"
             ) from None
 
     @contextlib.contextmanager
