@@ -1,6 +1,6 @@
 """tfpipes: Kubeflow Pipelines components for distributed TensorFlow training."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="tfpipes",
@@ -13,7 +13,11 @@ setup(
     url="https://github.com/tfpipes/tfpipes",
     # The KFP adapters live in components/ and pipelines/ at the top of the repository;
     # they are installed under their own names so the library package never imports kfp.
-    packages=["tfpipes", "tfpipes.commands", "tfpipes_components", "tfpipes_pipelines"],
+    packages=[
+        *find_packages(include=["tfpipes", "tfpipes.*"]),
+        "tfpipes_components",
+        "tfpipes_pipelines",
+    ],
     package_dir={
         "tfpipes": "tfpipes",
         "tfpipes_components": "components",

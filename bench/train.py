@@ -21,7 +21,7 @@ Also shown: (s) our trainer with the streaming pipeline (no --cache), (b-s) ``mo
 that same streaming pipeline (ratio (s)/(b-s)), where the streaming input's time goes (no
 training: (p) the whole pipeline, (r) reading + shuffling + batching the serialized records,
 (q) ``parse_example`` of one batch over and over), and the end-to-end
-``tfpipes.train.train`` wall time. Steady state: every path is traced and warmed up first.
+``tfpipes.training.train`` wall time. Steady state: every path is traced and warmed up first.
 
   python bench/train.py                       # CPU, the setting
   python bench/train.py --hidden 1024,1024 --batch-size 4096 --mixed-precision --jit   # GPU
@@ -86,7 +86,8 @@ def main() -> int:
     from tfpipes.input_pipeline import load_in_memory, make_dataset
     from tfpipes.manifest import verify_dataset
     from tfpipes.schema import load_schema
-    from tfpipes.train import TrainConfig, Trainer, _cache_device, configure_tensorflow, train
+    from tfpipes.training import TrainConfig, train
+    from tfpipes.training.loop import Trainer, _cache_device, configure_tensorflow
 
     hidden = tuple(int(h) for h in args.hidden.split(","))
     work = tempfile.mkdtemp(prefix="bench-train-")
@@ -292,7 +293,7 @@ def main() -> int:
         print(f"parse once into memory: {load_s:.2f} s for {manifest.rows.get('train', '?')} rows")
         if e2e:
             print(
-                f"end to end: tfpipes.train.train, {e2e[2]} steps: {e2e[0]:.1f} s wall "
+                f"end to end: tfpipes.training.train, {e2e[2]} steps: {e2e[0]:.1f} s wall "
                 f"(TensorFlow setup, load, trace, checkpoint, eval included), "
                 f"{e2e[1]:,.0f} examples/s in steps"
             )

@@ -133,7 +133,7 @@ def train_op(
     import sys
 
     from tfpipes.errors import UserError
-    from tfpipes.train import TrainConfig, train
+    from tfpipes.training import TrainConfig, train
 
     model_dir = checkpoint_dir or (model.uri if model.uri.startswith("gs://") else model.path)
     try:

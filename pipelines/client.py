@@ -51,7 +51,7 @@ import kfp_server_api
 import urllib3
 import yaml
 
-from tfpipes.errors import UserError
+from tfpipes.errors import UserError, WaitTimeout
 
 if TYPE_CHECKING:
     from typing import Self
@@ -684,10 +684,9 @@ class KfpSession:
                 return RunOutcome(run_id, state, (run.error.message if run.error else "") or "")
             left = deadline - time.monotonic()
             if left <= 0:
-                raise UserError(
+                raise WaitTimeout(
                     f"run {run_id} is still {state} after {timeout:g}s (--timeout);"
-                    f" follow it at {self.run_url(run_id)}",
-                    exit_code=124,
+                    f" follow it at {self.run_url(run_id)}"
                 )
             time.sleep(min(poll, left))
 

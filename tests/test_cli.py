@@ -19,7 +19,7 @@ LIBRARY_MODULES = [
     "tfpipes.input_pipeline",
     "tfpipes.models",
     "tfpipes.strategy",
-    "tfpipes.train",
+    "tfpipes.training",
     "tfpipes.checkpoints",
     "tfpipes.export",
     "tfpipes.tfjob",
@@ -94,7 +94,7 @@ def test_wheel_holds_library_components_and_pipelines(tmp_path):
     names = set(zipfile.ZipFile(tmp_path / wheel).namelist())
     for required in (
         "tfpipes/cli.py",
-        "tfpipes/train.py",
+        "tfpipes/training/__init__.py",
         "tfpipes/commands/steps.py",
         "tfpipes_components/steps.py",
         "tfpipes_pipelines/training.py",

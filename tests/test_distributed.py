@@ -679,7 +679,8 @@ def test_parameter_servers_partition_converge_and_survive_failures(runs, data4, 
 def test_a_worker_copies_remote_data_once_verified_and_again_when_corrupt(
     data4, gcs_bucket, tmp_path, monkeypatch, caplog
 ):
-    from tfpipes import ps_train, storage
+    from tfpipes import storage
+    from tfpipes.training import worker_data as ps_train
 
     monkeypatch.setenv(ps_train.WORKER_DATA_ENV, str(tmp_path / "copies"))
     remote = f"{gcs_bucket}/d"

@@ -12,8 +12,7 @@ import pytest
 
 from tests.gcs_fixtures import FakeGcsServer, outage_midway, point_tfpipes_at, wait_for_objects
 from tfpipes import gcs, storage
-from tfpipes.errors import UserError
-from tfpipes.tfjob import is_retryable
+from tfpipes.errors import RetryableError, UserError, is_retryable
 
 pytestmark = [pytest.mark.gcs, pytest.mark.timeout(60)]
 
@@ -261,7 +260,7 @@ def test_unreachable_endpoint_fails_fast_with_one_line(monkeypatch):
     point_tfpipes_at(server, monkeypatch)
     monkeypatch.setenv("TFPIPES_GCS_DEADLINE_S", "1")
     start = time.monotonic()
-    with pytest.raises(UserError) as e:
+    with pytest.raises(RetryableError) as e:
         storage.exists("gs://bucket/key")
     assert time.monotonic() - start < 5
     msg = str(e.value)
@@ -280,7 +279,7 @@ def test_server_stopped_mid_upload_then_rerun_commits(tmp_path, monkeypatch):
         with outage_midway(server, monkeypatch) as uploaded:
             start = time.monotonic()
             with (
-                pytest.raises(UserError) as e,
+                pytest.raises(RetryableError) as e,
                 storage.staged_dir(dest, last=("manifest.json",)) as tmp,
             ):
                 _write_tree(tmp, files)

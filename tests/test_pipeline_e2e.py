@@ -252,7 +252,7 @@ def test_export_refuses_to_publish_an_unverified_model(outside_dir):
     from tfpipes.errors import UserError
     from tfpipes.export import ExportConfig, export
     from tfpipes.preprocess import PreprocessConfig, preprocess
-    from tfpipes.train import TrainConfig, train
+    from tfpipes.training import TrainConfig, train
 
     d = str(outside_dir)
     write_csv(os.path.join(d, "data.csv"), 300, seed=8)
@@ -356,7 +356,7 @@ def test_recurring_retrain_warm_starts_from_the_latest_published_version(outside
     published yet) starts fresh; later runs load the newest version's weights."""
     from tfpipes.export import ExportConfig, export
     from tfpipes.preprocess import PreprocessConfig, preprocess
-    from tfpipes.train import TrainConfig, train
+    from tfpipes.training import TrainConfig, train
 
     d = str(outside_dir)
     write_csv(os.path.join(d, "data.csv"), 400, seed=12)

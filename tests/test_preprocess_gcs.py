@@ -10,10 +10,9 @@ import pytest
 
 from tests.gcs_fixtures import FakeGcsServer, outage_midway, point_tfpipes_at, wait_for_objects
 from tfpipes import manifest, storage
-from tfpipes.errors import UserError
+from tfpipes.errors import RetryableError, UserError, is_retryable
 from tfpipes.preprocess import PreprocessConfig, preprocess
 from tfpipes.sample_data import write_csv
-from tfpipes.tfjob import is_retryable
 
 pytestmark = [pytest.mark.gcs, pytest.mark.timeout(180)]
 
@@ -96,7 +95,7 @@ def test_server_stopped_mid_upload_then_rerun_commits(tmp_path, monkeypatch):
         dest = f"{bucket}/ds"
         cfg = PreprocessConfig(source, dest, "label", num_shards=8)  # 16 shards + 2 files
 
-        with outage_midway(server, monkeypatch) as uploaded, pytest.raises(UserError) as e:
+        with outage_midway(server, monkeypatch) as uploaded, pytest.raises(RetryableError) as e:
             preprocess(cfg)
         msg = str(e.value)
         assert f"object storage unreachable at {server.url}" in msg and "\n" not in msg, msg

@@ -40,7 +40,7 @@ def data(tmp_path_factory) -> str:
 
 
 def _cfg(data, model_dir, **kw):
-    from tfpipes.train import TrainConfig
+    from tfpipes.training import TrainConfig
 
     base = dict(hidden=(16, 8), batch_size=32, log_every=10, progress=False)
     return TrainConfig(data, str(model_dir), **{**base, **kw})
@@ -142,7 +142,7 @@ def test_killed_and_restarted_run_ends_with_identical_weights(data, outside_dir)
     final = run_tfpipes(*args, cwd=d, timeout=300)
     assert final.returncode == 0, final.stderr
     assert "resumed from" in final.stderr, final.stderr
-    from tfpipes.train import train  # the uninterrupted reference, the same code in-process
+    from tfpipes.training import train  # the uninterrupted reference, the same code in-process
 
     ref = _cfg(data, os.path.join(d, "ref"), train_steps=300, checkpoint_every=300, seed=7)
     train(dataclasses.replace(ref, steps_per_loop=50, shuffle_buffer=300))
@@ -157,7 +157,7 @@ def test_killed_and_restarted_run_ends_with_identical_weights(data, outside_dir)
 def test_steps_per_loop_1_and_50_give_the_same_weights(data, tmp_path, cache):
     """Also across a resume: the 50-steps run stops at 70 and a new run goes on to 120 (with
     --cache the data position is the step count; streaming, the iterator's saved state)."""
-    from tfpipes.train import train
+    from tfpipes.training import train
 
     def cfg(name, spl, steps):
         return _cfg(data, tmp_path / name, train_steps=steps, steps_per_loop=spl, cache=cache)
@@ -170,7 +170,7 @@ def test_steps_per_loop_1_and_50_give_the_same_weights(data, tmp_path, cache):
 
 
 def test_corrupt_newest_checkpoint_is_reported_and_the_previous_one_used(data, tmp_path, caplog):
-    from tfpipes.train import train
+    from tfpipes.training import train
 
     m = tmp_path / "m"
     train(_cfg(data, m, train_steps=40, checkpoint_every=20))
@@ -210,7 +210,7 @@ def test_custom_layer_user_model_trains_and_exports(data, outside_dir):
 
 
 def test_user_model_errors_are_one_line(data, tmp_path):
-    from tfpipes.train import train
+    from tfpipes.training import train
 
     for model, message in (
         ("tests.user_models.custom_layer:wrong_outputs", r"needs \[batch, 3\]"),
@@ -227,7 +227,7 @@ def test_user_model_errors_are_one_line(data, tmp_path):
 
 def test_warm_start_from_a_model_dir_and_from_an_export(data, tmp_path):
     from tfpipes.export import ExportConfig, export
-    from tfpipes.train import train
+    from tfpipes.training import train
 
     src = tmp_path / "src"
     train(_cfg(data, src, train_steps=50))
@@ -253,7 +253,7 @@ def test_warm_start_from_a_model_dir_and_from_an_export(data, tmp_path):
 
 def test_model_dir_of_another_data_set_or_input_mode_is_refused(data, tmp_path):
     from tfpipes.preprocess import PreprocessConfig, preprocess
-    from tfpipes.train import train
+    from tfpipes.training import train
 
     m = tmp_path / "m"
     train(_cfg(data, m, train_steps=20, checkpoint_every=20))
@@ -271,7 +271,7 @@ def test_model_dir_of_another_data_set_or_input_mode_is_refused(data, tmp_path):
 @pytest.mark.gcs
 def test_gs_model_dir_holds_checkpoints_and_logs_and_resumes(data, gcs_bucket):
     from tfpipes import storage
-    from tfpipes.train import train
+    from tfpipes.training import train
 
     model_dir = f"{gcs_bucket}/runs/m"
     r = train(_cfg(data, model_dir, train_steps=40, checkpoint_every=20, max_to_keep=1))
@@ -291,7 +291,7 @@ def test_gs_model_dir_holds_checkpoints_and_logs_and_resumes(data, gcs_bucket):
 def test_summaries_hold_loss_learning_rate_throughput_and_eval_metrics(data, tmp_path):
     import tensorflow as tf
 
-    from tfpipes.train import train
+    from tfpipes.training import train
 
     train(_cfg(data, tmp_path / "m", train_steps=20, checkpoint_every=20))
     tags: dict[str, set] = {"train": set(), "eval": set()}
@@ -425,7 +425,7 @@ def test_float16_with_loss_scaling_resumes_exactly_and_exports_float32(data, out
 
 
 def test_mixed_precision_dtype_is_checked(data, tmp_path):
-    from tfpipes.train import train
+    from tfpipes.training import train
 
     with pytest.raises(UserError, match="--mixed-precision 'float8'"):
         train(_cfg(data, tmp_path / "m", mixed_precision="float8"))
@@ -464,7 +464,7 @@ def test_float16_overflow_lowers_the_loss_scale_and_a_resume_keeps_it(tmp_path):
     the LossScaleOptimizer skips those steps and halves its scale. The scale and the count
     of applied steps are part of the state a resumed run must end with, bit for bit."""
     from tfpipes.preprocess import PreprocessConfig, preprocess
-    from tfpipes.train import train
+    from tfpipes.training import train
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(1200, 3))

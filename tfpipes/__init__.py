@@ -1,7 +1,7 @@
 """tfpipes: preprocess, train and export TensorFlow models as Kubeflow Pipelines components.
 
 Public pieces: the CLI (``tfpipes``), the config dataclasses and the step functions
-``tfpipes.preprocess.preprocess``, ``tfpipes.train.train`` and ``tfpipes.export.export``.
+``tfpipes.preprocess.preprocess``, ``tfpipes.training.train`` and ``tfpipes.export.export``.
 Importing this package is cheap: TensorFlow is imported only by the modules that need it.
 """
 

@@ -14,7 +14,7 @@ import os
 import sys
 
 from tfpipes import __version__
-from tfpipes.errors import UserError
+from tfpipes.errors import exit_on_error
 
 # Order is the order shown in --help.
 COMMAND_MODULES = [
@@ -70,13 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(args.verbose)
     try:
-        return int(args.handler(args) or 0)
-    except UserError as e:
-        print(f"tfpipes {args.command}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print(f"tfpipes {args.command}: interrupted", file=sys.stderr)
-        return 130
+        with exit_on_error(f"tfpipes {args.command}"):
+            return int(args.handler(args) or 0)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ def export(cfg: ExportConfig) -> ExportResult:
     from tfpipes.input_pipeline import make_dataset
     from tfpipes.models import ModelSpec, build_model, checkpoint_objects
     from tfpipes.schema import Schema
-    from tfpipes.train import MODEL_CONFIG, load_model_config
+    from tfpipes.training.loop import MODEL_CONFIG, load_model_config
 
     config = load_model_config(cfg.model_dir)
     schema = Schema.from_json(json.dumps(config["schema"]))

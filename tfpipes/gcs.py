@@ -10,7 +10,7 @@ Contract shared by every function:
   otherwise it uses Application Default Credentials and ``GOOGLE_CLOUD_PROJECT`` if set.
 - Transient failures (HTTP 408/429/5xx, refused or dropped connections, timeouts) are retried
   with jittered exponential backoff until ``TFPIPES_GCS_DEADLINE_S`` seconds (default 120) have
-  passed since the operation began; then :class:`UserError` with ``exit_code=EXIT_RETRYABLE``
+  passed since the operation began; then :class:`RetryableError` (exit 138)
   names the URL, the endpoint, the number of tries and the last cause. The library's own retries
   are switched off so that this deadline is the only one.
 - A missing object, a missing bucket, a refused permission or a CRC32C mismatch is a
@@ -38,7 +38,7 @@ from google.auth import exceptions as auth_exceptions
 from google.cloud import storage as gcs_storage
 from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 
-from tfpipes.errors import EXIT_RETRYABLE, UserError
+from tfpipes.errors import RetryableError, UserError
 
 T = TypeVar("T")
 
@@ -199,10 +199,9 @@ def _call(url: str, fn: Callable[[], T], abort: threading.Event | None = None) -
             if time.monotonic() + pause > deadline or (abort is not None and abort.is_set()):
                 plural = "try" if tries == 1 else "tries"
                 state = "kept failing" if cause.startswith("HTTP") else "unreachable"
-                raise UserError(
+                raise RetryableError(
                     f"{url}: object storage {state} at {_endpoint()} after {tries} {plural}:"
-                    f" {cause}",
-                    exit_code=EXIT_RETRYABLE,
+                    f" {cause}"
                 ) from e
             if abort is not None:
                 abort.wait(pause)

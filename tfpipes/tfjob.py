@@ -15,20 +15,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from tfpipes.errors import EXIT_RETRYABLE, UserError
-
-# Exit codes of `tfpipes train` (and of `tfpipes local-cluster`, which passes them through).
-EXIT_OK = 0
-EXIT_FAILURE = 1  # a bug: permanent, the traceback is in the pod log
-# EXIT_USER_ERROR (2): a UserError: bad flag, missing file, schema mismatch; permanent.
-# EXIT_RETRYABLE (138): a peer unreachable, preempted, storage briefly unavailable; retryable.
-RETRYABLE_MIN = 128  # the Training Operator's ExitCode policy retries codes >= this
-
-
-def is_retryable(exit_code: int) -> bool:
-    """Whether the Training Operator's ``ExitCode`` restart policy restarts this exit code."""
-    return exit_code >= RETRYABLE_MIN
-
+# Exit codes (tfpipes.errors): 1 a bug, 2 a UserError (permanent), >= 128 retryable (138: a
+# peer unreachable, preempted, storage briefly unavailable).
+from tfpipes.errors import EXIT_RETRYABLE, RETRYABLE_MIN, UserError, is_retryable  # noqa: F401
 
 API_VERSION = "kubeflow.org/v1"
 KIND = "TFJob"

@@ -212,7 +212,7 @@ def _preprocess(args) -> int:
 
 def _train(args) -> int:
     from tfpipes import peers
-    from tfpipes.train import TrainConfig, train
+    from tfpipes.training import TrainConfig, train
 
     if args.peer_timeout is not None:
         if not args.peer_timeout > 0:

@@ -35,12 +35,9 @@ must be the same path in every task.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from typing import NoReturn
 
@@ -49,6 +46,7 @@ from tfpipes import peers, storage
 from tfpipes import strategy as strategy_lib
 from tfpipes.errors import RetryableError, UserError, first_line
 from tfpipes.strategy import Resolution
+from tfpipes.training import worker_data
 
 log = logging.getLogger("tfpipes.ps_train")
 
@@ -56,14 +54,14 @@ log = logging.getLogger("tfpipes.ps_train")
 def train(cfg, res: Resolution):
     """Run this task's part of a parameter-server job: serve (worker, ps) or coordinate (chief).
 
-    ``cfg`` is a ``tfpipes.train.TrainConfig``. The chief returns a ``TrainResult``; a worker
+    ``cfg`` is a ``tfpipes.training.TrainConfig``. The chief returns a ``TrainResult``; a worker
     or ps serves until the process is stopped. Raises UserError for a bad data set or flags
     and RetryableError when a peer is unreachable at the start or a ps fails during training.
     """
     cfg.validate()
     if res.task_type in ("worker", "ps"):
         if res.task_type == "worker" and storage.is_remote(cfg.data):
-            local, fetched = fetch_worker_data(cfg.data)
+            local, fetched = worker_data.fetch_worker_data(cfg.data)
             how = "copied to" if fetched else "already copied to"
             log.info("%s:%d data %s %s %s", res.task_type, res.task_index, cfg.data, how, local)
         serve(res)
@@ -76,47 +74,6 @@ def train(cfg, res: Resolution):
     if res.task_type != "chief":
         raise UserError(f"TF_CONFIG: task type {res.task_type!r} has no role in ps training")
     return coordinate(cfg, res)
-
-
-WORKER_DATA_ENV = "TFPIPES_WORKER_DATA"
-
-
-def worker_data_dir(data: str, manifest_text: str) -> str:
-    """The local directory where each worker keeps its copy of the remote data set ``data``:
-    the same path in every task (the chief names it in the workers' input pipelines), keyed by
-    the data set's location and its manifest's content."""
-    base = os.environ.get(WORKER_DATA_ENV) or os.path.join(tempfile.gettempdir(), "tfpipes-data")
-    key = hashlib.sha256(f"{storage.normalize(data)}\n{manifest_text}".encode()).hexdigest()
-    return os.path.join(base, key[:20])
-
-
-def fetch_worker_data(data: str) -> tuple[str, bool]:
-    """Copy the remote data set ``data`` into :func:`worker_data_dir` unless a verified copy is
-    there; return that directory and whether this call copied it. The copy is verified
-    against the manifest (sizes, CRC32C) in a staging directory and renamed into place, so a
-    crash never leaves a partial copy that looks complete, and tasks on one machine can fetch
-    at the same time."""
-    manifest_text = storage.read_text(storage.join(data, manifest_lib.MANIFEST))
-    final = worker_data_dir(data, manifest_text)
-    if os.path.exists(final):
-        try:
-            manifest_lib.verify_dataset(final)
-            return final, False
-        except UserError as e:
-            log.warning("%s; fetching the data set again", e)
-            shutil.rmtree(final, ignore_errors=True)
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".fetch-", dir=os.path.dirname(final))
-    try:
-        storage.download_dir(data, tmp)
-        manifest_lib.verify_dataset(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another task on this machine committed it first
-            manifest_lib.verify_dataset(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final, True
 
 
 def serve(res: Resolution) -> NoReturn:
@@ -151,7 +108,7 @@ class PSTrainer:
         import tensorflow as tf
 
         from tfpipes.models import build_model
-        from tfpipes.train import _make_optimizer
+        from tfpipes.training.loop import _make_optimizer
 
         self.strategy = strategy
         self.batch = batch
@@ -189,7 +146,7 @@ class PSTrainer:
     def _replica_step(self, batch):
         import tensorflow as tf
 
-        from tfpipes.train import per_example_loss
+        from tfpipes.training.loop import per_example_loss
 
         features, y = batch
         with tf.GradientTape() as tape:
@@ -257,7 +214,8 @@ def coordinate(cfg, res: Resolution):
     from tfpipes.input_pipeline import make_dataset
     from tfpipes.models import checkpoint_objects
     from tfpipes.schema import load_schema
-    from tfpipes.train import METRICS, MODEL_CONFIG, TrainResult, _check_compatible, _rate
+    from tfpipes.training.config import TrainResult
+    from tfpipes.training.loop import METRICS, MODEL_CONFIG, _check_compatible, _rate
 
     t_start = time.monotonic()
     opt_name, lr = cfg.resolved_optimizer()
@@ -277,7 +235,7 @@ def coordinate(cfg, res: Resolution):
         worker_root = data_root
         if storage.is_remote(cfg.data):
             manifest_text = storage.read_text(os.path.join(data_root, manifest_lib.MANIFEST))
-            worker_root = worker_data_dir(cfg.data, manifest_text)
+            worker_root = worker_data.worker_data_dir(cfg.data, manifest_text)
 
         strategy = strategy_lib.create_strategy(res)
         coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
@@ -438,7 +396,7 @@ def _evaluate(cfg, trainer: PSTrainer, checkpoint: str, data_root, manifest, sch
 
     from tfpipes.input_pipeline import make_dataset
     from tfpipes.models import checkpoint_objects
-    from tfpipes.train import Trainer
+    from tfpipes.training.loop import Trainer
 
     opt_name, lr = cfg.resolved_optimizer()
     with tf.device("/job:chief/replica:0/task:0/device:CPU:0"):

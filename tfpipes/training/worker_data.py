@@ -1,0 +1,63 @@
+"""The parameter-server workers' local copy of a remote data set.
+
+Workers run the shards' reads inside TensorFlow, so they need a path they can open, and
+TensorFlow's own GCS filesystem is not our storage layer (no retries of ours, no CRC checks, and
+it cannot reach an emulator). So each worker first copies the data set through the storage layer
+into :func:`worker_data_dir`, then starts its server; the chief names that same local path in the
+workers' input pipelines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+
+from tfpipes import manifest as manifest_lib
+from tfpipes import storage
+from tfpipes.errors import UserError
+
+log = logging.getLogger("tfpipes.ps_train")
+
+
+WORKER_DATA_ENV = "TFPIPES_WORKER_DATA"
+
+
+def worker_data_dir(data: str, manifest_text: str) -> str:
+    """The local directory where each worker keeps its copy of the remote data set ``data``:
+    the same path in every task (the chief names it in the workers' input pipelines), keyed by
+    the data set's location and its manifest's content."""
+    base = os.environ.get(WORKER_DATA_ENV) or os.path.join(tempfile.gettempdir(), "tfpipes-data")
+    key = hashlib.sha256(f"{storage.normalize(data)}\n{manifest_text}".encode()).hexdigest()
+    return os.path.join(base, key[:20])
+
+
+def fetch_worker_data(data: str) -> tuple[str, bool]:
+    """Copy the remote data set ``data`` into :func:`worker_data_dir` unless a verified copy is
+    there; return that directory and whether this call copied it. The copy is verified
+    against the manifest (sizes, CRC32C) in a staging directory and renamed into place, so a
+    crash never leaves a partial copy that looks complete, and tasks on one machine can fetch
+    at the same time."""
+    manifest_text = storage.read_text(storage.join(data, manifest_lib.MANIFEST))
+    final = worker_data_dir(data, manifest_text)
+    if os.path.exists(final):
+        try:
+            manifest_lib.verify_dataset(final)
+            return final, False
+        except UserError as e:
+            log.warning("%s; fetching the data set again", e)
+            shutil.rmtree(final, ignore_errors=True)
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".fetch-", dir=os.path.dirname(final))
+    try:
+        storage.download_dir(data, tmp)
+        manifest_lib.verify_dataset(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another task on this machine committed it first
+            manifest_lib.verify_dataset(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final, True
