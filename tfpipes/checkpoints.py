@@ -73,12 +73,9 @@ class CheckpointStore:
             return
         name = os.path.basename(prefix)
         files = sorted(f for f in os.listdir(self.local_dir) if f.startswith(name + "."))
-        files.sort(key=lambda f: f.endswith(".index"))  # data first, the index after them
-        for fname in files:
-            with open(os.path.join(self.local_dir, fname), "rb") as f:
-                storage.write_bytes(storage.join(self.remote_dir, fname), f.read())
-        with open(os.path.join(self.local_dir, INDEX), "rb") as f:
-            storage.write_bytes(storage.join(self.remote_dir, INDEX), f.read())
+        # Data first, its index after them, the state file (which lists it) last.
+        last = (f"{name}.index", INDEX)
+        storage.commit_files(self.local_dir, self.remote_dir, [*files, INDEX], last=last)
         kept = set(os.listdir(self.local_dir))
         for fname in storage.listdir(self.remote_dir):
             if fname != INDEX and fname not in kept:
@@ -89,16 +86,13 @@ class CheckpointStore:
         """Upload TensorBoard event files that grew since the last upload (gs:// model dirs)."""
         if not (self.remote and self.writer) or not os.path.isdir(self.logs_dir):
             return
-        for root, _, names in os.walk(self.logs_dir):
-            for name in names:
-                path = os.path.join(root, name)
-                size = os.path.getsize(path)
-                if self._uploaded_logs.get(path) == size:
-                    continue
-                rel = os.path.relpath(path, self.logs_dir).replace(os.sep, "/")
-                with open(path, "rb") as f:
-                    storage.write_bytes(storage.join(self.remote_logs, rel), f.read())
-                self._uploaded_logs[path] = size
+        grown = {}
+        for name in storage.files_under(self.logs_dir):
+            size = os.path.getsize(os.path.join(self.logs_dir, name))
+            if self._uploaded_logs.get(name) != size:
+                grown[name] = size
+        storage.commit_files(self.logs_dir, self.remote_logs, sorted(grown))
+        self._uploaded_logs.update(grown)
 
     def close(self) -> None:
         """Remove the local mirror and any throwaway save directory."""

@@ -39,6 +39,7 @@ from google.cloud import storage as gcs_storage
 from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 
 from tfpipes.errors import RetryableError, UserError
+from tfpipes.storage import files_under
 
 T = TypeVar("T")
 
@@ -513,16 +514,6 @@ def _parallel(fn: Callable[[str, threading.Event], None], items: Iterable[str]) 
             raise failed[0].exception()
 
 
-def _local_files(local_dir: str) -> list[str]:
-    """Relative ``/``-separated names of the regular files under ``local_dir``, sorted."""
-    names = []
-    for root, _, files in os.walk(local_dir):
-        for name in files:
-            rel = os.path.relpath(os.path.join(root, name), local_dir)
-            names.append(rel.replace(os.sep, "/"))
-    return sorted(names)
-
-
 def _upload_file(path: str, url: str, abort: threading.Event | None = None) -> None:
     bucket, key = split(url)
     expected = _file_crc32c(path)
@@ -544,40 +535,42 @@ def _upload_file(path: str, url: str, abort: threading.Event | None = None) -> N
         hook(url)
 
 
-def upload_dir(local_dir: str, url: str, last: tuple[str, ...] = (), replace: bool = False) -> None:
-    """Upload every file under ``local_dir`` to the prefix ``url/``, committing with ``last``.
-
-    Relative paths become keys. The files named in ``last`` (a manifest) are uploaded one by
-    one, in that order, only after every other file has been uploaded and verified, so a reader
-    that requires the manifest never sees a partial output. With ``replace``, objects under the
-    prefix that are not part of the new set are deleted; the order keeps the output incomplete
-    (no manifest) at every instant until it is whole again: old manifest deleted, new data
-    uploaded, stale objects deleted, new manifest uploaded.
-
-    Raises UserError on the first file that cannot be uploaded; nothing in ``last`` is written
-    then.
-    """
+def upload_files(local_dir: str, url: str, names: list[str], last: tuple[str, ...] = ()) -> None:
+    """Upload the files ``names`` (relative to ``local_dir``) to the prefix ``url/``: every one
+    not in ``last`` first, in parallel, each streamed from disk and verified (CRC32C); then the
+    ``last`` ones that are in ``names``, one by one in that order. Raises on the first file that
+    cannot be uploaded; nothing in ``last`` is written then."""
     bucket, key = split(url)
     prefix = _dir_key(key)
-    names = _local_files(local_dir)
     final = [n for n in last if n in names]
     first = [n for n in names if n not in final]
 
-    def target(name: str) -> str:
-        return f"gs://{bucket}/{prefix}{name}"
-
     def upload(name: str, abort: threading.Event) -> None:
-        _upload_file(os.path.join(local_dir, name), target(name), abort)
+        _upload_file(os.path.join(local_dir, name), f"gs://{bucket}/{prefix}{name}", abort)
 
-    if replace:
-        _parallel(_delete, [target(n) for n in last])
     _parallel(upload, first)
-    if replace:
-        wanted = {prefix + n for n in names}
-        blobs, _ = _list(url, prefix)
-        _parallel(_delete, [f"gs://{bucket}/{b.name}" for b in blobs if b.name not in wanted])
     for name in final:
         upload(name, threading.Event())
+
+
+def upload_dir(local_dir: str, url: str, last: tuple[str, ...] = (), replace: bool = False) -> None:
+    """Upload every file under ``local_dir`` to the prefix ``url/``, committing with ``last``
+    (see :func:`upload_files`). With ``replace``, objects under the prefix that are not part of
+    the new set are deleted; the order keeps the output incomplete (no manifest) at every
+    instant until it is whole again: old manifest deleted, new data uploaded, stale objects
+    deleted, new manifest uploaded."""
+    bucket, key = split(url)
+    prefix = _dir_key(key)
+    names = files_under(local_dir)
+    if not replace:
+        upload_files(local_dir, url, names, last)
+        return
+    _parallel(_delete, [f"gs://{bucket}/{prefix}{n}" for n in last])
+    upload_files(local_dir, url, [n for n in names if n not in last])
+    wanted = {prefix + n for n in names}
+    blobs, _ = _list(url, prefix)
+    _parallel(_delete, [f"gs://{bucket}/{b.name}" for b in blobs if b.name not in wanted])
+    upload_files(local_dir, url, [n for n in names if n in last], last)
 
 
 def _download_file(blob: gcs_storage.Blob, url: str, path: str, abort: threading.Event) -> None:

@@ -6,10 +6,13 @@ embedded default; ``gs://`` is served by :mod:`tfpipes.gcs` (google-cloud-storag
 so nothing else in tfpipes opens a ``gs://`` path: code that needs a local file asks for one with
 :func:`local_copy` / :func:`staged_dir`.
 
-Atomicity: a data set, checkpoint or model is written into a staging place and committed in one
-step (:func:`staged_dir`): a local directory is renamed into place; an object-storage prefix gets
-its files uploaded first and its manifest last, so a reader that checks the manifest never sees a
-half-written output.
+Atomicity, one mechanism for every output (data sets, exports, checkpoints, the parameter-server
+workers' data copies): the output is written into a local staging place and committed by
+:func:`commit_files`, which copies or uploads the files streamed from disk, every ordinary file
+first and the files that mark completion (a manifest, a checkpoint index) last, in order. A whole
+directory output goes through :func:`staged_dir`: a local one is renamed into place in one step;
+a remote prefix is committed with :func:`commit_files`. A reader that checks the marker never sees
+a half-written output.
 """
 
 from __future__ import annotations
@@ -162,6 +165,10 @@ def rmtree(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _already_exists(final: str) -> UserError:
+    return UserError(f"{final}: already exists; pass --overwrite to replace it")
+
+
 def _is_empty_dir(path: str) -> bool:
     return os.path.isdir(path) and not os.listdir(path)
 
@@ -186,7 +193,7 @@ def staged_dir(final: str, *, overwrite: bool = False, last: tuple[str, ...] = (
         if not overwrite and _gcs().is_prefix(final):
             leftover = is_uncommitted_leftover(final, last)
             if not leftover:
-                raise UserError(f"{final}: already exists; pass --overwrite to replace it")
+                raise _already_exists(final)
         tmp = tempfile.mkdtemp(prefix="tfpipes-stage-")
         try:
             yield tmp
@@ -197,17 +204,61 @@ def staged_dir(final: str, *, overwrite: bool = False, last: tuple[str, ...] = (
 
     final = os.path.abspath(final)
     if os.path.exists(final) and not _is_empty_dir(final) and not overwrite:
-        raise UserError(f"{final}: already exists; pass --overwrite to replace it")
+        raise _already_exists(final)
     parent = os.path.dirname(final)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:8]}")
     os.makedirs(tmp)
     try:
         yield tmp
-        _commit_local_dir(tmp, final)
+        if overwrite:
+            _commit_local_dir(tmp, final)
+        else:
+            try:
+                os.rename(tmp, final)  # atomic; fails if another writer committed meanwhile
+            except OSError:
+                raise UserError(
+                    f"{final}: already exists; pass --overwrite to replace it"
+                ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def commit_files(
+    src_dir: str, dest: str, names: list[str] | None = None, *, last: tuple[str, ...] = ()
+) -> None:
+    """Commit files from the local directory ``src_dir`` to the directory or prefix ``dest``.
+
+    ``names``: ``/``-separated paths relative to ``src_dir`` (default: every file under it).
+    Every name not in ``last`` is written first (in parallel for object storage, each verified
+    by CRC32C); then the names in ``last`` that are in ``names``, one by one in that order:
+    their presence marks the commit complete. Files are streamed, never read whole into memory;
+    a local file is replaced atomically (temporary name, then rename). Raises on the first file
+    that cannot be written, before any of ``last``.
+    """
+    dest = normalize(dest)
+    if names is None:
+        names = files_under(src_dir)
+    if is_remote(dest):
+        _gcs().upload_files(src_dir, dest, list(names), last)
+        return
+    final = [n for n in last if n in names]
+    for name in [n for n in names if n not in final] + final:
+        target = os.path.join(dest, *name.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+        shutil.copyfile(os.path.join(src_dir, *name.split("/")), tmp)
+        os.replace(tmp, target)
+
+
+def files_under(local_dir: str) -> list[str]:
+    """Relative ``/``-separated names of the regular files under ``local_dir``, sorted."""
+    names = []
+    for root, _, files in os.walk(local_dir):
+        for name in files:
+            names.append(os.path.relpath(os.path.join(root, name), local_dir).replace(os.sep, "/"))
+    return sorted(names)
 
 
 def _commit_local_dir(tmp: str, final: str) -> None:

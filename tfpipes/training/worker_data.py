@@ -37,9 +37,9 @@ def worker_data_dir(data: str, manifest_text: str) -> str:
 def fetch_worker_data(data: str) -> tuple[str, bool]:
     """Copy the remote data set ``data`` into :func:`worker_data_dir` unless a verified copy is
     there; return that directory and whether this call copied it. The copy is verified
-    against the manifest (sizes, CRC32C) in a staging directory and renamed into place, so a
-    crash never leaves a partial copy that looks complete, and tasks on one machine can fetch
-    at the same time."""
+    against the manifest (sizes, CRC32C) in a staging directory and committed by
+    ``storage.staged_dir`` (a rename), so a crash never leaves a partial copy that looks
+    complete, and tasks on one machine can fetch at the same time."""
     manifest_text = storage.read_text(storage.join(data, manifest_lib.MANIFEST))
     final = worker_data_dir(data, manifest_text)
     if os.path.exists(final):
@@ -49,15 +49,12 @@ def fetch_worker_data(data: str) -> tuple[str, bool]:
         except UserError as e:
             log.warning("%s; fetching the data set again", e)
             shutil.rmtree(final, ignore_errors=True)
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".fetch-", dir=os.path.dirname(final))
     try:
-        storage.download_dir(data, tmp)
-        manifest_lib.verify_dataset(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another task on this machine committed it first
-            manifest_lib.verify_dataset(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with storage.staged_dir(final) as tmp:
+            storage.download_dir(data, tmp)
+            manifest_lib.verify_dataset(tmp)
+    except UserError:
+        if not os.path.isdir(final):
+            raise
+        manifest_lib.verify_dataset(final)  # another task on this machine committed it first
     return final, True
