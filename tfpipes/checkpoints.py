@@ -45,21 +45,29 @@ class CheckpointStore:
         self.remote = storage.is_remote(model_dir)
         self.writer = writer
         self._tmp: list[str] = []
-        if self.remote:
-            root = self._mkdtemp("tfpipes-model-")
-            self.local_dir = os.path.join(root, "checkpoints")
-            self.logs_dir = os.path.join(root, "logs")
-            os.makedirs(self.local_dir)
-            if storage.exists(storage.join(self.remote_dir, INDEX)):
-                with storage.local_dir(self.remote_dir) as d:
-                    shutil.copytree(d, self.local_dir, dirs_exist_ok=True)
-        else:
-            self.local_dir = storage.normalize(self.remote_dir)
-            self.logs_dir = storage.normalize(self.remote_logs)
-            if writer:
-                os.makedirs(self.local_dir, exist_ok=True)
-        self.save_dir = self.local_dir if writer else self._mkdtemp(f"_tmp_worker_{task_index}-")
         self._uploaded_logs: dict[str, int] = {}
+        try:
+            if self.remote:
+                root = self._mkdtemp("tfpipes-model-")
+                self.local_dir = os.path.join(root, "checkpoints")
+                self.logs_dir = os.path.join(root, "logs")
+                os.makedirs(self.local_dir)
+                if storage.exists(storage.join(self.remote_dir, INDEX)):
+                    with storage.local_dir(self.remote_dir) as d:
+                        shutil.copytree(d, self.local_dir, dirs_exist_ok=True)
+            else:
+                self.local_dir = storage.normalize(self.remote_dir)
+                self.logs_dir = storage.normalize(self.remote_logs)
+                if writer:
+                    os.makedirs(self.local_dir, exist_ok=True)
+            if writer:
+                _remove_interrupted_saves(self.local_dir)
+            self.save_dir = (
+                self.local_dir if writer else self._mkdtemp(f"_tmp_worker_{task_index}-")
+            )
+        except BaseException:
+            self.close()  # a run that fails at start-up leaves no local mirror behind
+            raise
 
     def _mkdtemp(self, prefix: str) -> str:
         d = tempfile.mkdtemp(prefix=prefix)
@@ -75,11 +83,15 @@ class CheckpointStore:
         files = sorted(f for f in os.listdir(self.local_dir) if f.startswith(name + "."))
         # Data first, its index after them, the state file (which lists it) last.
         last = (f"{name}.index", INDEX)
-        storage.commit_files(self.local_dir, self.remote_dir, [*files, INDEX], last=last)
+        mark = storage.owner_mark(self.remote_dir)
+        storage.commit_files(
+            self.local_dir, self.remote_dir, [*files, INDEX], last=last, owner=mark
+        )
+        # Checkpoints the state file no longer lists: ours only (never another tool's files).
         kept = set(os.listdir(self.local_dir))
-        for fname in storage.listdir(self.remote_dir):
-            if fname != INDEX and fname not in kept:
-                storage.rmtree(storage.join(self.remote_dir, fname))
+        owners = storage.list_owners(self.remote_dir)
+        gone = [n for n, o in owners.items() if o == mark and n not in kept]
+        storage.delete_objects(self.remote_dir, gone)
         self.sync_logs()
 
     def sync_logs(self) -> None:
@@ -91,13 +103,30 @@ class CheckpointStore:
             size = os.path.getsize(os.path.join(self.logs_dir, name))
             if self._uploaded_logs.get(name) != size:
                 grown[name] = size
-        storage.commit_files(self.logs_dir, self.remote_logs, sorted(grown))
+        storage.commit_files(
+            self.logs_dir,
+            self.remote_logs,
+            sorted(grown),
+            owner=storage.owner_mark(self.remote_logs),
+        )
         self._uploaded_logs.update(grown)
 
     def close(self) -> None:
         """Remove the local mirror and any throwaway save directory."""
         for d in self._tmp:
             shutil.rmtree(d, ignore_errors=True)
+
+
+def _remove_interrupted_saves(directory: str) -> None:
+    """Remove what a save cut short leaves: TensorFlow writes a sharded checkpoint into
+    ``<prefix>_temp/`` and renames its files out at the end; the state file never lists it."""
+    if not os.path.isdir(directory):
+        return
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if name.endswith("_temp") and name.startswith("ckpt-") and os.path.isdir(path):
+            log.info("removing %s, left by an interrupted checkpoint save", path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def verify_checkpoint(prefix: str) -> str | None:

@@ -39,7 +39,6 @@ from google.cloud import storage as gcs_storage
 from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 
 from tfpipes.errors import RetryableError, UserError
-from tfpipes.storage import files_under
 
 T = TypeVar("T")
 
@@ -63,6 +62,11 @@ _RETRYABLE_TYPES = (
 # Test seam: called with the URL of each object right after it is uploaded and verified, from
 # the uploading thread. Tests use it to observe the commit order and to cut the network midway.
 after_upload: Callable[[str], None] | None = None
+
+# Every object tfpipes uploads as part of an output carries this custom metadata key, whose
+# value is the output's prefix: the proof, object by object, that tfpipes wrote it there (see
+# storage.staged_dir: only such objects are ever replaced or deleted).
+OWNER_KEY = "tfpipes-output"
 
 _client_lock = threading.Lock()
 _clients: dict[tuple, gcs_storage.Client] = {}
@@ -514,12 +518,16 @@ def _parallel(fn: Callable[[str, threading.Event], None], items: Iterable[str]) 
             raise failed[0].exception()
 
 
-def _upload_file(path: str, url: str, abort: threading.Event | None = None) -> None:
+def _upload_file(
+    path: str, url: str, abort: threading.Event | None = None, owner: str | None = None
+) -> None:
     bucket, key = split(url)
     expected = _file_crc32c(path)
 
     def run() -> str | None:
         blob = client().bucket(bucket).blob(key)
+        if owner is not None:
+            blob.metadata = {OWNER_KEY: owner}
         blob.upload_from_filename(
             path,
             checksum="crc32c",
@@ -535,42 +543,43 @@ def _upload_file(path: str, url: str, abort: threading.Event | None = None) -> N
         hook(url)
 
 
-def upload_files(local_dir: str, url: str, names: list[str], last: tuple[str, ...] = ()) -> None:
+def upload_files(
+    local_dir: str, url: str, names: list[str], last: tuple[str, ...] = (), owner: str | None = None
+) -> None:
     """Upload the files ``names`` (relative to ``local_dir``) to the prefix ``url/``: every one
     not in ``last`` first, in parallel, each streamed from disk and verified (CRC32C); then the
-    ``last`` ones that are in ``names``, one by one in that order. Raises on the first file that
-    cannot be uploaded; nothing in ``last`` is written then."""
+    ``last`` ones that are in ``names``, one by one in that order. ``owner``: the value of the
+    objects' :data:`OWNER_KEY` metadata. Raises on the first file that cannot be uploaded;
+    nothing in ``last`` is written then."""
     bucket, key = split(url)
     prefix = _dir_key(key)
     final = [n for n in last if n in names]
     first = [n for n in names if n not in final]
 
     def upload(name: str, abort: threading.Event) -> None:
-        _upload_file(os.path.join(local_dir, name), f"gs://{bucket}/{prefix}{name}", abort)
+        target = f"gs://{bucket}/{prefix}{name}"
+        _upload_file(os.path.join(local_dir, name), target, abort, owner)
 
     _parallel(upload, first)
     for name in final:
         upload(name, threading.Event())
 
 
-def upload_dir(local_dir: str, url: str, last: tuple[str, ...] = (), replace: bool = False) -> None:
-    """Upload every file under ``local_dir`` to the prefix ``url/``, committing with ``last``
-    (see :func:`upload_files`). With ``replace``, objects under the prefix that are not part of
-    the new set are deleted; the order keeps the output incomplete (no manifest) at every
-    instant until it is whole again: old manifest deleted, new data uploaded, stale objects
-    deleted, new manifest uploaded."""
+def list_owners(url: str) -> dict[str, str | None]:
+    """Every object under the prefix ``url/``: its name relative to the prefix, and the value
+    of its :data:`OWNER_KEY` metadata (None when it has none: tfpipes did not write it)."""
+    _, key = split(url)
+    prefix = _dir_key(key)
+    blobs, _ = _list(url, prefix)
+    return {b.name[len(prefix) :]: (b.metadata or {}).get(OWNER_KEY) for b in blobs}
+
+
+def delete_objects(url: str, names: Iterable[str]) -> None:
+    """Delete the objects ``names`` (relative to the prefix ``url/``), in parallel; a missing
+    one is fine."""
     bucket, key = split(url)
     prefix = _dir_key(key)
-    names = files_under(local_dir)
-    if not replace:
-        upload_files(local_dir, url, names, last)
-        return
-    _parallel(_delete, [f"gs://{bucket}/{prefix}{n}" for n in last])
-    upload_files(local_dir, url, [n for n in names if n not in last])
-    wanted = {prefix + n for n in names}
-    blobs, _ = _list(url, prefix)
-    _parallel(_delete, [f"gs://{bucket}/{b.name}" for b in blobs if b.name not in wanted])
-    upload_files(local_dir, url, [n for n in names if n in last], last)
+    _parallel(_delete, [f"gs://{bucket}/{prefix}{n}" for n in names])
 
 
 def _download_file(blob: gcs_storage.Blob, url: str, path: str, abort: threading.Event) -> None:

@@ -18,7 +18,7 @@ from tfpipes import storage
 from tfpipes.errors import UserError
 
 MANIFEST = "manifest.json"
-FORMAT = "tfpipes.dataset/v1"
+FORMAT = storage.DATASET_FORMAT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,18 +108,39 @@ def read_manifest(root: str) -> DatasetManifest:
         )
     try:
         d = json.loads(storage.read_text(path))
+        if not isinstance(d, dict):
+            raise ValueError(f"a JSON {type(d).__name__}, expected an object")
         if d.get("format") != FORMAT:
             raise ValueError(f"format {d.get('format')!r}, expected {FORMAT!r}")
-        return DatasetManifest(
-            shards=tuple(ShardInfo(**s) for s in d["shards"]),
-            files=tuple(ShardInfo(**s) for s in d["files"]),
+        m = DatasetManifest(
+            shards=tuple(_entry(s) for s in d["shards"]),
+            files=tuple(_entry(s) for s in d["files"]),
             rows=d["rows"],
             compression=d["compression"],
             created=d["created"],
             source_hash=d.get("source_hash", ""),
         )
-    except (ValueError, KeyError, TypeError) as e:
+        if not isinstance(m.rows, dict) or m.compression not in ("", "GZIP"):
+            raise ValueError("rows or compression of an unknown shape")
+        return m
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: corrupt manifest ({e})") from None
+
+
+def _entry(d) -> ShardInfo:
+    """One file entry; its path must stay inside the data set (relative, no ``..``)."""
+    info = ShardInfo(**d)
+    parts = str(info.path).replace("\\", "/").split("/")
+    if (
+        not isinstance(info.path, str)
+        or info.path.startswith("/")
+        or ".." in parts
+        or not info.path
+    ):
+        raise ValueError(f"file {info.path!r} is not a relative path inside the data set")
+    if not (isinstance(info.bytes, int) and isinstance(info.rows, int) and info.bytes >= 0):
+        raise ValueError(f"file {info.path!r}: bytes and rows must be integers")
+    return info
 
 
 def verify_dataset(root: str, check_crc: bool = True) -> DatasetManifest:

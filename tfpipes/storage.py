@@ -18,16 +18,19 @@ a half-written output.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import glob as _glob
+import json
+import logging
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
-from tfpipes.errors import UserError
+from tfpipes.errors import RetryableError, UserError
 
 
 def is_remote(path: str) -> bool:
@@ -165,6 +168,28 @@ def rmtree(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+# --- committing outputs --------------------------------------------------------------------
+#
+# What tfpipes may replace or delete, and nothing else: a gs:// prefix is replaced only when every
+# object under it is provably ours (it carries our owner mark, written with it; or a committed
+# tfpipes data set's manifest lists it), and then only those objects are deleted. A local
+# directory is replaced (--overwrite) only when it holds a tfpipes output. An output never
+# equals or contains one of the run's inputs.
+
+DATASET_FORMAT = "tfpipes.dataset/v1"  # the "format" of a data set's manifest.json
+
+
+def list_owners(prefix: str) -> dict[str, str | None]:
+    """The objects under the remote ``prefix`` (relative names) and their owner marks (None:
+    not written by tfpipes)."""
+    return _gcs().list_owners(normalize(prefix))
+
+
+def delete_objects(prefix: str, names: list[str]) -> None:
+    """Delete the named objects under the remote ``prefix`` (callers pass only ours)."""
+    _gcs().delete_objects(normalize(prefix), names)
+
+
 def _already_exists(final: str) -> UserError:
     return UserError(f"{final}: already exists; pass --overwrite to replace it")
 
@@ -173,60 +198,200 @@ def _is_empty_dir(path: str) -> bool:
     return os.path.isdir(path) and not os.listdir(path)
 
 
+def _same_or_inside(path: str, root: str) -> bool:
+    if is_remote(path) != is_remote(root):
+        return False
+    if is_remote(path):
+        a, b = path.rstrip("/") + "/", root.rstrip("/") + "/"
+    else:
+        a, b = os.path.realpath(path) + os.sep, os.path.realpath(root) + os.sep
+    return a.startswith(b)
+
+
+def check_output_location(final: str, inputs: tuple[str, ...] = ()) -> None:
+    """UserError if ``final`` may not be an output: a bucket root, or a location that equals or
+    contains one of ``inputs`` (replacing it would destroy the input)."""
+    final = normalize(final)
+    if is_remote(final) and not final[len("gs://") :].partition("/")[2].strip("/"):
+        raise UserError(f"{final}: a bucket root cannot be an output; name a prefix in it")
+    for source in inputs:
+        source = normalize(source)
+        if source and _same_or_inside(source, final):
+            raise UserError(
+                f"{final}: the output would contain the input {source}; choose another output"
+            )
+
+
+def _dataset_manifest_names(read: Callable[[str], bytes], final: str) -> set[str] | None:
+    """The files a tfpipes data set manifest at ``final`` lists (itself included), or None."""
+    try:
+        d = json.loads(read(join(final, "manifest.json")))
+        if not isinstance(d, dict) or d.get("format") != DATASET_FORMAT:
+            return None
+        names = {str(e["path"]) for e in (*d["shards"], *d["files"])}
+    except (UserError, ValueError, KeyError, TypeError):
+        return None
+    return names | {"manifest.json"}
+
+
+def is_tfpipes_output(path: str) -> bool:
+    """True if the local directory ``path`` holds a tfpipes output: a data set (its manifest),
+    a SavedModel we exported (``assets.extra/schema.json``) or a model directory
+    (``model_config.json``)."""
+    path = normalize(path)
+    if _dataset_manifest_names(read_bytes, path) is not None:
+        return True
+    has = lambda *p: os.path.isfile(os.path.join(path, *p))  # noqa: E731
+    return (has("saved_model.pb") and has("assets.extra", "schema.json")) or has(
+        "model_config.json"
+    )
+
+
+def _owned_objects(final: str, last: tuple[str, ...]) -> tuple[set[str], bool]:
+    """(the objects under the prefix ``final`` that tfpipes wrote, whether they form a
+    committed output). UserError naming the prefix when any object there is not provably
+    ours: tfpipes never deletes or replaces what it did not write."""
+    owners = _gcs().list_owners(final)
+    mark = owner_mark(final)
+    ours = {n for n, o in owners.items() if o == mark}
+    foreign = set(owners) - ours
+    if foreign:  # an output written before objects were marked: its manifest lists them
+        listed = _dataset_manifest_names(read_bytes, final) or set()
+        ours |= foreign & listed
+        foreign -= listed
+    if foreign:
+        example = sorted(foreign)[0]
+        raise UserError(
+            f"{final}: holds {len(foreign)} object(s) tfpipes did not write (e.g. {example}); "
+            "tfpipes replaces only its own outputs: choose a new or empty location"
+        )
+    committed = bool(ours) and (not last or any(n in ours for n in last))
+    return ours, committed
+
+
+def owner_mark(final: str) -> str:
+    """The owner mark of the objects of the output at the prefix ``final``."""
+    return normalize(final).rstrip("/")
+
+
 @contextlib.contextmanager
-def staged_dir(final: str, *, overwrite: bool = False, last: tuple[str, ...] = ()) -> Iterator[str]:
+def staged_dir(
+    final: str,
+    *,
+    overwrite: bool = False,
+    last: tuple[str, ...] = (),
+    inputs: tuple[str, ...] = (),
+) -> Iterator[str]:
     """Yield a local staging directory; on success commit it to ``final`` atomically.
 
     Local ``final``: the staging directory is a sibling of ``final`` and is renamed into place,
-    so the output appears whole or not at all. Remote ``final``: every file is uploaded, the
-    files named in ``last`` (the manifest) after all the others, so a reader that requires the
-    manifest never sees a partial output. On any exception the staging directory is removed and
-    nothing is committed.
+    so the output appears whole or not at all. Remote ``final``: committed by
+    :func:`commit_files`, the files named in ``last`` (the manifest) after all the others, each
+    object marked as ours. On any exception the staging directory is removed and nothing is
+    committed; a full disk is a RetryableError naming ``final``.
 
-    Raises UserError if ``final`` exists and is not empty, unless ``overwrite`` — or, for a
-    remote ``final`` with ``last`` files, unless it holds none of them: that is the leftover of
-    an upload that failed before its commit, and it is replaced (with a warning).
+    Raises UserError (before anything is written) if ``final`` is a bucket root or equals or
+    contains one of ``inputs``; if it holds an output and ``overwrite`` is not set; if
+    ``overwrite`` is set but what is there is not a tfpipes output. A remote ``final`` holding
+    only the objects of an upload of ours that failed before its commit is replaced without
+    ``overwrite`` (with a warning). Only objects tfpipes wrote are ever deleted.
     """
     final = normalize(final)
+    check_output_location(final, inputs)
     if is_remote(final):
-        leftover = False
-        if not overwrite and _gcs().is_prefix(final):
-            leftover = is_uncommitted_leftover(final, last)
-            if not leftover:
-                raise _already_exists(final)
+        ours, committed = _owned_objects(final, last)
+        if committed and not overwrite:
+            raise _already_exists(final)
+        if ours and not committed:
+            logging.getLogger("tfpipes.storage").warning(
+                "%s: holds a partial upload of ours without %s (a failed run); replacing it",
+                final,
+                " or ".join(last),
+            )
         tmp = tempfile.mkdtemp(prefix="tfpipes-stage-")
         try:
-            yield tmp
-            _gcs().upload_dir(tmp, final, last=last, replace=overwrite or leftover)
+            with _disk_full_is_retryable(final):
+                yield tmp
+            _commit_remote_dir(tmp, final, last, ours)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return
 
     final = os.path.abspath(final)
-    if os.path.exists(final) and not _is_empty_dir(final) and not overwrite:
+    replace = os.path.exists(final) and not _is_empty_dir(final)
+    if replace and not overwrite:
         raise _already_exists(final)
+    if replace and not is_tfpipes_output(final):
+        raise UserError(
+            f"{final}: not a tfpipes output (no data set manifest, SavedModel or model dir of "
+            "ours); --overwrite replaces only those: choose another output"
+        )
     parent = os.path.dirname(final)
-    os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:8]}")
-    os.makedirs(tmp)
+    with _os_errors_named(final):
+        os.makedirs(parent, exist_ok=True)
+        os.makedirs(tmp)
     try:
-        yield tmp
-        if overwrite:
+        with _disk_full_is_retryable(final):
+            yield tmp
+        if replace:
             _commit_local_dir(tmp, final)
         else:
             try:
                 os.rename(tmp, final)  # atomic; fails if another writer committed meanwhile
             except OSError:
-                raise UserError(
-                    f"{final}: already exists; pass --overwrite to replace it"
-                ) from None
+                raise _already_exists(final) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+def _commit_remote_dir(tmp: str, final: str, last: tuple[str, ...], ours: set[str]) -> None:
+    """Upload the staged output over the prefix ``final`` whose objects ``ours`` we wrote. The
+    order keeps the prefix incomplete (no marker of ``last``) until it is whole again: our old
+    markers deleted, new data uploaded, our stale objects deleted, new markers uploaded."""
+    names = files_under(tmp)
+    delete_objects(final, [n for n in last if n in ours])
+    mark = owner_mark(final)
+    commit_files(tmp, final, [n for n in names if n not in last], owner=mark)
+    delete_objects(final, sorted(ours - set(names) - set(last)))
+    commit_files(tmp, final, [n for n in names if n in last], last=last, owner=mark)
+
+
+@contextlib.contextmanager
+def _os_errors_named(path: str) -> Iterator[None]:
+    """OSErrors of creating an output as one-line errors naming it: a full disk is retryable;
+    a read-only file system, a missing permission or a file in the way is the user's to fix."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise RetryableError(f"{path}: no space left on device") from None
+        if isinstance(e, (PermissionError, FileExistsError, NotADirectoryError)) or e.errno in (
+            errno.EROFS,
+            errno.EACCES,
+        ):
+            raise UserError(f"{path}: cannot create the output: {e.strerror}") from None
+        raise
+
+
+@contextlib.contextmanager
+def _disk_full_is_retryable(path: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise RetryableError(f"{path}: no space left on device while writing it") from None
+        raise
+
+
 def commit_files(
-    src_dir: str, dest: str, names: list[str] | None = None, *, last: tuple[str, ...] = ()
+    src_dir: str,
+    dest: str,
+    names: list[str] | None = None,
+    *,
+    last: tuple[str, ...] = (),
+    owner: str | None = None,
 ) -> None:
     """Commit files from the local directory ``src_dir`` to the directory or prefix ``dest``.
 
@@ -235,13 +400,14 @@ def commit_files(
     by CRC32C); then the names in ``last`` that are in ``names``, one by one in that order:
     their presence marks the commit complete. Files are streamed, never read whole into memory;
     a local file is replaced atomically (temporary name, then rename). Raises on the first file
-    that cannot be written, before any of ``last``.
+    that cannot be written, before any of ``last``. ``owner``: for object storage, the mark
+    (``gcs.OWNER_KEY`` metadata) that proves later that tfpipes wrote these objects.
     """
     dest = normalize(dest)
     if names is None:
         names = files_under(src_dir)
     if is_remote(dest):
-        _gcs().upload_files(src_dir, dest, list(names), last)
+        _gcs().upload_files(src_dir, dest, list(names), last, owner)
         return
     final = [n for n in last if n in names]
     for name in [n for n in names if n not in final] + final:
@@ -262,15 +428,19 @@ def files_under(local_dir: str) -> list[str]:
 
 
 def _commit_local_dir(tmp: str, final: str) -> None:
-    # rename(2) is atomic on one filesystem; an existing output is moved aside first and
-    # removed only after the new one is in place, so a crash leaves either the old or the new.
-    old = None
-    if os.path.exists(final):
-        old = f"{final}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(final, old)
+    # rename(2) is atomic on one filesystem; the existing output (checked to be ours) is moved
+    # aside first and removed only after the new one is in place, so a crash leaves either the
+    # old or the new.
+    old = f"{final}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(final, old)
     os.rename(tmp, final)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, onerror=_warn_leftover)
+
+
+def _warn_leftover(_fn, path: str, exc_info) -> None:
+    logging.getLogger("tfpipes.storage").warning(
+        "could not remove %s of the replaced output: %s", path, exc_info[1]
+    )
 
 
 @contextlib.contextmanager
@@ -309,22 +479,9 @@ def match_files(pattern_or_dir: str, suffixes: tuple[str, ...]) -> list[str]:
     return sorted(f for f in files if any(fnmatch.fnmatch(f.lower(), "*" + s) for s in suffixes))
 
 
-def publish_dir(local_src: str, final: str, *, overwrite: bool = True) -> None:
-    """Copy a local directory to ``final`` (local or remote) through :func:`staged_dir`."""
-    with staged_dir(final, overwrite=overwrite, last=("saved_model.pb", "manifest.json")) as tmp:
+def publish_dir(local_src: str, final: str, *, overwrite: bool = False) -> None:
+    """Copy a local directory to ``final`` (local or remote) through :func:`staged_dir`; an
+    existing output there is replaced only with ``overwrite`` (and only if it is ours)."""
+    last = ("saved_model.pb", "manifest.json")
+    with staged_dir(final, overwrite=overwrite, last=last, inputs=(local_src,)) as tmp:
         shutil.copytree(normalize(local_src), tmp, dirs_exist_ok=True)
-
-
-def is_uncommitted_leftover(final: str, last: tuple[str, ...]) -> bool:
-    """True if the remote prefix ``final`` holds objects but none of the commit files ``last``
-    (its manifest): what an upload that failed midway leaves. Logs a warning when true."""
-    if not last or any(exists(join(final, name)) for name in last):
-        return False
-    import logging
-
-    logging.getLogger("tfpipes.storage").warning(
-        "%s: holds a partial upload without %s (a failed run); replacing it",
-        final,
-        " or ".join(last),
-    )
-    return True

@@ -29,9 +29,28 @@ def worker_data_dir(data: str, manifest_text: str) -> str:
     """The local directory where each worker keeps its copy of the remote data set ``data``:
     the same path in every task (the chief names it in the workers' input pipelines), keyed by
     the data set's location and its manifest's content."""
-    base = os.environ.get(WORKER_DATA_ENV) or os.path.join(tempfile.gettempdir(), "tfpipes-data")
+    base = os.environ.get(WORKER_DATA_ENV) or os.path.join(
+        tempfile.gettempdir(), f"tfpipes-data-{os.getuid()}"
+    )
     key = hashlib.sha256(f"{storage.normalize(data)}\n{manifest_text}".encode()).hexdigest()
     return os.path.join(base, key[:20])
+
+
+def _private_base(base: str) -> None:
+    """Create ``base`` readable by this user only (0700), or check that it already is: a data
+    copy in a directory another user can write could be swapped under the trainer."""
+    try:
+        os.makedirs(base, mode=0o700, exist_ok=True)
+        st = os.stat(base)
+    except OSError as e:
+        raise UserError(
+            f"{base}: cannot create the workers' data directory: {e.strerror}"
+        ) from None
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise UserError(
+            f"{base}: the workers' data directory must belong to this user with mode 0700 "
+            f"(it has owner uid {st.st_uid}, mode {st.st_mode & 0o777:o}); set {WORKER_DATA_ENV}"
+        )
 
 
 def fetch_worker_data(data: str) -> tuple[str, bool]:
@@ -42,6 +61,7 @@ def fetch_worker_data(data: str) -> tuple[str, bool]:
     complete, and tasks on one machine can fetch at the same time."""
     manifest_text = storage.read_text(storage.join(data, manifest_lib.MANIFEST))
     final = worker_data_dir(data, manifest_text)
+    _private_base(os.path.dirname(final))
     if os.path.exists(final):
         try:
             manifest_lib.verify_dataset(final)
