@@ -11,8 +11,8 @@ import json
 
 from tfpipes import storage
 from tfpipes.errors import UserError
+from tfpipes.layout import DTYPES, SCHEMA
 
-DTYPES = ("float32", "int64", "string")
 SCHEMA_VERSION = 1
 
 
@@ -63,7 +63,7 @@ class Schema:
                 num_classes=int(d.get("num_classes", 0)),
                 label_vocabulary=tuple(d.get("label_vocabulary", ())),
             )
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise UserError(
                 f"{where}: not a tfpipes schema ({e.__class__.__name__}: {e})"
             ) from None
@@ -74,9 +74,9 @@ class Schema:
 
 
 def load_schema(data_dir: str) -> Schema:
-    path = storage.join(data_dir, "schema.json")
+    path = storage.join(data_dir, SCHEMA)
     if not storage.exists(path):
-        raise UserError(f"{path}: no schema.json; is {data_dir} a tfpipes data set?")
+        raise UserError(f"{path}: no {SCHEMA}; is {data_dir} a tfpipes data set?")
     return Schema.from_json(storage.read_text(path), where=path)
 
 

@@ -110,10 +110,18 @@ def read_bytes(path: str) -> bytes:
             return f.read()
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, expected a file") from None
+    except PermissionError as e:
+        raise UserError(f"{path}: cannot read: {e.strerror}") from None
 
 
 def read_text(path: str) -> str:
-    return read_bytes(path).decode("utf-8")
+    """A file's text (UTF-8); UserError naming the file and the byte offset when it is not."""
+    try:
+        return read_bytes(path).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{normalize(path)}: not UTF-8 text (byte {e.start})") from None
 
 
 def write_bytes(path: str, data: bytes) -> None:
