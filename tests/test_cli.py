@@ -22,8 +22,10 @@ LIBRARY_MODULES = [
     "tfpipes.training",
     "tfpipes.checkpoints",
     "tfpipes.export",
-    "tfpipes.tfjob",
-    "tfpipes.local_cluster",
+    "tfpipes.cluster",
+    "tfpipes.cluster.tfjob",
+    "tfpipes.cluster.jobs",
+    "tfpipes.cluster.local",
 ]
 
 

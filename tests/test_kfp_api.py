@@ -3,7 +3,9 @@ request and response against the official v2beta1 contract (tests/kfp_api_server
 
 import re
 import socket
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -252,6 +254,62 @@ def test_unreachable_server_fails_fast_with_one_line(package, capsys):
     assert time.monotonic() - started < 10
 
 
+@pytest.fixture
+def hung_server():
+    """A server on 127.0.0.1 that passes the session's health check, then answers nothing."""
+    release = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            if self.path.startswith(f"{API}/healthz"):
+                body = b'{"multi_user": false}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            release.wait(30)
+
+        do_POST = do_GET
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    release.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_hung_server_is_given_up_and_the_socket_default_untouched(hung_server, package, capsys):
+    from tfpipes_pipelines.kfp_session import KfpSession
+
+    from tfpipes.errors import UserError
+
+    before = socket.getdefaulttimeout()
+    started = time.monotonic()
+    with KfpSession(hung_server, timeout=0.3) as session:
+        # The bound is this session's own: nothing else in the process gets a timeout.
+        assert socket.getdefaulttimeout() == before
+        with pytest.raises(UserError, match="cannot reach the KFP API at .* while looking up"):
+            session.find_pipeline("tiny-train")
+    assert time.monotonic() - started < 10
+    assert socket.getdefaulttimeout() == before
+
+    code, _, err = run_cli(
+        capsys, "submit", "--host", hung_server, "--package", package, "--param", "source=s",
+        "--request-timeout", "0.3",
+    )  # fmt: skip
+    assert code == 2
+    assert "cannot reach the KFP API at http://127.0.0.1:" in one_line_error(err)
+    assert time.monotonic() - started < 20
+    assert socket.getdefaulttimeout() == before
+
+
 def test_wrong_url_says_it_is_not_a_kfp_api(kfp_server, package, capsys):
     code, _, err = run_cli(
         capsys, "submit", "--host", kfp_server.url + "/pipeline", "--package", package,
@@ -466,7 +524,7 @@ def test_schedule_actions_on_an_unknown_schedule(kfp_server, capsys):
 
 
 def test_cron_and_interval_conversions():
-    from tfpipes_pipelines.client import format_interval, parse_interval, to_kfp_cron
+    from tfpipes_pipelines.schedule_syntax import format_interval, parse_interval, to_kfp_cron
 
     assert to_kfp_cron("0 3 * * *") == "0 0 3 * * *"
     assert to_kfp_cron(" 30  0 3 * * MON-FRI ") == "30 0 3 * * MON-FRI"

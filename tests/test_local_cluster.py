@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tfpipes.local_cluster import (
+from tfpipes.cluster.local import (
     EXIT_TIMEOUT,
     Task,
     cluster_spec,

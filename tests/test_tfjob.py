@@ -13,13 +13,8 @@ import jsonschema
 import pytest
 import yaml
 
-from tfpipes.errors import EXIT_RETRYABLE, EXIT_USER_ERROR, UserError
-from tfpipes.tfjob import (
-    TFJobSpec,
-    build_tfjob,
-    is_retryable,
-    render_yaml,
-)
+from tfpipes.cluster.tfjob import TFJobSpec, build_tfjob, render_yaml
+from tfpipes.errors import EXIT_RETRYABLE, EXIT_USER_ERROR, UserError, is_retryable
 
 REPO = Path(__file__).resolve().parents[1]
 # CI lays shared/ beside the repository clone; TFPIPES_SHARED_DIR overrides.

@@ -1,4 +1,5 @@
-"""The TFJob train step (components/tfjob_op.py) and the distributed pipeline.
+"""The TFJob train step (components/tfjob_op.py over tfpipes/cluster/jobs.py) and the
+distributed pipeline.
 
 There is no Kubernetes cluster here. :class:`FakeKube` is a deliberately minimal stand-in for
 the Kubernetes API on 127.0.0.1: only the five routes the step uses (create / get / delete a
@@ -24,15 +25,10 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import yaml
 from kfp.dsl import Dataset, Metrics, Model
-from tfpipes_components.tfjob_op import (
-    TFJobError,
-    job_phase,
-    run_step,
-    tfjob_train_op,
-    wait_for_tfjob,
-)
+from tfpipes_components.tfjob_op import run_step, tfjob_train_op
 
 from tests.test_tfjob import validate as validate_tfjob
+from tfpipes.cluster.jobs import TFJobError, job_phase, wait_for_tfjob
 
 TFJOBS = re.compile(r"^/apis/kubeflow\.org/v1/namespaces/([^/]+)/tfjobs(?:/([^/]+))?$")
 POD = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+?)(/log)?$")
@@ -335,16 +331,17 @@ STEP_DEFAULTS = dict(
     namespace="",
     job_name="",
     model_dir="",
-    model_name="mlp",
-    hidden="64,32",
-    optimizer="",
-    learning_rate=0.0,
-    batch_size=64,
-    train_steps=200,
-    seed=42,
     backoff_limit=3,
     timeout=30.0,
 )
+
+
+def step(examples, model, metrics, **params):
+    """run_step with the trainer arguments of an mlp trained 200 steps on ``examples``."""
+    model_dir = params.get("model_dir") or model.uri
+    train_argv = ["--data", examples.uri, "--model-dir", model_dir, "--model", "mlp"]
+    train_argv += ["--hidden", "64,32", "--batch-size", "64", "--train-steps", "200"]
+    return run_step(model, metrics, train_argv=train_argv + ["--seed", "42"], **params)
 
 
 class Lines:
@@ -387,6 +384,28 @@ def test_job_phase():
     assert job_phase({"conditions": [{"type": "Succeeded", "status": "False"}]}) == ("Pending", "")
 
 
+def test_tfjob_error_is_a_tfpipes_error_with_exit_1():
+    """One error hierarchy: exit_on_error (every entry point's wrapper) turns a failed job
+    into one line and exit 1, not a traceback."""
+    from tfpipes.errors import EXIT_FAILURE, TfpipesError, UserError, exit_on_error
+
+    assert issubclass(TFJobError, TfpipesError) and not issubclass(TFJobError, UserError)
+    with pytest.raises(SystemExit) as exc:
+        with exit_on_error("tfjob_train"):
+            raise TFJobError("TFJob ml/x failed: boom")
+    assert exc.value.code == EXIT_FAILURE == 1
+
+
+def test_tfjob_constants_come_from_the_manifest_module():
+    """The client side reaches the resource the manifest declares: one source for each name."""
+    from tfpipes.cluster import jobs, tfjob
+
+    manifest = tfjob.build_tfjob(tfjob.TFJobSpec(image="i"))
+    assert manifest["apiVersion"] == f"{jobs.GROUP}/{jobs.VERSION}"
+    (container,) = manifest["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
+    assert container["name"] == jobs.CONTAINER_NAME
+
+
 # --- the step against the stand-in ---------------------------------------------------------
 
 SHAPES = {
@@ -409,7 +428,7 @@ def test_step_creates_a_valid_tfjob_streams_the_chief_log_and_outputs_artifacts(
     examples, model, metrics = artifacts(tmp_path)
     out = Lines()
     params = dict(STEP_DEFAULTS, **SHAPES[shape])
-    outcome = run_step(examples, model, metrics, **params, poll=0.05, out=out)
+    outcome = step(examples, model, metrics, **params, poll=0.05, out=out)
     assert outcome.phase == "Succeeded"
 
     (manifest,) = fake.created  # validated against the CRD by the stand-in
@@ -480,7 +499,7 @@ def test_restarted_chief_log_is_streamed_once_per_container(kube_factory, tmp_pa
     )
     examples, model, metrics = artifacts(tmp_path)
     out = Lines()
-    run_step(examples, model, metrics, **dict(STEP_DEFAULTS, ps=1, chief=True), poll=0.05, out=out)
+    step(examples, model, metrics, **dict(STEP_DEFAULTS, ps=1, chief=True), poll=0.05, out=out)
     for line in ("attempt 1 started", "attempt 1 killed", "attempt 2 resumed at step 100"):
         assert out.text.count(f"[chief:0] {line}\n") == 1, out.text
     assert "Restarting" in out.text
@@ -493,9 +512,7 @@ def test_timeout_deletes_the_job(kube_factory, tmp_path):
     examples, model, metrics = artifacts(tmp_path)
     start = time.monotonic()
     with pytest.raises(TFJobError, match=r"did not finish within 1 s \(last phase Running\)"):
-        run_step(
-            examples, model, metrics, **dict(STEP_DEFAULTS, timeout=1.0), poll=0.05, out=Lines()
-        )
+        step(examples, model, metrics, **dict(STEP_DEFAULTS, timeout=1.0), poll=0.05, out=Lines())
     assert time.monotonic() - start < 15
     name = fake.created[0]["metadata"]["name"]
     assert fake.deleted == [("ml", name)]
@@ -507,9 +524,9 @@ def test_existing_job_of_a_retried_step_is_followed_not_recreated(kube_factory, 
     examples, model, metrics = artifacts(tmp_path)
     params = dict(STEP_DEFAULTS, job_name="nightly-train", namespace="team")
     out = Lines()
-    run_step(examples, model, metrics, **params, poll=0.05, out=out)  # creates
+    step(examples, model, metrics, **params, poll=0.05, out=out)  # creates
     fake.gets.clear()
-    run_step(examples, model, metrics, **params, poll=0.05, out=out)  # 409: follows
+    step(examples, model, metrics, **params, poll=0.05, out=out)  # 409: follows
     assert len(fake.created) == 1
     assert "tfjob: team/nightly-train exists; following it" in out.text
 

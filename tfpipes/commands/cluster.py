@@ -124,7 +124,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_tfjob(args: argparse.Namespace) -> int:
-    from tfpipes.tfjob import TFJobSpec, build_tfjob, render_yaml
+    from tfpipes.cluster.tfjob import TFJobSpec, build_tfjob, render_yaml
 
     spec = TFJobSpec(
         image=args.image,
@@ -147,7 +147,7 @@ def run_tfjob(args: argparse.Namespace) -> int:
 
 
 def run_local_cluster(args: argparse.Namespace) -> int:
-    from tfpipes import local_cluster
+    from tfpipes.cluster import local
 
     if args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
@@ -166,12 +166,12 @@ def run_local_cluster(args: argparse.Namespace) -> int:
         def argv_for_task(task_type: str, index: int) -> list[str]:
             return argv
     else:
-        argv_for_task = local_cluster.default_train_argv(args.args)
+        argv_for_task = local.default_train_argv(args.args)
         # Let `python -m tfpipes.cli` in the tasks import this very tfpipes, installed or not.
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     try:
-        result = local_cluster.run_cluster(
+        result = local.run_cluster(
             argv_for_task,
             workers=args.workers,
             ps=args.ps,
@@ -182,7 +182,7 @@ def run_local_cluster(args: argparse.Namespace) -> int:
         )
     except FileNotFoundError as e:
         raise UserError(f"cannot start the task command: {e}") from None
-    except local_cluster.LauncherTerminated as e:
+    except local.LauncherTerminated as e:
         print(f"tfpipes local-cluster: {e}; all tasks stopped", file=sys.stderr)
         return 128 + e.signum
     if result.exit_code != 0:

@@ -1,6 +1,7 @@
 """``tfpipes submit`` and ``tfpipes schedule ...``: run the training pipeline on a Kubeflow
-Pipelines cluster, once or on a schedule. The work is in ``tfpipes_pipelines.client``; kfp is
-imported inside the handlers so that ``tfpipes --help`` stays fast."""
+Pipelines cluster, once or on a schedule. The work is in ``tfpipes_pipelines`` (``package``:
+the compiled pipeline, ``schedule_syntax``: cron and intervals, ``kfp_session``: the REST
+session); kfp is imported inside the handlers so that ``tfpipes --help`` stays fast."""
 
 from __future__ import annotations
 
@@ -198,14 +199,14 @@ def _positive_float(text: str) -> float:
 
 @contextlib.contextmanager
 def _session(args: argparse.Namespace) -> Iterator:
-    from tfpipes_pipelines import client
+    from tfpipes_pipelines import kfp_session
 
     if not args.host:
         raise UserError(
             "--host is required (or set KF_PIPELINES_ENDPOINT), e.g. http://localhost:8888"
         )
-    token = client.resolve_token(args.token, args.token_file)
-    with client.KfpSession(
+    token = kfp_session.resolve_token(args.token, args.token_file)
+    with kfp_session.KfpSession(
         args.host, token=token, namespace=args.namespace, timeout=args.request_timeout
     ) as session:
         yield session
@@ -214,10 +215,10 @@ def _session(args: argparse.Namespace) -> Iterator:
 @contextlib.contextmanager
 def _package(args: argparse.Namespace) -> Iterator:
     """The pipeline package: --package, or the training pipeline compiled to a temporary file."""
-    from tfpipes_pipelines import client
+    from tfpipes_pipelines.package import read_package
 
     if args.package:
-        yield client.read_package(args.package)
+        yield read_package(args.package)
         return
     try:
         from tfpipes_pipelines import training
@@ -233,7 +234,7 @@ def _package(args: argparse.Namespace) -> Iterator:
         from tfpipes.commands.pipeline import options_from_args
 
         training.compile_pipeline(str(path), options_from_args(args))
-        yield client.read_package(path)
+        yield read_package(path)
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -273,13 +274,13 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _schedule_create(args: argparse.Namespace) -> int:
-    from tfpipes_pipelines import client
+    from tfpipes_pipelines import schedule_syntax as syntax
 
-    trigger = client.Trigger(
-        cron=client.to_kfp_cron(args.cron) if args.cron is not None else None,
-        interval_second=client.parse_interval(args.every) if args.every is not None else None,
-        start_time=client.parse_time(args.start_time, "--start-time") if args.start_time else None,
-        end_time=client.parse_time(args.end_time, "--end-time") if args.end_time else None,
+    trigger = syntax.Trigger(
+        cron=syntax.to_kfp_cron(args.cron) if args.cron is not None else None,
+        interval_second=syntax.parse_interval(args.every) if args.every is not None else None,
+        start_time=syntax.parse_time(args.start_time, "--start-time") if args.start_time else None,
+        end_time=syntax.parse_time(args.end_time, "--end-time") if args.end_time else None,
     )
     with _package(args) as package:
         arguments = package.arguments(args.param)

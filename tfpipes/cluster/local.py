@@ -33,8 +33,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from tfpipes.errors import EXIT_TIMEOUT
+
 TASK_TYPES = ("chief", "worker", "ps")
-EXIT_TIMEOUT = 124  # as timeout(1)
 LAUNCHER = "local-cluster"
 
 

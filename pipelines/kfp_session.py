@@ -1,28 +1,23 @@
-"""Submit and schedule the training pipeline on a Kubeflow Pipelines cluster.
+"""One connection to a Kubeflow Pipelines API server: upload, run, follow, schedule.
 
 A thin layer over ``kfp.Client`` that does what a user otherwise scripts by hand, and turns
 every way it can go wrong into one line that says what to change:
 
-- :func:`read_package` reads a compiled pipeline (KFP v2 YAML) and its declared parameters;
-  :meth:`PipelinePackage.arguments` checks ``--param k=v`` pairs against them and converts each
-  value to its declared type, before anything is sent.
-- :class:`KfpSession` uploads the package as a pipeline, or as a new version of the pipeline of
-  that name; runs that version in an experiment (created if missing); follows a run to its end;
-  and creates, lists, enables, disables, deletes and re-points recurring runs ("schedules").
+- :class:`KfpSession` uploads a package (:mod:`tfpipes_pipelines.package`) as a pipeline, or
+  as a new version of the pipeline of that name; runs that version in an experiment (created if
+  missing); follows a run to its end; and creates, lists, enables, disables, deletes and
+  re-points recurring runs ("schedules", triggers from :mod:`tfpipes_pipelines.schedule_syntax`).
   Schedules always refer to an uploaded pipeline *version*: KFP freezes a spec submitted inline
   into the recurring run, and it could never be moved to a new version.
 - KFP has no call to change a recurring run, so :meth:`KfpSession.update_schedule` creates the
   replacement first and deletes the old one second: a failure in between leaves two schedules
   (and says so), never none.
-- Recurring runs are parsed by the server with ``robfig/cron`` v1, whose first field is seconds;
-  a 5-field cron would be silently read as seconds-first and run every hour. :func:`to_kfp_cron`
-  accepts the usual 5 fields and adds the seconds.
-- If the pipeline declares a string parameter ``model_version`` (``SCHEDULE_TIME_PARAMETER``), a
-  schedule passes it KFP's ``[[ScheduledTime]]`` macro, which the scheduler replaces in each run
-  with that run's scheduled time as ``YYYYMMDDhhmmss`` (UTC): a monotonic, integer model version.
+- Every request is bounded by the session's ``timeout``, given to the HTTP layer of this
+  session's client alone: the process-wide socket default is never touched.
 
-Errors the user can fix (unreachable host, 401/403, unknown experiment or schedule, bad cron,
-unknown parameter, a 4xx from the server) raise :class:`tfpipes.errors.UserError`.
+Errors the user can fix (unreachable host, 401/403, unknown experiment or schedule, a 4xx from
+the server) raise :class:`tfpipes.errors.UserError`; a run wait that runs out raises
+:class:`tfpipes.errors.WaitTimeout`.
 """
 
 from __future__ import annotations
@@ -30,14 +25,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import hashlib
 import io
 import json
 import logging
-import math
 import os
 import re
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -49,7 +41,8 @@ from typing import TYPE_CHECKING, Any
 import kfp
 import kfp_server_api
 import urllib3
-import yaml
+from tfpipes_pipelines.package import PipelinePackage
+from tfpipes_pipelines.schedule_syntax import UTC, Trigger
 
 from tfpipes.errors import UserError, WaitTimeout
 
@@ -58,292 +51,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-UTC = dt.timezone.utc  # noqa: UP017 (datetime.UTC is 3.11+; setup.py allows 3.10)
-
 TOKEN_ENV = "KF_PIPELINES_TOKEN"
 SA_TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"  # kfp.Client reads it too, in-cluster only
 ENDPOINT_ENV = "KF_PIPELINES_ENDPOINT"
 UI_ENDPOINT_ENV = "KF_PIPELINES_UI_ENDPOINT"
 
-#: A schedule passes SCHEDULE_TIME_MACRO to this parameter when the pipeline declares it (str).
-SCHEDULE_TIME_PARAMETER = "model_version"
-#: Replaced by KFP's scheduler in each recurring run with its scheduled time, YYYYMMDDhhmmss UTC.
-SCHEDULE_TIME_MACRO = "[[ScheduledTime]]"
-
 TERMINAL_STATES = frozenset({"SUCCEEDED", "SKIPPED", "FAILED", "CANCELED"})
 AUTH_HINT = f"pass a token with --token, --token-file, or {TOKEN_ENV}"
-
-# --------------------------------------------------------------------------------------------
-# The package and its parameters
-
-_PARAMETER_TYPES = {
-    "STRING": "a string",
-    "NUMBER_INTEGER": "an integer",
-    "NUMBER_DOUBLE": "a number",
-    "BOOLEAN": "true or false",
-    "LIST": "a JSON list",
-    "STRUCT": "a JSON object",
-}
-_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Parameter:
-    """One pipeline parameter from ``root.inputDefinitions.parameters``."""
-
-    name: str
-    type: str  # a key of _PARAMETER_TYPES
-    required: bool
-
-    def convert(self, text: str) -> Any:
-        """``text`` as a value of this type; UserError naming the ``--param`` otherwise."""
-        flag = f"--param {self.name}={text}"
-        try:
-            if self.type == "NUMBER_INTEGER":
-                return int(text)
-            if self.type == "NUMBER_DOUBLE":
-                value = float(text)
-                if not math.isfinite(value):
-                    raise ValueError(text)
-                return value
-            if self.type == "BOOLEAN":
-                if text.lower() in _TRUE | _FALSE:
-                    return text.lower() in _TRUE
-                raise ValueError(text)
-            if self.type in ("LIST", "STRUCT"):
-                value = json.loads(text)
-                if not isinstance(value, list if self.type == "LIST" else dict):
-                    raise ValueError(text)
-                return value
-        except ValueError:
-            raise UserError(
-                f"{flag}: expected {_PARAMETER_TYPES[self.type]} ({self.type})"
-            ) from None
-        return text
-
-
-@dataclasses.dataclass(frozen=True)
-class PipelinePackage:
-    """A compiled pipeline: its file, name, parameters and content digest."""
-
-    path: Path
-    name: str
-    parameters: dict[str, Parameter]
-    digest: str
-
-    def arguments(
-        self, pairs: list[str], base: dict[str, Any] | None = None, check_required: bool = True
-    ) -> dict[str, Any]:
-        """``base`` updated with ``--param k=v`` pairs, each converted to its declared type.
-
-        Raises UserError for a pair without ``=``, a name given twice, a name the pipeline does
-        not declare (listing the valid ones), a value of the wrong type, and (with
-        ``check_required``) required parameters left without a value.
-        """
-        values = dict(base or {})
-        seen: set[str] = set()
-        for pair in pairs:
-            name, sep, text = pair.partition("=")
-            name = name.strip()
-            if not sep or not name:
-                raise UserError(f"--param {pair!r}: expected NAME=VALUE")
-            if name in seen:
-                raise UserError(f"--param {name} is given twice")
-            seen.add(name)
-            if name not in self.parameters:
-                valid = ", ".join(sorted(self.parameters)) or "none"
-                raise UserError(
-                    f"--param {name}: pipeline {self.name!r} has no parameter {name!r}"
-                    f" (valid: {valid})"
-                )
-            values[name] = self.parameters[name].convert(text)
-        if check_required:
-            missing = sorted(
-                n for n, p in self.parameters.items() if p.required and n not in values
-            )
-            if missing:
-                flags = " ".join(f"--param {n}=..." for n in missing)
-                raise UserError(
-                    f"pipeline {self.name!r} needs a value for {', '.join(missing)}: {flags}"
-                )
-        return values
-
-    def with_schedule_time(self, values: dict[str, Any]) -> dict[str, Any]:
-        """``values`` plus SCHEDULE_TIME_PARAMETER=SCHEDULE_TIME_MACRO if the pipeline declares
-        that parameter as a string and no value was given."""
-        param = self.parameters.get(SCHEDULE_TIME_PARAMETER)
-        if param is None or param.type != "STRING" or SCHEDULE_TIME_PARAMETER in values:
-            return values
-        return {**values, SCHEDULE_TIME_PARAMETER: SCHEDULE_TIME_MACRO}
-
-
-def read_package(path: str | os.PathLike) -> PipelinePackage:
-    """Read a compiled KFP v2 pipeline YAML; UserError if it is missing or not a pipeline."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-        docs = [d for d in yaml.safe_load_all(data.decode("utf-8")) if d is not None]
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the pipeline package: {e.strerror}") from None
-    except (UnicodeDecodeError, yaml.YAMLError) as e:
-        raise UserError(f"{path}: not a pipeline YAML: {str(e).splitlines()[0]}") from None
-    spec = docs[0] if docs and isinstance(docs[0], dict) else {}
-    spec = spec.get("pipeline_spec", spec)
-    name = (spec.get("pipelineInfo") or {}).get("name")
-    if not name or "root" not in spec:
-        raise UserError(f"{path}: not a compiled KFP v2 pipeline (no pipelineInfo.name or root)")
-    declared = ((spec["root"].get("inputDefinitions") or {}).get("parameters")) or {}
-    parameters = {
-        n: Parameter(
-            name=n,
-            type=d.get("parameterType", "STRING"),
-            required=not d.get("isOptional", False) and "defaultValue" not in d,
-        )
-        for n, d in declared.items()
-    }
-    return PipelinePackage(path, name, parameters, hashlib.sha256(data).hexdigest())
-
-
-# --------------------------------------------------------------------------------------------
-# Schedules: cron, intervals, times
-
-_MONTHS = {
-    m: i + 1
-    for i, m in enumerate(
-        ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
-    )
-}
-_DAYS = {d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])}
-_CRON_FIELDS = [
-    ("second", 0, 59, {}),
-    ("minute", 0, 59, {}),
-    ("hour", 0, 23, {}),
-    ("day-of-month", 1, 31, {}),
-    ("month", 1, 12, _MONTHS),
-    ("day-of-week", 0, 6, _DAYS),
-]
-_CRON_DESCRIPTORS = {
-    "@yearly",
-    "@annually",
-    "@monthly",
-    "@weekly",
-    "@daily",
-    "@midnight",
-    "@hourly",
-}
-_CRON_HELP = (
-    "expected 5 fields (minute hour day-of-month month day-of-week, e.g. '0 3 * * *'),"
-    " 6 with seconds first, or one of " + ", ".join(sorted(_CRON_DESCRIPTORS))
-)
-
-
-def to_kfp_cron(expr: str) -> str:
-    """A cron expression as KFP's scheduler reads it: 6 fields, seconds first.
-
-    Takes the usual 5 fields (a ``0`` seconds field is added), 6 fields, or a descriptor such as
-    ``@daily``; checks every field the way ``robfig/cron`` v1 does. UserError otherwise.
-    """
-    text = " ".join(expr.split())
-    if text in _CRON_DESCRIPTORS:
-        return text
-    if text.startswith("@every"):
-        raise UserError(f"--cron {expr!r}: use --every for a fixed interval")
-    fields = text.split(" ") if text else []
-    if len(fields) == 5:
-        fields = ["0", *fields]
-    if len(fields) != 6:
-        raise UserError(f"--cron {expr!r}: {_CRON_HELP}; got {len(fields)} fields")
-    for value, (name, low, high, names) in zip(fields, _CRON_FIELDS):
-        for part in value.split(","):
-            problem = _cron_part_problem(part, low, high, names)
-            if problem:
-                raise UserError(f"--cron {expr!r}: {name} field {value!r}: {problem}")
-    return " ".join(fields)
-
-
-def _cron_part_problem(part: str, low: int, high: int, names: dict[str, int]) -> str | None:
-    span, slash, step = part.partition("/")
-    if slash and not (step.isdigit() and int(step) > 0):
-        return f"step {step!r} is not a positive integer"
-    if span in ("*", "?"):
-        return None
-    bounds = span.split("-")
-    if len(bounds) > 2:
-        return f"{span!r} is not a value or a range a-b"
-    numbers = []
-    for bound in bounds:
-        number = names.get(bound.lower(), int(bound) if bound.isdigit() else None)
-        if number is None:
-            return f"{bound!r} is not a number" + (" or a name" if names else "")
-        if not low <= number <= high:
-            return f"{number} is outside {low}-{high}"
-        numbers.append(number)
-    if numbers[0] > numbers[-1]:
-        return f"range {span!r} runs backwards"
-    return None
-
-
-_INTERVAL = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-
-
-def parse_interval(text: str) -> int:
-    """``6h``, ``30m``, ``1d``, ``1h30m``, ``45s`` -> seconds (at least 1); UserError otherwise."""
-    found = _INTERVAL.match(text.strip().lower())
-    if not text.strip() or not found:
-        raise UserError(f"--every {text!r}: expected a duration such as 30m, 6h, 1d or 1h30m")
-    days, hours, minutes, seconds = (int(g or 0) for g in found.groups())
-    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
-    if total < 1:
-        raise UserError(f"--every {text!r}: the interval must be at least 1s")
-    return total
-
-
-def format_interval(seconds: int) -> str:
-    """The inverse of :func:`parse_interval`: 21600 -> '6h', 5400 -> '1h30m'."""
-    out = ""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size:
-            out += f"{seconds // size}{unit}"
-            seconds %= size
-    return out or "0s"
-
-
-def parse_time(text: str, flag: str) -> str:
-    """An ISO 8601 time (no zone means UTC) as the RFC 3339 UTC string KFP takes."""
-    try:
-        stamp = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise UserError(
-            f"{flag} {text!r}: expected an ISO 8601 time like 2025-01-31T03:00:00Z"
-        ) from None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    return stamp.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclasses.dataclass(frozen=True)
-class Trigger:
-    """When a schedule fires: a 6-field cron or an interval, with optional start and end."""
-
-    cron: str | None = None
-    interval_second: int | None = None
-    start_time: str | None = None  # RFC 3339, UTC
-    end_time: str | None = None
-
-    def __post_init__(self) -> None:
-        if (self.cron is None) == (self.interval_second is None):
-            raise UserError("give exactly one of --cron and --every")
-        if self.start_time and self.end_time and self.end_time <= self.start_time:
-            raise UserError(
-                f"--end-time {self.end_time} is not after --start-time {self.start_time}"
-            )
-
-    def describe(self) -> str:
-        return (
-            f"cron {self.cron}"
-            if self.cron
-            else f"every {format_interval(self.interval_second or 0)}"
-        )
 
 
 def resolve_token(
@@ -370,10 +84,6 @@ def resolve_token(
     if not text:
         raise UserError(f"{path}: the token file ({source}) is empty")
     return text
-
-
-# --------------------------------------------------------------------------------------------
-# Talking to the cluster
 
 
 @dataclasses.dataclass(frozen=True)
@@ -460,6 +170,25 @@ def _filter(key: str, value: str) -> str:
     return json.dumps({"predicates": [{"operation": "EQUALS", "key": key, "stringValue": value}]})
 
 
+def bound_requests(api_client: kfp_server_api.ApiClient, timeout: float) -> None:
+    """Make every request of ``api_client`` that names no timeout of its own wait at most
+    ``timeout`` seconds to connect and ``timeout`` seconds for each read.
+
+    Only this client changes; the process-wide socket default stays as it is (other code in
+    the process, a KFP component's own storage client, keeps its own timeouts). urllib3 retries
+    a timed-out GET a few times, so a hung server is given up after a few times ``timeout``.
+    """
+    rest = api_client.rest_client
+    request = rest.request
+    # A (connect, read) pair: kfp_server_api turns a bare int into a total, a float into nothing.
+    bound = (timeout, timeout)
+
+    def request_with_timeout(*args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+        return request(*args, _request_timeout=_request_timeout or bound, **kwargs)
+
+    rest.request = request_with_timeout
+
+
 class KfpSession:
     """One connection to a KFP API server; use as a context manager.
 
@@ -482,21 +211,17 @@ class KfpSession:
         self.namespace = namespace or None
         self.token = token
         self.timeout = timeout
-        self._old_timeout = socket.getdefaulttimeout()
-        # urllib3 (under kfp_server_api) has no timeout unless the socket default sets one.
-        socket.setdefaulttimeout(timeout)
-        try:
-            self._probe()
-            with self._api("connecting"):
-                self.client = kfp.Client(
-                    host=self.host, existing_token=token, namespace=self.namespace or "kubeflow"
-                )
-        except BaseException:
-            self.close()
-            raise
+        self._probe()
+        with self._api("connecting"):
+            self.client = kfp.Client(
+                host=self.host, existing_token=token, namespace=self.namespace or "kubeflow"
+            )
+        # kfp.Client sends every request without a timeout; all its APIs share this one
+        # kfp_server_api client (kfp offers no public handle on it).
+        bound_requests(self.client._run_api.api_client, timeout)
 
     def close(self) -> None:
-        socket.setdefaulttimeout(self._old_timeout)
+        """Nothing to release (kept so the session is a context manager)."""
 
     def __enter__(self) -> Self:
         return self
@@ -669,7 +394,7 @@ class KfpSession:
         """Poll the run until it ends (SUCCEEDED, SKIPPED, FAILED, CANCELED).
 
         Unlike ``kfp.Client.wait_for_run_completion``, which never ends on CANCELED, this also
-        stops there. UserError with exit code 124 if ``timeout`` seconds pass first.
+        stops there. WaitTimeout (exit 124) if ``timeout`` seconds pass first.
         """
         deadline = time.monotonic() + timeout
         last = None

@@ -3,7 +3,7 @@
 :func:`build_tfjob` is a pure function from a :class:`TFJobSpec` to the manifest as a dict;
 :func:`render_yaml` turns it into the text ``kubectl apply -f -`` reads. The Training Operator
 then starts one pod per replica and gives each a ``TF_CONFIG`` of the shape
-:mod:`tfpipes.local_cluster` reproduces on 127.0.0.1 (see ``docs/distributed.md``).
+:mod:`tfpipes.cluster.local` reproduces on 127.0.0.1 (see ``docs/distributed.md``).
 
 The exit-code convention below is the contract between the trainer and the operator's
 ``restartPolicy: ExitCode``: the operator recreates a pod whose container exited with a code
@@ -17,10 +17,15 @@ from dataclasses import dataclass, field
 
 # Exit codes (tfpipes.errors): 1 a bug, 2 a UserError (permanent), >= 128 retryable (138: a
 # peer unreachable, preempted, storage briefly unavailable).
-from tfpipes.errors import EXIT_RETRYABLE, RETRYABLE_MIN, UserError, is_retryable  # noqa: F401
+from tfpipes.errors import EXIT_RETRYABLE, RETRYABLE_MIN, UserError
 
-API_VERSION = "kubeflow.org/v1"
+# The TFJob resource: the manifest's apiVersion and kind, and the API path the Kubernetes client
+# reaches it by (tfpipes.cluster.jobs): /apis/<GROUP>/<VERSION>/namespaces/<ns>/<PLURAL>.
+GROUP = "kubeflow.org"
+VERSION = "v1"
+API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "TFJob"
+PLURAL = "tfjobs"
 # The Training Operator finds the TensorFlow container by this name (and adds TF_CONFIG to it).
 CONTAINER_NAME = "tensorflow"
 RESTART_POLICIES = ("ExitCode", "OnFailure")
