@@ -44,3 +44,29 @@ def test_stats_of_another_shape(tmp_path, text):
     (tmp_path / layout.STATS).unlink()
     with pytest.raises(UserError, match="no stats.json"):
         layout.read_stats(str(tmp_path))
+
+
+def test_schema_v2_kinds_round_trip_and_v1_is_unchanged():
+    from tfpipes.schema import Feature
+
+    v1 = Schema((Feature("x", "float32"), Feature("c", "string")), Feature("y", "int64"), "c", 2)
+    assert '"kind"' not in v1.to_json() and '"version": 1' in v1.to_json()
+    assert [f.effective_kind for f in v1.features] == ["numeric", "categorical"]
+    v2 = Schema(
+        (
+            Feature("t", "int64", kind="timestamp", format="%d/%m/%Y"),
+            Feature("b", "int64", (), "boolean"),
+        ),
+        Feature("y", "int64"),
+        "classification",
+        2,
+    )
+    back = Schema.from_json(v2.to_json())
+    assert back == v2 and '"version": 2' in v2.to_json()
+    with pytest.raises(UserError, match="kind 'boolean' needs dtype int64"):
+        Schema.from_json(
+            v2.to_json().replace(
+                '"dtype": "int64",\n      "shape": [],\n      "kind": "boolean"',
+                '"dtype": "string",\n      "shape": [],\n      "kind": "boolean"',
+            )
+        )

@@ -13,14 +13,51 @@ from tfpipes import storage
 from tfpipes.errors import UserError
 from tfpipes.layout import DTYPES, SCHEMA
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # written when no feature has a kind; 2 with kinds
+
+
+# What a feature is, which decides how the model encodes it (schema.json v2). A v1 schema has no
+# kinds: numeric for float32/int64, categorical for string (Feature.effective_kind).
+KINDS = ("numeric", "categorical", "id", "boolean", "timestamp")
+# The stored dtypes each kind allows: booleans are 0/1 and timestamps epoch seconds (UTC).
+KIND_DTYPES = {
+    "numeric": ("float32", "int64"),
+    "categorical": ("string", "int64"),
+    "id": ("string", "int64"),
+    "boolean": ("int64",),
+    "timestamp": ("int64",),
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Feature:
     name: str
-    dtype: str  # one of DTYPES
+    dtype: str  # one of DTYPES: what the tf.train.Example stores
     shape: tuple[int, ...] = ()
+    kind: str = ""  # one of KINDS; "" (v1): from the dtype
+    format: str = ""  # timestamps: the input's strptime format ("" for ISO 8601)
+
+    @property
+    def effective_kind(self) -> str:
+        return self.kind or ("categorical" if self.dtype == "string" else "numeric")
+
+    def to_dict(self) -> dict:
+        d = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.kind:
+            d["kind"] = self.kind
+        if self.format:
+            d["format"] = self.format
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Feature:
+        return cls(
+            d["name"],
+            d["dtype"],
+            tuple(d.get("shape", ())),
+            str(d.get("kind", "")),
+            str(d.get("format", "")),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,10 +75,11 @@ class Schema:
         return [f.name for f in self.features]
 
     def to_json(self) -> str:
+        kinds = any(f.kind or f.format for f in (*self.features, self.label))
         d = {
-            "version": SCHEMA_VERSION,
-            "features": [dataclasses.asdict(f) | {"shape": list(f.shape)} for f in self.features],
-            "label": dataclasses.asdict(self.label) | {"shape": list(self.label.shape)},
+            "version": 2 if kinds else SCHEMA_VERSION,
+            "features": [f.to_dict() for f in self.features],
+            "label": self.label.to_dict(),
             "task": self.task,
             "num_classes": self.num_classes,
             "label_vocabulary": list(self.label_vocabulary),
@@ -52,13 +90,9 @@ class Schema:
     def from_json(cls, text: str, where: str = "schema.json") -> Schema:
         try:
             d = json.loads(text)
-            feats = tuple(
-                Feature(f["name"], f["dtype"], tuple(f.get("shape", ()))) for f in d["features"]
-            )
-            lab = d["label"]
             schema = cls(
-                features=feats,
-                label=Feature(lab["name"], lab["dtype"], tuple(lab.get("shape", ()))),
+                features=tuple(Feature.from_dict(f) for f in d["features"]),
+                label=Feature.from_dict(d["label"]),
                 task=d["task"],
                 num_classes=int(d.get("num_classes", 0)),
                 label_vocabulary=tuple(d.get("label_vocabulary", ())),
@@ -70,6 +104,13 @@ class Schema:
         for f in (*schema.features, schema.label):
             if f.dtype not in DTYPES:
                 raise UserError(f"{where}: feature {f.name!r} has unknown dtype {f.dtype!r}")
+            if f.kind and f.dtype not in KIND_DTYPES.get(f.kind, ()):
+                allowed = KIND_DTYPES.get(f.kind)
+                raise UserError(
+                    f"{where}: feature {f.name!r}: kind {f.kind!r} "
+                    + (f"needs dtype {' or '.join(allowed)}" if allowed else "is unknown")
+                    + f" (choose from {', '.join(KINDS)})"
+                )
         return schema
 
 
