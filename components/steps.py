@@ -36,10 +36,10 @@ def fingerprint_op(
 
     from tfpipes import cache, storage
     from tfpipes.errors import UserError
-    from tfpipes.preprocess import source_fingerprint
+    from tfpipes.preprocess import INPUT_SUFFIXES, source_fingerprint
 
     try:
-        files = storage.match_files(source, (".csv", ".csv.gz", ".parquet", ".txt", ".tsv"))
+        files = storage.match_files(source, INPUT_SUFFIXES)  # exactly what preprocess reads
         if not files:
             raise UserError(f"{source}: no input files")
         params = {"label": label, "eval_fraction": eval_fraction, "num_shards": num_shards}

@@ -13,7 +13,7 @@ LIBRARY_MODULES = [
     "tfpipes.storage",
     "tfpipes.gcs",
     "tfpipes.preprocess",
-    "tfpipes.example_codec",
+    "tfpipes.preprocess.example_codec",
     "tfpipes.manifest",
     "tfpipes.schema",
     "tfpipes.input_pipeline",

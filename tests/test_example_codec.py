@@ -6,7 +6,7 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tfpipes import example_codec
+from tfpipes.preprocess import example_codec
 
 floats = st.floats(width=32, allow_nan=False, allow_infinity=False)
 ints = st.integers(min_value=-(2**63), max_value=2**63 - 1)

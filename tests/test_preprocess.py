@@ -196,7 +196,7 @@ def _records(out) -> dict[str, list[bytes]]:
 
     import google_crc32c
 
-    from tfpipes.example_codec import _mask_crc
+    from tfpipes.preprocess.example_codec import _mask_crc
 
     m = manifest.verify_dataset(str(out))
     got = {}

@@ -7,6 +7,11 @@ cached preprocess task, so new data means a new key. An index (``<index>/<key>.j
 object storage) records where each key's output landed; :func:`lookup_key` salts the key when
 that output is gone, which forces KFP to run preprocess again instead of reusing a dangling
 artifact.
+
+The files hashed are the ones preprocess reads: the fingerprint step matches them with
+preprocess's own suffix table (``tfpipes.preprocess.INPUT_SUFFIXES``) and hashes them with
+:func:`tfpipes.preprocess.source_fingerprint`, the value preprocess records as ``source_hash``,
+so a change to any input preprocess would read changes the key.
 """
 
 from __future__ import annotations

@@ -1,0 +1,224 @@
+"""Cutting CSV into row-aligned blocks: the quote scan, row ends, and :class:`CsvInput`.
+
+The calling thread streams each CSV input (local or ``gs://``, decompressing ``.gz``) and cuts
+it into blocks of about ``block_size`` bytes at row boundaries. The cut is quote-aware, so a
+quoted field with newlines is never cut; block boundaries depend on the input bytes and the
+block size only, which keeps the output independent of the worker count.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import csv
+import gzip
+import io
+import re
+import zlib
+from collections.abc import Iterator
+
+import numpy as np
+
+from tfpipes import storage
+from tfpipes.errors import UserError, location
+from tfpipes.preprocess.blocks import Block
+from tfpipes.preprocess.fingerprint import Tap
+from tfpipes.preprocess.inputs import delimiter
+
+# A row (or a quoted field) may span blocks, but not this much: beyond it the input is
+# almost certainly broken (an unterminated quote) and buffering more would break the memory
+# bound.
+MAX_ROW_BYTES = 64 << 20
+
+
+def count_lines(data: bytes | bytearray, end: int | None = None) -> int:
+    """Line ends (\\n, \\r\\n or a lone \\r) in ``data[:end]``."""
+    end = len(data) if end is None else end
+    n = data.count(b"\n", 0, end)
+    if data.find(b"\r", 0, end) == -1:
+        return n
+    return n + data.count(b"\r", 0, end) - data.count(b"\r\n", 0, end)
+
+
+def quoted_spans(buf: bytes, delim: int) -> tuple[list[int], list[int]]:
+    """Start and end offsets of the quoted sections of ``buf`` (which starts at a row start).
+
+    A quote opens a quoted field only at the start of a field; inside one, ``""`` is a literal
+    quote and a single quote closes it (Arrow's and RFC 4180's rule). An unclosed section ends
+    at ``len(buf)``. Vectorized when every quote sits where well-formed CSV puts it (then the
+    quotes simply pair up); a Python scan over the quotes otherwise.
+    """
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    q = np.flatnonzero(arr == 0x22)
+    if not len(q):
+        return [], []
+    n = len(buf)
+    opens, closes = q[0::2], q[1::2]
+    prev = arr[np.maximum(opens - 1, 0)]
+    ok_open = (opens == 0) | (prev == delim) | (prev == 10) | (prev == 13) | (prev == 0x22)
+    nxt = arr[np.minimum(closes + 1, n - 1)]
+    ok_close = (closes == n - 1) | (nxt == delim) | (nxt == 10) | (nxt == 13) | (nxt == 0x22)
+    if ok_open.all() and ok_close.all():
+        ends = closes.tolist() + ([n] if len(q) % 2 else [])
+        return opens.tolist(), ends
+    starts, ends = [], []
+    qs = q.tolist()
+    inside, j = False, 0
+    while j < len(qs):
+        p = qs[j]
+        if not inside:
+            if p == 0 or buf[p - 1] in (delim, 10, 13):
+                inside = True
+                starts.append(p)
+            j += 1
+        elif j + 1 < len(qs) and qs[j + 1] == p + 1:
+            j += 2  # "" inside a quoted field
+        else:
+            inside = False
+            ends.append(p)
+            j += 1
+    if inside:
+        ends.append(n)
+    return starts, ends
+
+
+_NEWLINE = re.compile(rb"\r\n|\n|\r")
+
+
+def row_end(buf: bytes, delim: int, eof: bool, first: bool = False) -> int:
+    """Offset just past the last (``first``: the first) row terminator of ``buf`` outside quoted
+    fields, 0 if there is none yet. ``\\n``, ``\\r\\n`` and a lone ``\\r`` end rows."""
+    starts, ends = quoted_spans(buf, delim) if b'"' in buf else ([], [])
+
+    def outside(p: int) -> bool:
+        i = bisect.bisect_right(starts, p) - 1
+        return i < 0 or p > ends[i]
+
+    if first:
+        for m in _NEWLINE.finditer(buf):
+            if outside(m.start()):
+                if m.group() == b"\r" and m.end() == len(buf) and not eof:
+                    return 0  # may be the first half of \r\n
+                return m.end()
+        return 0
+    for term in (b"\n", b"\r"):
+        hi = len(buf) if (term == b"\n" or eof) else len(buf) - 1  # a final \r: half of \r\n?
+        p = buf.rfind(term, 0, hi)
+        while p != -1 and not outside(p):
+            p = buf.rfind(term, 0, starts[bisect.bisect_right(starts, p) - 1])
+        if p != -1:
+            return p + 1
+    return 0
+
+
+class CsvInput:
+    """One CSV file streamed as row-aligned blocks; checksums the raw bytes on the way."""
+
+    def __init__(self, path: str, block_size: int) -> None:
+        self.path = path
+        self.block_size = block_size
+        self.delimiter = delimiter(path)
+        self._stack = contextlib.ExitStack()
+        raw = self._stack.enter_context(storage.open_read(path))
+        self.tap = Tap(raw)
+        self._stream = (
+            gzip.GzipFile(fileobj=self.tap, mode="rb") if path.lower().endswith(".gz") else self.tap
+        )
+        self._pending = bytearray()  # read but not yet handed out (cheap to cut from the front)
+        self._eof = False
+        self._line = 1  # line number of the first line in _pending
+        try:
+            self.header = self._read_header()
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def _read(self) -> bool:
+        """Append one block of input to _pending; False at the end of the input."""
+        if self._eof:
+            return False
+        try:
+            data = self._stream.read(self.block_size)
+        except (OSError, EOFError, zlib.error) as e:  # a corrupt or truncated .gz, a disk error
+            raise UserError(f"{self.path}: cannot read ({type(e).__name__}: {e})") from None
+        if not data:
+            self._eof = True
+            return False
+        self._pending += data
+        return True
+
+    def _read_header(self) -> list[str]:
+        delim = ord(self.delimiter)
+        while True:
+            # blank lines before the header are skipped, as Arrow skips blank lines
+            stripped = self._pending.lstrip(b"\r\n")
+            self._line += count_lines(self._pending, len(self._pending) - len(stripped))
+            self._pending = stripped
+            end = row_end(self._pending, delim, self._eof, first=True)
+            if end or self._eof:
+                break
+            if len(self._pending) > MAX_ROW_BYTES:
+                raise UserError(f"{location(self.path, 1)}: header line longer than 64 MB")
+            self._read()
+        head = bytes(self._pending[:end] if end else self._pending)
+        del self._pending[: len(head)]
+        try:
+            text = head.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise UserError(
+                f"{location(self.path, self._line)}: cannot read the header (not UTF-8 text: "
+                f"{e.reason} at byte {e.start})"
+            ) from None
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=self.delimiter))
+        header = rows[0] if rows else []
+        if not header or all(not h.strip() for h in header):
+            raise UserError(
+                f"{self.path}: the file is empty; expected a header line with column names"
+            )
+        seen = set()
+        for i, name in enumerate(header):
+            if not name.strip():
+                raise UserError(
+                    f"{location(self.path, self._line, i + 1)}: empty column name in the header"
+                )
+            if name in seen:
+                raise UserError(
+                    f"{location(self.path, self._line, name)}: duplicate column name in the header"
+                )
+            seen.add(name)
+        self._line += count_lines(head)
+        return header
+
+    def blocks(self) -> Iterator[Block]:
+        """Row-aligned blocks: what each read of ``block_size`` bytes completes (the first one
+        is what the header's read brought in), the rest at the end of the input."""
+        delim = ord(self.delimiter)
+        while True:
+            if self._eof:  # what is left: the last rows, perhaps without a line end
+                end = len(self._pending) if self._pending.strip(b"\r\n") else 0
+            else:
+                end = row_end(self._pending, delim, eof=False)
+            if end:
+                with memoryview(self._pending) as view:
+                    data = bytes(view[:end])
+                yield Block(self.path, self._line, data, self.delimiter)
+                self._line += count_lines(self._pending, end)
+                del self._pending[:end]
+            elif len(self._pending) > max(MAX_ROW_BYTES, 4 * self.block_size):
+                raise UserError(self._no_row_end_message())
+            if self._eof:
+                return
+            self._read()
+
+    def _no_row_end_message(self) -> str:
+        starts, ends = quoted_spans(self._pending, ord(self.delimiter))
+        if starts and ends[-1] == len(self._pending):
+            line = self._line + count_lines(self._pending, starts[-1])
+            return (
+                f"{location(self.path, line)}: unterminated quoted field (no closing quote "
+                f"within {MAX_ROW_BYTES >> 20} MB)"
+            )
+        return f"{location(self.path, self._line)}: a row longer than {MAX_ROW_BYTES >> 20} MB"

@@ -1,0 +1,38 @@
+"""What a worker thread does with one block: parse, validate, summarize, encode.
+
+:func:`process_block` is the function the ordered runner (:mod:`.parallel`) maps over the
+blocks; it touches no shared state, so blocks may run in any order on any thread.
+"""
+
+from __future__ import annotations
+
+from tfpipes.preprocess.blocks import Block, BlockResult, Plan, filter_rows
+from tfpipes.preprocess.csv_reader import csv_columns
+from tfpipes.preprocess.encoding import encode_splits
+from tfpipes.preprocess.parquet_reader import parquet_columns
+from tfpipes.preprocess.statistics import block_stats
+from tfpipes.preprocess.validation import BadBlock
+
+
+def process_block(plan: Plan, block: Block) -> BlockResult:
+    """Parse, validate, summarize and encode one block (runs on a worker thread).
+
+    Returns the error message for bad input instead of raising, so that the caller reports
+    the first problem in input order.
+    """
+    try:
+        if block.parquet:
+            cols, keep, skipped, note = parquet_columns(plan, block)
+        else:
+            cols, keep, skipped, note = csv_columns(plan, block)
+    except BadBlock as e:
+        return BlockResult(error=str(e))
+    if keep is not None:
+        cols = {k: filter_rows(v, keep) for k, v in cols.items()}
+    n = len(cols[plan.label])
+    result = BlockResult(rows=n, skipped=skipped, skip_note=note)
+    if n == 0:
+        return result
+    result.stats = block_stats(plan, cols, n)
+    result.splits = encode_splits(plan, cols)
+    return result
