@@ -177,3 +177,18 @@ def test_worker_data_copies_live_in_a_private_directory(tmp_path, monkeypatch):
     fresh = tmp_path / "fresh"
     worker_data._private_base(str(fresh))
     assert (fresh.stat().st_mode & 0o777) == 0o700
+
+
+def test_preprocess_into_its_own_input_directory_is_refused_and_deletes_nothing(tmp_path):
+    from tfpipes import cli
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "notes.md").write_text("mine")
+    (docs / "data.csv").write_text("x,label\n" + "".join(f"{i},{i % 2}\n" for i in range(50)))
+    for extra in ([], ["--overwrite"]):
+        code = cli.main(
+            ["preprocess", "--source", str(docs), "--output", str(docs), "--label", "label"] + extra
+        )
+        assert code == 2
+    assert sorted(os.listdir(docs)) == ["data.csv", "notes.md"]

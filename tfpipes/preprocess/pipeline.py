@@ -66,7 +66,10 @@ def preprocess(cfg: PreprocessConfig) -> PreprocessResult:
         if unknown:
             log.warning("--schema names columns not in the data, ignored: %s", unknown)
         with storage.staged_dir(
-            cfg.output, overwrite=cfg.overwrite, last=(manifest.MANIFEST,)
+            cfg.output,
+            overwrite=cfg.overwrite,
+            last=(manifest.MANIFEST,),
+            inputs=(cfg.source, *files, cfg.schema_path),
         ) as tmp:
             run = _Run(cfg, tmp, header, forced, runner, total_bytes)
             try:
