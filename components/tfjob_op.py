@@ -282,29 +282,6 @@ def default_namespace() -> str:
         return "default"
 
 
-def train_args(
-    data: str,
-    model_dir: str,
-    model_name: str,
-    hidden: str,
-    optimizer: str,
-    learning_rate: float,
-    batch_size: int,
-    train_steps: int,
-    seed: int,
-) -> List[str]:
-    """The ``tfpipes train`` arguments every task of the job runs with."""
-    args = ["--data", data, "--model-dir", model_dir, "--model", model_name]
-    if model_name == "mlp":
-        args += ["--hidden", hidden]
-    if optimizer:
-        args += ["--optimizer", optimizer]
-    if learning_rate:
-        args += ["--learning-rate", repr(float(learning_rate))]
-    args += ["--batch-size", str(batch_size), "--train-steps", str(train_steps)]
-    return args + ["--seed", str(seed)]
-
-
 def run_step(
     examples,
     model,
@@ -321,13 +298,7 @@ def run_step(
     namespace: str,
     job_name: str,
     model_dir: str,
-    model_name: str,
-    hidden: str,
-    optimizer: str,
-    learning_rate: float,
-    batch_size: int,
-    train_steps: int,
-    seed: int,
+    train_argv: List[str],
     backoff_limit: int,
     timeout: float,
     poll: float = 5.0,
@@ -338,8 +309,10 @@ def run_step(
 
     ``examples``, ``model``, ``metrics``: KFP artifacts (their ``uri`` and ``path``).
     ``model_dir``: where the job writes checkpoints and metrics (default: the ``model``
-    artifact's URI, written to directly by the chief). Raises UserError for bad parameters
-    and TFJobError when the job fails or times out.
+    artifact's URI, written to directly by the chief). ``train_argv``: the training
+    parameters' ``tfpipes train`` arguments (``tfpipes.training.params.to_argv``); every task
+    runs ``tfpipes train --data <examples> --model-dir <model_dir> <train_argv>``. Raises
+    UserError for bad parameters and TFJobError when the job fails or times out.
     """
     import json
 
@@ -359,19 +332,7 @@ def run_step(
         memory=memory or None,
         gcs_secret=gcs_secret or None,
         backoff_limit=backoff_limit,
-        train_args=tuple(
-            train_args(
-                examples.uri,
-                model_dir,
-                model_name,
-                hidden,
-                optimizer,
-                learning_rate,
-                batch_size,
-                train_steps,
-                seed,
-            )
-        ),
+        train_args=("--data", examples.uri, "--model-dir", model_dir, *train_argv),
     )
     manifest = build_tfjob(spec)
     namespace = namespace or default_namespace()
@@ -405,7 +366,6 @@ def run_step(
         {
             "model_dir": model_dir,
             "step": values.get("step", 0),
-            "model": model_name,
             "tfjob": f"{namespace}/{spec.name}",
         }
     )
@@ -435,6 +395,11 @@ def tfjob_train_op(
     batch_size: int = 64,
     train_steps: int = 1000,
     seed: int = 42,
+    steps_per_loop: int = 50,
+    checkpoint_every: int = 200,
+    cache: bool = False,
+    mixed_precision: str = "",
+    warm_start_from: str = "",
     backoff_limit: int = 3,
     timeout_seconds: int = 86400,
     poll_seconds: float = 10.0,
@@ -442,45 +407,39 @@ def tfjob_train_op(
     """Train on ``examples`` with a TFJob (``workers`` workers, ``ps`` parameter servers, a
     chief when ``chief`` or ``ps > 0``); stream its chief's log; fail with its condition's
     message if it fails; output the model directory and its metrics. ``image``: the pods'
-    image (default: this step's own). The body runs on its own in the container (KFP copies
-    just this function), so everything it uses is imported here, defaults included."""
-    import sys
-
+    image (default: this step's own). The training parameters are ``tfpipes train``'s, as in
+    ``train_op`` (checked against TrainConfig by ``tests/test_params.py``). The body runs on
+    its own in the container (KFP copies just this function), so everything it uses is
+    imported here, defaults included."""
     from tfpipes_components.tfjob_op import IMAGE, TFJobError, run_step
 
-    from tfpipes.errors import UserError
+    from tfpipes.errors import TfpipesError, exit_on_error
+    from tfpipes.training.params import pick, to_argv
 
-    try:
-        outcome = run_step(
-            examples,
-            model,
-            metrics,
-            image=image or IMAGE,
-            workers=workers,
-            ps=ps,
-            chief=chief,
-            gpus_per_worker=gpus_per_worker,
-            cpu=cpu,
-            memory=memory,
-            gcs_secret=gcs_secret,
-            namespace=namespace,
-            job_name=job_name,
-            model_dir=model_dir,
-            model_name=model_name,
-            hidden=hidden,
-            optimizer=optimizer,
-            learning_rate=learning_rate,
-            batch_size=batch_size,
-            train_steps=train_steps,
-            seed=seed,
-            backoff_limit=backoff_limit,
-            timeout=float(timeout_seconds),
-            poll=poll_seconds,
-        )
-    except UserError as e:
-        print(f"tfjob_train: error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except TFJobError as e:
-        print(f"tfjob_train: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    with exit_on_error("tfjob_train"):
+        train_argv = to_argv(pick(locals()))  # a bad value fails here, before any job exists
+        try:
+            outcome = run_step(
+                examples,
+                model,
+                metrics,
+                image=image or IMAGE,
+                workers=workers,
+                ps=ps,
+                chief=chief,
+                gpus_per_worker=gpus_per_worker,
+                cpu=cpu,
+                memory=memory,
+                gcs_secret=gcs_secret,
+                namespace=namespace,
+                job_name=job_name,
+                model_dir=model_dir,
+                train_argv=train_argv,
+                backoff_limit=backoff_limit,
+                timeout=float(timeout_seconds),
+                poll=poll_seconds,
+            )
+        except TFJobError as e:  # the job failed, not the input: exit 1 (permanent)
+            raise TfpipesError(str(e)) from None
+    model.metadata["model"] = model_name
     print(f"tfjob_train: {model.metadata['tfjob']} succeeded in {outcome.seconds:.0f} s")
