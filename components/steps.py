@@ -9,7 +9,8 @@ time. kfp.local's SubprocessRunner runs the same bodies in the current environme
 
 Each body is an adapter: artifacts and parameters in -> a config -> one library call ->
 artifacts and metadata out. A user's mistake (``UserError``) becomes one line and a non-zero
-exit code, like the CLI.
+exit code, like the CLI (``tfpipes.errors.exit_on_error``; imported inside each body, as KFP
+ships only the function's source).
 """
 
 import os
@@ -32,21 +33,16 @@ def fingerprint_op(
 ) -> str:
     """The cache key of preprocess: a hash of the input bytes and the parameters, salted when
     the output cached under it no longer exists (see tfpipes.cache). Never cached itself."""
-    import sys
-
     from tfpipes import cache, storage
-    from tfpipes.errors import UserError
+    from tfpipes.errors import UserError, exit_on_error
     from tfpipes.preprocess import INPUT_SUFFIXES, source_fingerprint
 
-    try:
+    with exit_on_error("fingerprint"):
         files = storage.match_files(source, INPUT_SUFFIXES)  # exactly what preprocess reads
         if not files:
             raise UserError(f"{source}: no input files")
         params = {"label": label, "eval_fraction": eval_fraction, "num_shards": num_shards}
         key, why = cache.lookup_key(cache_index, cache.cache_key(source_fingerprint(files), params))
-    except UserError as e:
-        print(f"fingerprint: error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
     print(f"fingerprint: {key} ({why})")
     return key
 
@@ -66,12 +62,10 @@ def preprocess_op(
 
     ``content_key`` (from fingerprint_op) is part of KFP's cache key, so the cache is reused
     only for the same input content; the output is recorded under it in ``cache_index``."""
-    import sys
-
-    from tfpipes.errors import UserError
+    from tfpipes.errors import exit_on_error
     from tfpipes.preprocess import PreprocessConfig, preprocess
 
-    try:
+    with exit_on_error("preprocess"):
         r = preprocess(
             PreprocessConfig(
                 source=source,
@@ -84,9 +78,6 @@ def preprocess_op(
                 progress=False,
             )
         )
-    except UserError as e:
-        print(f"preprocess: error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
     examples.metadata.update(
         {
             "rows": r.rows,
@@ -121,48 +112,27 @@ def train_op(
     steps_per_loop: int = 50,
     checkpoint_every: int = 200,
     cache: bool = False,
-    mixed_precision: bool = False,
+    mixed_precision: str = "",
     warm_start_from: str = "",
 ):
-    """Train on ``examples``. Checkpoints and TensorBoard logs go to ``checkpoint_dir`` (local or
+    """Train on ``examples``. The training parameters are ``tfpipes train``'s (KFP reads this
+    signature, so it is written out; ``tests/test_params.py`` checks it against TrainConfig).
+    Checkpoints and TensorBoard logs go to ``checkpoint_dir`` (local or
     gs://: a retried or preempted pod resumes from there) or, when empty, straight to the
     ``model`` artifact's object-storage URI while training (never only into the artifact's
     local path, which KFP uploads after the container exits: a preempted pod would lose it).
     ``report`` links the TensorBoard logs (KFP v2 has no TensorBoard view of its own)."""
-    import os
-    import sys
-
-    from tfpipes.errors import UserError
-    from tfpipes.training import TrainConfig, train
+    from tfpipes import layout
+    from tfpipes.errors import exit_on_error
+    from tfpipes.training import train
+    from tfpipes.training.params import from_params, pick
 
     model_dir = checkpoint_dir or (model.uri if model.uri.startswith("gs://") else model.path)
-    try:
-        r = train(
-            TrainConfig(
-                data=examples.path,
-                model_dir=model_dir,
-                model=model_name,
-                hidden=tuple(int(h) for h in hidden.split(",") if h.strip()),
-                optimizer=optimizer,
-                learning_rate=learning_rate,
-                batch_size=batch_size,
-                train_steps=train_steps,
-                seed=seed,
-                steps_per_loop=steps_per_loop,
-                checkpoint_every=checkpoint_every,
-                cache=cache,
-                mixed_precision=mixed_precision,
-                warm_start_from=warm_start_from,
-                progress=False,
-            )
-        )
-    except UserError as e:
-        print(f"train: error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+    with exit_on_error("train"):
+        cfg = from_params(pick(locals()), data=examples.path, model_dir=model_dir, progress=False)
+        r = train(cfg)
     if model_dir != model.path:
-        from tfpipes import storage
-
-        storage.write_text(os.path.join(model.path, "MODEL_DIR"), model_dir)
+        layout.write_model_dir_pointer(model.path, model_dir)
     model.metadata.update({"model_dir": model_dir, "step": r.final_step, "model": model_name})
     for k, v in r.metrics.items():
         if isinstance(v, (int, float)):
@@ -198,12 +168,10 @@ def export_op(
 ):
     """Export the newest checkpoint to ``exported``/<version>/ (verified), and publish a copy to
     ``publish_base``/<version>/ (e.g. the gs:// folder TF Serving watches) when given."""
-    import sys
-
-    from tfpipes.errors import UserError
+    from tfpipes.errors import UserError, exit_on_error
     from tfpipes.export import ExportConfig, export
 
-    try:
+    with exit_on_error("export"):
         if version and not version.isdigit():
             raise UserError(f"version {version!r}: expected a positive integer")
         r = export(
@@ -221,9 +189,6 @@ def export_op(
 
             published = storage.join(publish_base, str(r.version))
             storage.publish_dir(r.path, published)
-    except UserError as e:
-        print(f"export: error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
     exported.metadata.update(
         {
             "version": r.version,

@@ -31,29 +31,6 @@ from tfpipes.cluster.tfjob import TFJobSpec
 IMAGE = os.environ.get("TFPIPES_IMAGE", f"tfpipes:{__version__}")
 
 
-def train_args(
-    data: str,
-    model_dir: str,
-    model_name: str,
-    hidden: str,
-    optimizer: str,
-    learning_rate: float,
-    batch_size: int,
-    train_steps: int,
-    seed: int,
-) -> List[str]:
-    """The ``tfpipes train`` arguments every task of the job runs with."""
-    args = ["--data", data, "--model-dir", model_dir, "--model", model_name]
-    if model_name == "mlp":
-        args += ["--hidden", hidden]
-    if optimizer:
-        args += ["--optimizer", optimizer]
-    if learning_rate:
-        args += ["--learning-rate", repr(float(learning_rate))]
-    args += ["--batch-size", str(batch_size), "--train-steps", str(train_steps)]
-    return args + ["--seed", str(seed)]
-
-
 def run_step(
     model,
     metrics,
@@ -140,6 +117,11 @@ def tfjob_train_op(
     batch_size: int = 64,
     train_steps: int = 1000,
     seed: int = 42,
+    steps_per_loop: int = 50,
+    checkpoint_every: int = 200,
+    cache: bool = False,
+    mixed_precision: str = "",
+    warm_start_from: str = "",
     backoff_limit: int = 3,
     timeout_seconds: int = 86400,
     poll_seconds: float = 10.0,
@@ -147,28 +129,23 @@ def tfjob_train_op(
     """Train on ``examples`` with a TFJob (``workers`` workers, ``ps`` parameter servers, a
     chief when ``chief`` or ``ps > 0``); stream its chief's log; fail with its condition's
     message if it fails; output the model directory and its metrics. ``image``: the pods'
-    image (default: this step's own). The body runs on its own in the container (KFP copies
-    just this function), so everything it uses is imported here, defaults included."""
-    from tfpipes_components.tfjob_op import IMAGE, run_step, train_args
+    image (default: this step's own). The training parameters are ``tfpipes train``'s, as in
+    ``train_op`` (checked against TrainConfig by ``tests/test_params.py``). The body runs on
+    its own in the container (KFP copies just this function), so everything it uses is
+    imported here, defaults included."""
+    from tfpipes_components.tfjob_op import IMAGE, run_step
 
     from tfpipes.errors import exit_on_error
+    from tfpipes.training.params import pick, to_argv
 
     with exit_on_error("tfjob_train"):
         model_dir = model_dir or model.uri
+        # A bad value fails here, before any job exists.
+        train_argv = to_argv(dict(pick(locals()), data=examples.uri, model_dir=model_dir))
         outcome = run_step(
             model,
             metrics,
-            train_argv=train_args(
-                examples.uri,
-                model_dir,
-                model_name,
-                hidden,
-                optimizer,
-                learning_rate,
-                batch_size,
-                train_steps,
-                seed,
-            ),
+            train_argv=train_argv,
             model_dir=model_dir,
             image=image or IMAGE,
             workers=workers,

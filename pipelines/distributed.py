@@ -63,6 +63,12 @@ def build_distributed_pipeline(options: PipelineOptions = PipelineOptions()):
         learning_rate: float = 0.0,
         batch_size: int = 64,
         train_steps: int = 1000,
+        seed: int = 42,
+        steps_per_loop: int = 50,
+        checkpoint_every: int = 200,
+        cache: bool = False,
+        mixed_precision: str = "",
+        warm_start_from: str = "",
         eval_fraction: float = 0.2,
         num_shards: int = 16,
         model_version: str = "",
@@ -74,6 +80,8 @@ def build_distributed_pipeline(options: PipelineOptions = PipelineOptions()):
         with a chief; else MultiWorkerMirroredStrategy). ``num_shards`` must be at least the
         number of workers. ``model_dir``: durable storage all pods reach (default: the model
         artifact's URI). ``timeout_seconds``: the job is deleted and the step fails after it.
+        The training parameters (``model_name`` to ``warm_start_from``) are those of the
+        single-pod pipeline (``tests/test_params.py`` checks both against TrainConfig).
         """
         pre = data_steps(options, source, label, eval_fraction, num_shards, cache_index)
         tr = platform(
@@ -95,6 +103,12 @@ def build_distributed_pipeline(options: PipelineOptions = PipelineOptions()):
                 learning_rate=learning_rate,
                 batch_size=batch_size,
                 train_steps=train_steps,
+                seed=seed,
+                steps_per_loop=steps_per_loop,
+                checkpoint_every=checkpoint_every,
+                cache=cache,
+                mixed_precision=mixed_precision,
+                warm_start_from=warm_start_from,
                 timeout_seconds=timeout_seconds,
             )
         )

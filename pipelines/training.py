@@ -133,18 +133,25 @@ def build_pipeline(options: PipelineOptions = PipelineOptions()):
         learning_rate: float = 0.0,
         batch_size: int = 64,
         train_steps: int = 1000,
+        seed: int = 42,
+        steps_per_loop: int = 50,
+        checkpoint_every: int = 200,
+        cache: bool = False,
+        mixed_precision: str = "",
+        warm_start_from: str = "",
         eval_fraction: float = 0.2,
         num_shards: int = 16,
         checkpoint_dir: str = "",
         model_version: str = "",
         publish_base: str = "",
         cache_index: str = "",
-        warm_start_from: str = "",
         train_cpu_request: str = "1",
         train_memory_request: str = "2Gi",
     ) -> TrainingOutputs:
-        """``model_version``: the exported version number; empty: the export time in epoch
-        seconds. Recurring runs pass ``[[ScheduledTime]]`` (YYYYMMDDhhmmss, UTC), so each
+        """The training parameters (``model_name`` to ``warm_start_from``) are ``tfpipes
+        train``'s, the same in both pipelines (``tests/test_params.py`` checks them against
+        TrainConfig). ``model_version``: the exported version number; empty: the export time
+        in epoch seconds. Recurring runs pass ``[[ScheduledTime]]`` (YYYYMMDDhhmmss, UTC), so each
         scheduled retrain publishes a version named after its schedule time.
         ``cache_index``: a folder (gs://...) where preprocess outputs are indexed by content.
         ``warm_start_from``: a model dir, checkpoint or SavedModel to start from; recurring
@@ -160,8 +167,13 @@ def build_pipeline(options: PipelineOptions = PipelineOptions()):
                 learning_rate=learning_rate,
                 batch_size=batch_size,
                 train_steps=train_steps,
-                checkpoint_dir=checkpoint_dir,
+                seed=seed,
+                steps_per_loop=steps_per_loop,
+                checkpoint_every=checkpoint_every,
+                cache=cache,
+                mixed_precision=mixed_precision,
                 warm_start_from=warm_start_from,
+                checkpoint_dir=checkpoint_dir,
             ),
             is_train=True,
         )

@@ -6,22 +6,18 @@ import argparse
 import logging
 import os
 
+from tfpipes.commands.late_flags import add_late_flags
+
 log = logging.getLogger("tfpipes")
 
 PIPELINE_PARAMS = (
-    # (flag, pipeline parameter, type, default, help)
-    ("--model", "model_name", str, "mlp", "linear | mlp | package.module:build_fn"),
-    ("--hidden", "hidden", str, "64,32", "mlp hidden sizes"),
-    ("--optimizer", "optimizer", str, "", "sgd | adam | adagrad | rmsprop"),
-    ("--learning-rate", "learning_rate", float, 0.0, "learning rate (default by optimizer)"),
-    ("--batch-size", "batch_size", int, 64, "global batch size"),
-    ("--train-steps", "train_steps", int, 1000, "training steps"),
+    # The pipeline's own parameters: (flag, pipeline parameter, type, default, help). The
+    # training parameters' flags come from TrainConfig (tfpipes.training.params).
     ("--eval-fraction", "eval_fraction", float, 0.2, "share of rows for eval"),
     ("--num-shards", "num_shards", int, 16, "shards per split"),
     ("--checkpoint-dir", "checkpoint_dir", str, "", "durable checkpoint dir (local or gs://)"),
     ("--version", "model_version", str, "", "exported model version (default: now)"),
     ("--publish-base", "publish_base", str, "", "also publish the SavedModel under this base"),
-    ("--warm-start-from", "warm_start_from", str, "", "model dir, SavedModel or latest:<base>"),
 )
 
 
@@ -80,6 +76,9 @@ def options_from_args(args):
 
 
 def _add_pipeline_params(p: argparse.ArgumentParser) -> None:
+    from tfpipes.training.params import add_pipeline_flags
+
+    add_pipeline_flags(p)
     for flag, dest, typ, default, help_ in PIPELINE_PARAMS:
         p.add_argument(flag, dest=dest, type=typ, default=default, help=f"{help_} ({default!r})")
 
@@ -116,7 +115,7 @@ def register(sub) -> None:
     r.add_argument("--label", required=True, help="name of the label column")
     r.add_argument("--pipeline-root", default="tfpipes-local", help="where artifacts go")
     r.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess")
-    _add_pipeline_params(r)
+    add_late_flags(r, _add_pipeline_params)  # without TensorFlow for --help
     r.set_defaults(handler=_run_local)
 
     d = sub.add_parser(
@@ -140,7 +139,13 @@ def _abs(path: str) -> str:
 
 
 def _params(args) -> dict:
-    return {dest: getattr(args, dest) for _, dest, *_ in PIPELINE_PARAMS}
+    """The pipeline's arguments from run-local's flags; a bad training parameter is refused
+    here with the line ``tfpipes train`` would print, before any step runs."""
+    from tfpipes.training.params import from_params, pick
+
+    training = pick(vars(args))
+    from_params(training)
+    return training | {dest: getattr(args, dest) for _, dest, *_ in PIPELINE_PARAMS}
 
 
 def _compile(args) -> int:
@@ -280,7 +285,9 @@ def _demo(args) -> int:
     csv_path = os.path.join(work, "data.csv")
     write_csv(csv_path, args.rows, "classification", seed=0)
     log.info("demo: %d synthetic rows -> %s", args.rows, csv_path)
-    params = {dest: default for _, dest, _, default, _ in PIPELINE_PARAMS}
+    from tfpipes.training.params import pipeline_defaults
+
+    params = pipeline_defaults() | {dest: default for _, dest, _, default, _ in PIPELINE_PARAMS}
     params |= {
         "source": csv_path,
         "label": "label",

@@ -4,23 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
-from tfpipes.errors import UserError
+from tfpipes.commands.late_flags import add_late_flags
 
 log = logging.getLogger("tfpipes")
-
-
-def _hidden(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if any(s < 1 for s in sizes):
-        raise argparse.ArgumentTypeError("hidden sizes must be positive")
-    return sizes
 
 
 def register(sub) -> None:
@@ -81,73 +68,7 @@ def register(sub) -> None:
             "--train-steps 2000"
         ),
     )
-    t.add_argument("--data", required=True, help="data set written by `tfpipes preprocess`")
-    t.add_argument("--model-dir", required=True, help="checkpoints, metrics, logs (local or gs://)")
-    t.add_argument("--model", default="mlp", help="linear | mlp | package.module:build_fn (mlp)")
-    t.add_argument("--hidden", type=_hidden, default=(64, 32), help="mlp hidden sizes (64,32)")
-    t.add_argument("--dropout", type=float, default=0.0, help="mlp dropout rate (0)")
-    t.add_argument("--optimizer", default="", help="sgd | adam | adagrad | rmsprop")
-    t.add_argument("--learning-rate", type=float, default=0.0, help="(0.05 for sgd, else 0.001)")
-    t.add_argument("--batch-size", type=int, default=64, help="global batch size (64)")
-    t.add_argument("--train-steps", type=int, default=1000, help="global step to stop at (1000)")
-    t.add_argument(
-        "--steps-per-loop",
-        type=int,
-        default=50,
-        help="steps per tf.function call (50); any value gives the same weights",
-    )
-    t.add_argument(
-        "--checkpoint-every", type=int, default=200, help="steps between checkpoints (200)"
-    )
-    t.add_argument("--log-every", type=int, default=100, help="steps between log lines (100)")
-    t.add_argument("--seed", type=int, default=42, help="random seed (42)")
-    t.add_argument(
-        "--strategy",
-        default="",
-        help="force default | one_device | mirrored | multi_worker | parameter_server",
-    )
-    t.add_argument(
-        "--cache", action="store_true", help="parse the train split once and train from memory"
-    )
-    t.add_argument(
-        "--mixed-precision",
-        nargs="?",
-        const="auto",
-        default="",
-        choices=("auto", "float16", "bfloat16"),
-        metavar="DTYPE",
-        help="compute in 16 bits, weights in float32: float16 with dynamic loss scaling, or "
-        "bfloat16; alone (auto): float16 with a GPU, bfloat16 without",
-    )
-    t.add_argument("--jit", action="store_true", help="XLA compilation (GPU)")
-    t.add_argument(
-        "--peer-timeout",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="how long a distributed task waits for the others in TF_CONFIG before it exits "
-        "with 138 naming them (default: $TFPIPES_PEER_TIMEOUT, else 300)",
-    )
-    t.add_argument(
-        "--deterministic",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="op determinism: bit-identical resumes (default: on without a GPU)",
-    )
-    t.add_argument(
-        "--warm-start-from",
-        default="",
-        help="initial weights: another model dir, a checkpoint, an exported SavedModel, "
-        "or latest:<export base> (its newest version)",
-    )
-    t.add_argument("--max-to-keep", type=int, default=3, help="checkpoints kept (3)")
-    t.add_argument("--shuffle-buffer", type=int, default=10_000, help="records (10000)")
-    t.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar (default: when stderr is a terminal)",
-    )
+    add_late_flags(t, _add_train_flags)  # TrainConfig's fields, without TensorFlow for --help
     t.set_defaults(handler=_train)
 
     e = sub.add_parser(
@@ -170,6 +91,12 @@ def register(sub) -> None:
     e.add_argument("--data", default="", help="data set whose eval split verifies the export")
     e.add_argument("--overwrite", action="store_true", help="replace an existing version")
     e.set_defaults(handler=_export)
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    from tfpipes.training.params import add_train_flags
+
+    add_train_flags(parser)
 
 
 def _preprocess(args) -> int:
@@ -211,39 +138,10 @@ def _preprocess(args) -> int:
 
 
 def _train(args) -> int:
-    from tfpipes import peers
-    from tfpipes.training import TrainConfig, train
+    from tfpipes.training import train
+    from tfpipes.training.params import config_from_args
 
-    if args.peer_timeout is not None:
-        if not args.peer_timeout > 0:
-            raise UserError("--peer-timeout must be a positive number of seconds")
-        os.environ[peers.ENV_TIMEOUT] = str(args.peer_timeout)  # read wherever peers wait
-    r = train(
-        TrainConfig(
-            data=args.data,
-            model_dir=args.model_dir,
-            model=args.model,
-            hidden=args.hidden,
-            dropout=args.dropout,
-            optimizer=args.optimizer,
-            learning_rate=args.learning_rate,
-            batch_size=args.batch_size,
-            train_steps=args.train_steps,
-            steps_per_loop=args.steps_per_loop,
-            checkpoint_every=args.checkpoint_every,
-            log_every=args.log_every,
-            seed=args.seed,
-            strategy=args.strategy,
-            cache=args.cache,
-            mixed_precision=args.mixed_precision,
-            jit=args.jit,
-            deterministic=args.deterministic,
-            warm_start_from=args.warm_start_from,
-            max_to_keep=args.max_to_keep,
-            shuffle_buffer=args.shuffle_buffer,
-            progress=args.progress,
-        )
-    )
+    r = train(config_from_args(args))
     m = r.metrics
     quality = f"accuracy {m['accuracy']:.4f}" if "accuracy" in m else f"mse {m.get('mse', 0):.5f}"
     log.info(
