@@ -155,9 +155,17 @@ def create_strategy(res: Resolution):
 
 
 def resolve_from_environment(override: str | None = None) -> Resolution:
-    """:func:`resolve` on this process's ``TF_CONFIG`` and visible GPUs."""
+    """:func:`resolve` on this process's ``TF_CONFIG`` and visible GPUs. Without ``TF_CONFIG``,
+    a JobSet / Indexed-Job pod's is derived (:mod:`tfpipes.cluster.pod_env`), logged, and set
+    in the environment, where TensorFlow's cluster resolvers read it."""
     import tensorflow as tf
 
-    return resolve(
-        os.environ.get("TF_CONFIG"), len(tf.config.list_physical_devices("GPU")), override
-    )
+    tf_config = os.environ.get("TF_CONFIG")
+    if not tf_config:
+        from tfpipes.cluster import pod_env
+
+        tf_config = pod_env.derive_tf_config(os.environ)
+        if tf_config:
+            log.info("TF_CONFIG derived from the pod's environment: %s", tf_config)
+            os.environ["TF_CONFIG"] = tf_config
+    return resolve(tf_config, len(tf.config.list_physical_devices("GPU")), override)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 # Exit codes (tfpipes.errors): 1 a bug, 2 a UserError (permanent), >= 128 retryable (138: a
 # peer unreachable, preempted, storage briefly unavailable).
+from tfpipes.cluster import pods
+from tfpipes.cluster.pods import GPU_RESOURCE, SECRET_MOUNT_PATH  # noqa: F401 (public names)
 from tfpipes.errors import EXIT_RETRYABLE, RETRYABLE_MIN, UserError
 
 # The TFJob resource: the manifest's apiVersion and kind, and the API path the Kubernetes client
@@ -29,8 +31,9 @@ PLURAL = "tfjobs"
 # The Training Operator finds the TensorFlow container by this name (and adds TF_CONFIG to it).
 CONTAINER_NAME = "tensorflow"
 RESTART_POLICIES = ("ExitCode", "OnFailure")
-SECRET_MOUNT_PATH = "/var/secrets/google"
-GPU_RESOURCE = "nvidia.com/gpu"
+# The port every task's gRPC server listens on (the Training Operator's default); launchers
+# without an operator give task k of the cluster port + k (tfpipes.cluster.pod_env).
+DEFAULT_PORT = 2222
 
 # Services are named <job>-<replica type>-<index> and must be DNS-1035 labels (<= 63, start
 # with a letter); the operator's webhook rejects job names that are not.
@@ -49,7 +52,8 @@ _QUANTITY = re.compile(
 
 @dataclass(frozen=True)
 class TFJobSpec:
-    """What ``tfpipes tfjob`` asks for; :func:`build_tfjob` checks it.
+    """What ``tfpipes tfjob`` and ``tfpipes launch`` ask for; :func:`build_tfjob` checks it.
+    Every launcher (``tfpipes.cluster.launchers``) builds its objects from this one spec.
 
     ``chief=None`` means: a Chief when ``ps > 0`` (ParameterServerStrategy needs a coordinator),
     none otherwise (MultiWorkerMirroredStrategy makes worker 0 the chief).
@@ -69,6 +73,12 @@ class TFJobSpec:
     restart_policy: str = "ExitCode"
     backoff_limit: int = 3
     train_args: tuple[str, ...] = field(default_factory=tuple)
+    node_selector: tuple[tuple[str, str], ...] = ()
+    tolerations: tuple[dict, ...] = ()
+    port: int = DEFAULT_PORT
+
+
+LaunchSpec = TFJobSpec  # the name launchers other than the TFJob use
 
 
 def validate(spec: TFJobSpec) -> None:
@@ -118,49 +128,13 @@ def validate(spec: TFJobSpec) -> None:
     for flag, value in (("--cpu", spec.cpu), ("--memory", spec.memory)):
         if value is not None and not _QUANTITY.match(value):
             raise UserError(f"{flag} {value!r} is not a Kubernetes quantity (e.g. 4, 500m, 16Gi)")
-
-
-def _container(spec: TFJobSpec, gpus: int) -> dict:
-    container: dict = {
-        "name": CONTAINER_NAME,
-        "image": spec.image,
-        "command": ["tfpipes", "train", *spec.train_args],
-        # Unbuffered so that `kubectl logs` shows progress lines as they happen.
-        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
-    }
-    requests: dict = {}
-    limits: dict = {}
-    if spec.cpu is not None:
-        requests["cpu"] = spec.cpu
-    if spec.memory is not None:
-        # A memory limit equal to the request: an OOM kill then shows as exit 137 (retryable)
-        # on this pod instead of evicting a neighbour.
-        requests["memory"] = limits["memory"] = spec.memory
-    if gpus > 0:
-        limits[GPU_RESOURCE] = gpus
-    if requests or limits:
-        container["resources"] = {
-            k: v for k, v in (("requests", requests), ("limits", limits)) if v
-        }
-    if spec.gcs_secret is not None:
-        container["env"].append(
-            {
-                "name": "GOOGLE_APPLICATION_CREDENTIALS",
-                "value": f"{SECRET_MOUNT_PATH}/{spec.gcs_secret_key}",
-            }
-        )
-        container["volumeMounts"] = [
-            {"name": "gcs-credentials", "mountPath": SECRET_MOUNT_PATH, "readOnly": True}
-        ]
-    return container
+    pods.validate_placement(spec)
+    if not 1024 <= spec.port <= 65535 - 64:
+        raise UserError(f"--port must be in 1024..65471, got {spec.port}")
 
 
 def _replica(spec: TFJobSpec, replicas: int, gpus: int) -> dict:
-    pod_spec: dict = {"containers": [_container(spec, gpus)]}
-    if spec.gcs_secret is not None:
-        pod_spec["volumes"] = [
-            {"name": "gcs-credentials", "secret": {"secretName": spec.gcs_secret}}
-        ]
+    pod_spec = pods.pod_spec(spec, [pods.container(spec, gpus, CONTAINER_NAME)])
     return {
         "replicas": replicas,
         "restartPolicy": spec.restart_policy,
@@ -178,19 +152,11 @@ def build_tfjob(spec: TFJobSpec) -> dict:
     exit on their own) once the job ends. Raises :class:`UserError` on an invalid spec.
     """
     validate(spec)
-    chief = spec.ps > 0 if spec.chief is None else spec.chief
-    replica_specs: dict = {}
-    if chief:
-        replica_specs["Chief"] = _replica(spec, 1, spec.gpus_per_worker)
-    replica_specs["Worker"] = _replica(spec, spec.workers, spec.gpus_per_worker)
-    if spec.ps > 0:
-        replica_specs["PS"] = _replica(spec, spec.ps, 0)
-    metadata: dict = {
-        "name": spec.name,
-        "labels": {"app.kubernetes.io/name": "tfpipes", "app.kubernetes.io/component": "train"},
+    replica_type = {"chief": "Chief", "worker": "Worker", "ps": "PS"}
+    replica_specs = {
+        replica_type[role]: _replica(spec, n, gpus) for role, n, gpus in pods.roles(spec)
     }
-    if spec.namespace is not None:
-        metadata["namespace"] = spec.namespace
+    metadata = object_metadata(spec)
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -200,6 +166,15 @@ def build_tfjob(spec: TFJobSpec) -> dict:
             "tfReplicaSpecs": replica_specs,
         },
     }
+
+
+def object_metadata(spec: TFJobSpec, name: str | None = None) -> dict:
+    """``metadata`` of an object we create: its name (default ``spec.name``), the tfpipes
+    labels, the namespace when one is given."""
+    metadata: dict = {"name": name or spec.name, "labels": dict(pods.APP_LABELS)}
+    if spec.namespace is not None:
+        metadata["namespace"] = spec.namespace
+    return metadata
 
 
 def render_yaml(manifest: dict) -> str:

@@ -19,6 +19,16 @@ Exit codes of `tfpipes train` under --restart-policy ExitCode: 1-127 fail the jo
 (2 = user error), >= 128 restart the pod (138 = peer unreachable or preempted).
 See docs/distributed.md."""
 
+_LAUNCH_EPILOG = """\
+Examples:
+  tfpipes launch --launcher jobset --workers 4 --image gcr.io/p/tfpipes:0.1 \\
+      -- --data gs://b/data --model-dir gs://b/model | kubectl apply -f -
+  tfpipes launch --launcher trainjob --workers 2 --ps 1 --image gcr.io/p/tfpipes:0.1 \\
+      --runtime tfpipes-tf-0123abcd -- --data gs://b/data --model-dir gs://b/model
+
+Exit codes of `tfpipes train`: 1-127 fail the job at once (2 = user error), >= 128 and
+signals restart it up to --backoff-limit times. See docs/distributed.md."""
+
 _LOCAL_EPILOG = """\
 Examples:
   tfpipes local-cluster --workers 2 -- --data out/data --model-dir out/model
@@ -41,52 +51,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=_TFJOB_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    tfjob.add_argument("--workers", type=int, default=1, metavar="N", help="workers (default 1)")
-    tfjob.add_argument(
-        "--ps", type=int, default=0, metavar="M", help="parameter servers (default 0: MWMS)"
-    )
-    tfjob.add_argument(
-        "--chief",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="add a Chief replica (default: only when --ps > 0, which requires one)",
-    )
-    tfjob.add_argument(
-        "--gpus-per-worker",
-        type=int,
-        default=0,
-        metavar="G",
-        help="nvidia.com/gpu limit for each worker and the chief (default 0)",
-    )
-    tfjob.add_argument("--image", required=True, help="container image with tfpipes installed")
-    tfjob.add_argument("--name", default="tfpipes-train", help="job name (default tfpipes-train)")
-    tfjob.add_argument("--namespace", help="Kubernetes namespace (default: kubectl's current)")
-    tfjob.add_argument("--cpu", help="CPU request per replica, e.g. 4 or 500m")
-    tfjob.add_argument("--memory", help="memory request and limit per replica, e.g. 16Gi")
-    tfjob.add_argument(
-        "--gcs-secret",
-        metavar="SECRET_NAME",
-        help="Kubernetes secret with a service-account key, mounted at /var/secrets/google",
-    )
-    tfjob.add_argument(
-        "--gcs-secret-key",
-        default="key.json",
-        metavar="KEY",
-        help="file name of the key inside the secret (default key.json)",
-    )
-    tfjob.add_argument(
-        "--restart-policy",
-        choices=["ExitCode", "OnFailure"],
-        default="ExitCode",
-        help="ExitCode (default): restart on exit codes >= 128 only; OnFailure: on any failure",
-    )
-    tfjob.add_argument(
-        "--backoff-limit", type=int, default=3, metavar="K", help="restarts before the job fails"
-    )
-    tfjob.add_argument(
-        "train_args", nargs="*", metavar="-- TRAIN_ARGS", help="arguments for `tfpipes train`"
-    )
+    add_job_flags(tfjob)
     tfjob.set_defaults(handler=run_tfjob)
+
+    launch = subparsers.add_parser(
+        "launch",
+        help="print every object a launcher needs to run `tfpipes train` on a cluster",
+        description=(
+            "Print, as YAML documents for `kubectl apply -f -`, every object one launcher "
+            "needs: tfjob (a Kubeflow TFJob), trainjob (a Trainer v2 TrainJob and the tfpipes "
+            "ClusterTrainingRuntime), jobset (a JobSet), job (an Indexed Job per role and a "
+            "headless Service). Pods without an operator derive TF_CONFIG themselves."
+        ),
+        epilog=_LAUNCH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    launch.add_argument("--launcher", required=True, choices=["tfjob", "trainjob", "jobset", "job"])
+    launch.add_argument(
+        "--runtime",
+        metavar="NAME",
+        help="trainjob: an installed ClusterTrainingRuntime to use instead of printing ours",
+    )
+    add_job_flags(launch)
+    launch.set_defaults(handler=run_launch)
+
+    trainjob = subparsers.add_parser(
+        "trainjob",
+        help="Kubeflow Trainer v2 helpers (`tfpipes trainjob runtime`)",
+        description="Kubeflow Trainer v2 helpers.",
+    )
+    trainjob_sub = trainjob.add_subparsers(dest="trainjob_command", required=True)
+    runtime = trainjob_sub.add_parser(
+        "runtime",
+        help="print the tfpipes ClusterTrainingRuntime for a shape",
+        description=(
+            "Print the ClusterTrainingRuntime tfpipes TrainJobs of this shape refer to (its "
+            "name is a hash of its content), for a cluster administrator to install."
+        ),
+    )
+    add_job_flags(runtime)
+    runtime.set_defaults(handler=run_trainjob_runtime)
 
     local = subparsers.add_parser(
         "local-cluster",
@@ -123,10 +127,76 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     local.set_defaults(handler=run_local_cluster)
 
 
-def run_tfjob(args: argparse.Namespace) -> int:
-    from tfpipes.cluster.tfjob import TFJobSpec, build_tfjob, render_yaml
+def add_job_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of every launcher (``tfpipes tfjob``, ``tfpipes launch``, ``tfpipes trainjob
+    runtime``): one set, so that the same knob means the same everywhere."""
+    parser.add_argument("--workers", type=int, default=1, metavar="N", help="workers (default 1)")
+    parser.add_argument(
+        "--ps", type=int, default=0, metavar="M", help="parameter servers (default 0: MWMS)"
+    )
+    parser.add_argument(
+        "--chief",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add a Chief replica (default: only when --ps > 0, which requires one)",
+    )
+    parser.add_argument(
+        "--gpus-per-worker",
+        type=int,
+        default=0,
+        metavar="G",
+        help="nvidia.com/gpu limit for each worker and the chief (default 0)",
+    )
+    parser.add_argument("--image", required=True, help="container image with tfpipes installed")
+    parser.add_argument("--name", default="tfpipes-train", help="job name (default tfpipes-train)")
+    parser.add_argument("--namespace", help="Kubernetes namespace (default: kubectl's current)")
+    parser.add_argument("--cpu", help="CPU request per replica, e.g. 4 or 500m")
+    parser.add_argument("--memory", help="memory request and limit per replica, e.g. 16Gi")
+    parser.add_argument(
+        "--gcs-secret",
+        metavar="SECRET_NAME",
+        help="Kubernetes secret with a service-account key, mounted at /var/secrets/google",
+    )
+    parser.add_argument(
+        "--gcs-secret-key",
+        default="key.json",
+        metavar="KEY",
+        help="file name of the key inside the secret (default key.json)",
+    )
+    parser.add_argument(
+        "--restart-policy",
+        choices=["ExitCode", "OnFailure"],
+        default="ExitCode",
+        help="ExitCode (default): restart on exit codes >= 128 only; OnFailure: on any failure",
+    )
+    parser.add_argument(
+        "--backoff-limit", type=int, default=3, metavar="K", help="restarts before the job fails"
+    )
+    parser.add_argument(
+        "train_args", nargs="*", metavar="-- TRAIN_ARGS", help="arguments for `tfpipes train`"
+    )
+    parser.add_argument(
+        "--node-selector",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="schedule pods only on nodes with this label (repeatable)",
+    )
+    parser.add_argument(
+        "--toleration",
+        action="append",
+        default=[],
+        metavar="KEY[=VALUE][:EFFECT]",
+        help="tolerate this node taint (repeatable)",
+    )
 
-    spec = TFJobSpec(
+
+def spec_from_args(args: argparse.Namespace):
+    """The :class:`~tfpipes.cluster.tfjob.TFJobSpec` the flags of :func:`add_job_flags` ask for."""
+    from tfpipes.cluster import pods
+    from tfpipes.cluster.tfjob import TFJobSpec
+
+    return TFJobSpec(
         image=args.image,
         workers=args.workers,
         ps=args.ps,
@@ -140,9 +210,35 @@ def run_tfjob(args: argparse.Namespace) -> int:
         gcs_secret_key=args.gcs_secret_key,
         restart_policy=args.restart_policy,
         backoff_limit=args.backoff_limit,
-        train_args=tuple(args.train_args),
+        train_args=tuple(getattr(args, "train_args", ())),
+        node_selector=pods.parse_node_selector(args.node_selector),
+        tolerations=tuple(pods.parse_toleration(t) for t in args.toleration),
     )
-    sys.stdout.write(render_yaml(build_tfjob(spec)))
+
+
+def run_tfjob(args: argparse.Namespace) -> int:
+    from tfpipes.cluster.tfjob import build_tfjob, render_yaml
+
+    sys.stdout.write(render_yaml(build_tfjob(spec_from_args(args))))
+    return 0
+
+
+def run_launch(args: argparse.Namespace) -> int:
+    from tfpipes.cluster.launchers import get_launcher, render_documents
+
+    launcher = get_launcher(args.launcher)
+    if args.runtime is not None and launcher.name != "trainjob":
+        raise UserError("--runtime is only for --launcher trainjob")
+    objects = launcher.objects(spec_from_args(args), args.runtime)
+    sys.stdout.write(render_documents(objects, launcher.name))
+    return 0
+
+
+def run_trainjob_runtime(args: argparse.Namespace) -> int:
+    from tfpipes.cluster.launchers import render_documents
+    from tfpipes.cluster.trainjob import build_runtime
+
+    sys.stdout.write(render_documents([build_runtime(spec_from_args(args))], "trainjob"))
     return 0
 
 
