@@ -77,17 +77,18 @@ def _make_data(args, work: str) -> str:
 def main() -> int:
     args = _args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import json
-
     import keras
     import tensorflow as tf
 
     from tfpipes import strategy as strategy_lib
     from tfpipes.input_pipeline import load_in_memory, make_dataset
+    from tfpipes.layout import read_stats
     from tfpipes.manifest import verify_dataset
     from tfpipes.schema import load_schema
     from tfpipes.training import TrainConfig, train
-    from tfpipes.training.loop import Trainer, _cache_device, configure_tensorflow
+    from tfpipes.training.default_runner import cache_device
+    from tfpipes.training.tf_settings import configure_tensorflow
+    from tfpipes.training.trainer import Trainer
 
     hidden = tuple(int(h) for h in args.hidden.split(","))
     work = tempfile.mkdtemp(prefix="bench-train-")
@@ -109,7 +110,7 @@ def main() -> int:
         strategy = strategy_lib.create_strategy(strategy_lib.resolve_from_environment())
         manifest = verify_dataset(data)
         schema = load_schema(data)
-        stats = json.load(open(os.path.join(data, "stats.json")))
+        stats = read_stats(data)
         B, K, S = args.batch_size, args.steps_per_loop, args.steps
 
         def trainer():
@@ -123,12 +124,12 @@ def main() -> int:
         # --cache and one replica); (s): the streaming pipeline.
         t_load = time.perf_counter()
         cached = load_in_memory(
-            data, manifest, "train", schema, B, seed=cfg.seed, device=_cache_device(manifest)
+            data, manifest, "train", schema, B, seed=cfg.seed, device=cache_device(manifest)
         )
         load_s = time.perf_counter() - t_load
         # The same batches through tf.data, for (b) and (c); tf.data runs on the host.
         on_host = cached
-        if _cache_device(manifest) != "/cpu:0":
+        if cache_device(manifest) != "/cpu:0":
             on_host = load_in_memory(data, manifest, "train", schema, B, seed=cfg.seed)
         ds_cached = on_host.dataset()
         ours = trainer()
@@ -150,7 +151,7 @@ def main() -> int:
         mem = trainer()
         nb = 64
         batches = list(ds_cached.take(nb))
-        with tf.device(_cache_device(manifest)):  # where (a) keeps its data too
+        with tf.device(cache_device(manifest)):  # where (a) keeps its data too
             mem_x = {k: tf.stack([b[0][k] for b in batches]) for k in batches[0][0]}
             mem_y = tf.stack([b[1] for b in batches])
 

@@ -743,3 +743,42 @@ def test_parameter_servers_train_from_a_gcs_data_set_into_a_gcs_model_dir(
     resumed = [line for line in second.of("chief:0") if line.startswith("resumed from")]
     assert resumed and resumed[0].endswith(f"at step {metrics['step']}"), second
     assert json.loads(storage.read_text(f"{model}/metrics.json"))["step"] >= 300
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(300)
+def test_parameter_servers_get_every_summary_and_check_a_resume(runs, data4, tmp_path):
+    """Drifts fixed (one cadence and one compatibility config for every runner): a ps run
+    writes learning_rate with its train summaries and the eval metrics to TensorBoard, writes
+    model_config.json with the run key, and a resume with another --cache is refused with the
+    one-line error before anything is written."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = tmp_path / "model"
+    args = ["--data", str(data4), "--model-dir", str(model), "--hidden", "16"]
+    args += ["--log-every", "10", "--checkpoint-every", "20", "--steps-per-loop", "5"]
+
+    def cluster(*extra: str) -> Run:
+        return runs(
+            ["local-cluster", "--workers", "1", "--ps", "1", "--grace", "2", "--timeout", "200",
+             "--", *args, *extra],
+        )  # fmt: skip
+
+    cluster("--train-steps", "40").expect(0, timeout=210)
+    tags = {}
+    for split in ("train", "eval"):
+        acc = EventAccumulator(str(model / "logs" / split), size_guidance={"tensors": 0})
+        acc.Reload()
+        tags[split] = set(acc.Tags()["tensors"])
+    assert {"loss", "learning_rate", "examples_per_second"} <= tags["train"], tags
+    assert {"loss", "accuracy"} <= tags["eval"], tags
+    config = json.loads((model / "model_config.json").read_text())
+    assert config["run"] == {"cache": False, "mixed_precision": ""}
+    before = sorted(os.listdir(model / "checkpoints"))
+
+    refused = cluster("--train-steps", "60", "--cache")
+    refused.expect(EXIT_USER_ERROR, timeout=210)
+    errors = [x for x in refused.of("chief:0") if "error:" in x]
+    assert errors and "different setting of --cache / --mixed-precision" in errors[0], refused
+    assert not any("Traceback" in x for x in refused.of("chief:0")), refused
+    assert sorted(os.listdir(model / "checkpoints")) == before

@@ -330,7 +330,7 @@ MIRRORED_SCRIPT = """
 import sys, tensorflow as tf
 tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
-from tfpipes import strategy as strategy_lib, train as train_lib
+from tfpipes import strategy as strategy_lib, training as train_lib
 strategy_lib.create_strategy = lambda res: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 data, root = sys.argv[1], sys.argv[2]
 precision = sys.argv[3]
@@ -485,3 +485,224 @@ def test_float16_overflow_lowers_the_loss_scale_and_a_resume_keeps_it(tmp_path):
     applied = straight["optimizer/inner_optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"]
     assert straight[LOSS_SCALE] < 2**15 and applied < 60, (straight[LOSS_SCALE], applied)
     _assert_same(straight, _state(str(tmp_path / "resumed")))
+
+
+# --- one cadence for every runner: what the controller guarantees, with a stand-in runner ----
+
+
+class _FakeRunner:
+    """A runner that trains nothing: its step advances by what it is asked (plus ``overshoot``,
+    as a parameter-server runner's may), its loss falls; it records every call."""
+
+    def __init__(self, restored="", start=0, chunk=None, overshoot=0, model_dir=None):
+        self.restored, self._step, self.chunk, self.overshoot = restored, start, chunk, overshoot
+        self.saves_on_sigterm = True
+        self.model_dir = model_dir
+        self.calls: list = []
+        self.config_at_save: list[bool] = []
+
+    @property
+    def step(self):
+        return self._step
+
+    @property
+    def learning_rate(self):
+        return 0.25
+
+    def train(self, n):
+        self.calls.append(("train", n))
+        self._step += n + self.overshoot
+        return 1.0 / self._step
+
+    def save(self, step):
+        self.calls.append(("save", step))
+        self.config_at_save.append(
+            os.path.exists(os.path.join(self.model_dir, "model_config.json"))
+        )
+        return os.path.join(self.model_dir, "checkpoints", f"ckpt-{step}")
+
+    def evaluate(self, checkpoint):
+        return {"examples": 10, "loss": 0.5, "accuracy": 0.9, "step": self._step}
+
+    def log_suffix(self):
+        return " (steps by worker:0 1)"
+
+    def errors(self, resume_from):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def _tags(logdir) -> dict[str, dict[int, float]]:
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    out: dict[str, dict[int, float]] = {}
+    acc = EventAccumulator(str(logdir), size_guidance={"tensors": 0})
+    acc.Reload()
+    for tag in acc.Tags()["tensors"]:
+        out[tag] = {
+            e.step: float(tf.constant(tensor_util.make_ndarray(e.tensor_proto)))
+            for e in acc.Tensors(tag)
+        }
+    return out
+
+
+def _cadence(tmp_path, runner, **kw):
+    from tfpipes.checkpoints import CheckpointStore
+    from tfpipes.training import controller
+
+    cfg = _cfg("unused", tmp_path, **kw)
+    store = CheckpointStore(str(tmp_path))
+    writer = controller.MetricWriter(store.logs_dir)
+    checkpoints = controller.Checkpoints(str(tmp_path), {"model": 1}, runner, store, chief=True)
+    return controller.Cadence(cfg, runner, writer, checkpoints), writer, checkpoints
+
+
+def test_the_cadence_writes_every_summary_and_checkpoint_for_any_runner(tmp_path):
+    """Drift fixed: the parameter-server loop wrote no learning_rate summary; now one cadence
+    serves every runner. A runner that overshoots (ps closures applied twice) still gets a log
+    line, summaries and a checkpoint at every boundary it passes, and the final eval."""
+    runner = _FakeRunner(overshoot=1, model_dir=str(tmp_path))
+    cadence, writer, checkpoints = _cadence(
+        tmp_path, runner, train_steps=50, log_every=10, checkpoint_every=20
+    )
+    assert cadence.run()[0] >= 50
+    writer.eval(runner.evaluate(checkpoints.last))
+    train_tags = _tags(tmp_path / "logs" / "train")
+    assert {"loss", "learning_rate", "examples_per_second"} <= train_tags.keys()
+    assert train_tags["learning_rate"] == dict.fromkeys(train_tags["loss"], 0.25)
+    assert {"loss", "accuracy"} <= _tags(tmp_path / "logs" / "eval").keys()
+    saves = [s for kind, s in runner.calls if kind == "save"]
+    assert len(saves) == 3 and saves[-1] == runner.step  # two boundaries and the end
+
+
+def test_the_cadence_chunks_to_the_boundaries_as_the_runner_allows(tmp_path):
+    runner = _FakeRunner(chunk=7, model_dir=str(tmp_path))
+    cadence, _, _ = _cadence(tmp_path, runner, train_steps=30, log_every=10, checkpoint_every=20)
+    cadence.run()
+    assert runner.calls == [
+        ("train", 7), ("train", 3), ("train", 7), ("train", 3), ("save", 20),
+        ("train", 7), ("train", 3), ("save", 30),
+    ]  # fmt: skip
+
+
+def test_model_config_is_written_with_the_first_checkpoint_for_any_runner(tmp_path):
+    """Drift fixed: "model_config.json with the first checkpoint" was decided two ways (a
+    flag in one loop, "no checkpoint in the manager yet" in the other). One rule now: the
+    chief writes it right before this run's first checkpoint, never earlier."""
+    runner = _FakeRunner(model_dir=str(tmp_path))
+    cadence, _, checkpoints = _cadence(tmp_path, runner, train_steps=0)
+    assert not (tmp_path / "model_config.json").exists()
+    cadence.run()  # nothing to train: still one checkpoint, and the config with it
+    assert runner.config_at_save == [True]
+    assert json.loads((tmp_path / "model_config.json").read_text()) == {"model": 1}
+    # a resumed run at its target saves nothing, and writes nothing
+    (tmp_path / "model_config.json").unlink()
+    resumed = _FakeRunner(
+        restored=str(tmp_path / "checkpoints" / "ckpt-0"), model_dir=str(tmp_path)
+    )
+    _cadence(tmp_path, resumed, train_steps=0)[0].run()
+    assert resumed.calls == [] and not (tmp_path / "model_config.json").exists()
+
+
+def test_sigterm_saves_and_stops_with_a_retryable_error_for_any_runner(tmp_path):
+    from tfpipes.errors import RetryableError
+
+    runner = _FakeRunner(chunk=5, model_dir=str(tmp_path))
+    cadence, _, _ = _cadence(tmp_path, runner, train_steps=100, checkpoint_every=50)
+    train_once = runner.train
+
+    def preempted(n):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return train_once(n)
+
+    runner.train = preempted
+    with pytest.raises(RetryableError, match="stopped by SIGTERM .* at step 5; checkpoint"):
+        cadence.run()
+    assert runner.calls == [("train", 5), ("save", 5)]
+
+
+def test_every_runner_checks_the_run_key_on_resume(tmp_path):
+    """Drift fixed: the parameter-server path built its compatibility config without ``run``,
+    so a PS resume never checked --cache or the precision. Both runners now build it with
+    compat.model_config, which always has it."""
+    from tfpipes.models import ModelSpec
+    from tfpipes.schema import Feature, Schema
+    from tfpipes.training import compat
+
+    schema = Schema((Feature("x", "float32"),), Feature("y", "int64"), "classification", 2)
+    cfg = _cfg("d", tmp_path)
+    assert cfg.model_spec == ModelSpec("mlp", (16, 8), 0.0)
+    config = compat.model_config(cfg, schema, {}, "")
+    assert config["run"] == {"cache": False, "mixed_precision": ""}
+    compat.write_model_config(str(tmp_path), config)
+    compat.check_compatible(str(tmp_path), config)
+    cached = compat.model_config(dataclasses.replace(cfg, cache=True), schema, {}, "")
+    with pytest.raises(UserError, match="different setting of --cache"):
+        compat.check_compatible(str(tmp_path), cached)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_regularization_losses_in_the_compute_dtype_do_not_break_any_step(data, policy):
+    """Drift fixed: the parameter-server step summed the model's regularization losses without
+    casting them to float32, so a loss in the compute dtype (an activity regularizer under
+    mixed precision) failed there. Both steps take their loss from step.replica_loss."""
+    import keras
+    import tensorflow as tf
+
+    from tfpipes.input_pipeline import make_dataset
+    from tfpipes.manifest import verify_dataset
+    from tfpipes.models import ModelSpec, build_model
+    from tfpipes.schema import load_schema
+    from tfpipes.training import step as step_lib
+    from tfpipes.training.ps_runner import PSTrainer
+
+    manifest, schema = verify_dataset(data), load_schema(data)
+    from tfpipes.layout import read_stats
+
+    stats = read_stats(data)
+    batch = next(iter(make_dataset(data, manifest, "train", schema, 8, training=False)))
+    spec = ModelSpec("tests.user_models.regularized:build_fn", (16,), 0.0)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        model = build_model(spec, schema, stats)
+        model(batch[0], training=True)
+        assert {x.dtype for x in model.losses} != {tf.float32}  # what the cast is for
+        loss = step_lib.replica_loss(model, True, batch, 8)
+        assert loss.dtype == tf.float32 and np.isfinite(float(loss))
+        ps = PSTrainer(tf.distribute.get_strategy(), spec, schema, stats, "adam", 1e-3, 8)
+        assert np.isfinite(float(ps.replica_step(batch)))
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def test_the_peer_timeout_of_the_config_bounds_every_wait(data, tmp_path, monkeypatch):
+    """``TrainConfig.peer_timeout`` is what the peer waits use (read once in train(), passed
+    down), over $TFPIPES_PEER_TIMEOUT; under MWMS and under parameter servers."""
+    from tfpipes.errors import RetryableError
+    from tfpipes.training import train
+
+    monkeypatch.setenv("TFPIPES_PEER_TIMEOUT", "120")
+    monkeypatch.setenv("GRPC_FAIL_FAST", "")  # restored after: the ps path sets it
+    ports = []
+    for _ in range(3):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    a, b, c = (f"127.0.0.1:{p}" for p in ports)
+    clusters = {
+        "mwms": ({"worker": [a, b]}, {"type": "worker", "index": 1}, "worker:0"),
+        "ps": ({"chief": [a], "worker": [b], "ps": [c]}, {"type": "chief", "index": 0}, "ps:0"),
+    }
+    for cluster, task, missing in clusters.values():
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
+        t = time.monotonic()
+        with pytest.raises(RetryableError, match=f"{missing} at .* unreachable after 1.5 s"):
+            train(_cfg(data, tmp_path / "m", peer_timeout=1.5))
+        assert time.monotonic() - t < 30
+    assert not (tmp_path / "m" / "model_config.json").exists()

@@ -54,7 +54,8 @@ class ExportResult:
 def _serving_module(model, schema):
     import tensorflow as tf
 
-    from tfpipes.input_pipeline import _TF_DTYPES, feature_spec
+    from tfpipes.input_pipeline import feature_spec
+    from tfpipes.layout import tf_dtype
 
     spec = feature_spec(schema, with_label=False)
     vocab = list(schema.label_vocabulary)
@@ -85,7 +86,7 @@ def _serving_module(model, schema):
         @tf.function(
             input_signature=[
                 {
-                    f.name: tf.TensorSpec([None], _TF_DTYPES[f.dtype], name=f.name)
+                    f.name: tf.TensorSpec([None], tf_dtype(f.dtype), name=f.name)
                     for f in schema.features
                 }
             ]
@@ -109,9 +110,10 @@ def export(cfg: ExportConfig) -> ExportResult:
 
     from tfpipes import manifest as manifest_lib
     from tfpipes.input_pipeline import make_dataset
+    from tfpipes.layout import MODEL_CONFIG
     from tfpipes.models import ModelSpec, build_model, checkpoint_objects
     from tfpipes.schema import Schema
-    from tfpipes.training.loop import MODEL_CONFIG, load_model_config
+    from tfpipes.training.compat import load_model_config
 
     config = load_model_config(cfg.model_dir)
     schema = Schema.from_json(json.dumps(config["schema"]))

@@ -24,12 +24,12 @@ import os
 import tensorflow as tf
 
 from tfpipes.errors import UserError, first_line
+from tfpipes.layout import tf_dtype
 from tfpipes.manifest import DatasetManifest
 from tfpipes.schema import Schema
 
 log = logging.getLogger("tfpipes.input_pipeline")
 
-_TF_DTYPES = {"float32": tf.float32, "int64": tf.int64, "string": tf.string}
 # --cache keeps the parsed split in memory; refuse rather than swap when it cannot fit.
 CACHE_MEMORY_FRACTION = 0.5
 LOAD_BATCH = 8192
@@ -37,10 +37,10 @@ LOAD_BATCH = 8192
 
 def feature_spec(schema: Schema, with_label: bool = True) -> dict:
     """``tf.io.parse_example`` spec for the schema's features (and label)."""
-    spec = {f.name: tf.io.FixedLenFeature(f.shape, _TF_DTYPES[f.dtype]) for f in schema.features}
+    spec = {f.name: tf.io.FixedLenFeature(f.shape, tf_dtype(f.dtype)) for f in schema.features}
     if with_label:
         lab = schema.label
-        spec[lab.name] = tf.io.FixedLenFeature(lab.shape, _TF_DTYPES[lab.dtype])
+        spec[lab.name] = tf.io.FixedLenFeature(lab.shape, tf_dtype(lab.dtype))
     return spec
 
 

@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from tfpipes.errors import UserError, first_line
 from tfpipes.input_pipeline import dtype_groups, packed_key
+from tfpipes.layout import tf_dtype
 from tfpipes.schema import Schema
 
 HASH_BUCKETS = 1000
@@ -211,7 +212,7 @@ def build_model(spec: ModelSpec, schema: Schema, stats: dict) -> TabularModel:
     outputs = num_outputs(schema)
     body = _build_body(spec, outputs)
     model = TabularModel(FeatureEncoder(schema, stats), body, name="tabular_model")
-    dummy = {f.name: tf.zeros([1], _dummy_dtype(f.dtype)) for f in schema.features}
+    dummy = {f.name: tf.zeros([1], tf_dtype(f.dtype)) for f in schema.features}
     try:
         out = model(dummy)
     except Exception as e:
@@ -236,7 +237,3 @@ def checkpoint_objects(model) -> dict:
     weight part of the checkpoint whatever the model's structure.
     """
     return {"model": model, "model_variables": list(model.variables)}
-
-
-def _dummy_dtype(dtype: str):
-    return {"float32": tf.float32, "int64": tf.int64, "string": tf.string}[dtype]

@@ -4,9 +4,10 @@ A pod's peers are often not there yet when it starts: their DNS names do not res
 operator has created the pods and services, and their gRPC servers listen only once their
 process got that far. TensorFlow's own waits are silent and, for a peer that never comes,
 endless (MultiWorkerMirroredStrategy blocks in its constructor; the ParameterServerStrategy
-coordinator blocks after "connecting to cluster"). So every wait here has a deadline
-(``TFPIPES_PEER_TIMEOUT`` seconds, default 300) and ends in a :class:`RetryableError` that names
-the task: ``worker:1 at host:port unreachable after 30 s (connection refused)``.
+coordinator blocks after "connecting to cluster"). So every wait here has a deadline, passed
+in by the caller (:func:`peer_timeout` reads ``TFPIPES_PEER_TIMEOUT``, default 300, once at
+the entry point), and ends in a :class:`RetryableError` that names the task:
+``worker:1 at host:port unreachable after 30 s (connection refused)``.
 
 - :func:`wait_for_peers`: retries with exponential backoff, resolving DNS on every try. Under
   ParameterServerStrategy the chief waits until every worker and ps accepts TCP connections
@@ -170,18 +171,17 @@ def wait_for(
         backoff = min(backoff * 2, MAX_BACKOFF)
 
 
-def wait_for_peers(res: Resolution, timeout: float | None = None, deadline: float | None = None):
+def wait_for_peers(res: Resolution, timeout: float, deadline: float | None = None):
     """Wait until the peers this task needs are there; RetryableError naming the missing ones.
 
     parameter_server: the chief needs every worker and ps to accept TCP; workers and ps wait
     for nobody. multi_worker: every peer's name must resolve, and the coordination-service
     leader must accept TCP unless this task is the leader. Other kinds: returns at once.
-    ``timeout``: seconds (default :func:`peer_timeout`); ``deadline``: a ``time.monotonic()``
-    value that overrides it.
+    ``timeout``: seconds (the caller's, e.g. :func:`peer_timeout` read once at the entry
+    point); ``deadline``: a ``time.monotonic()`` value that overrides it.
     """
     if res.kind not in ("multi_worker", "parameter_server"):
         return
-    timeout = peer_timeout() if timeout is None else timeout
     deadline = time.monotonic() + timeout if deadline is None else deadline
     peers = cluster_peers(res)
     if res.kind == "parameter_server":
@@ -196,16 +196,15 @@ def wait_for_peers(res: Resolution, timeout: float | None = None, deadline: floa
 
 
 @contextlib.contextmanager
-def rendezvous(res: Resolution, timeout: float | None = None) -> Iterator[None]:
+def rendezvous(res: Resolution, timeout: float) -> Iterator[None]:
     """Wrap the creation of a MultiWorkerMirroredStrategy so that it cannot hang.
 
-    ``with peers.rendezvous(res): strategy = create_strategy(res)``: waits as
+    ``with peers.rendezvous(res, timeout): strategy = create_strategy(res)``: waits as
     :func:`wait_for_peers`, then bounds TensorFlow's cluster registration by the time left
     (every task, the leader included, gives up together) and turns its timeout into a
     RetryableError naming the tasks that never joined. Other kinds: just
-    :func:`wait_for_peers`.
+    :func:`wait_for_peers`. ``timeout``: seconds for the whole rendezvous.
     """
-    timeout = peer_timeout() if timeout is None else timeout
     deadline = time.monotonic() + timeout
     wait_for_peers(res, timeout, deadline)
     if res.kind != "multi_worker" or res.task_type not in ("chief", "worker"):
