@@ -19,7 +19,7 @@ import logging
 import os
 import time
 
-from tfpipes import storage
+from tfpipes import layout, storage
 from tfpipes.errors import UserError
 
 log = logging.getLogger("tfpipes.export")
@@ -148,7 +148,9 @@ def export(cfg: ExportConfig) -> ExportResult:
         raise UserError(f"--version must be a positive integer, got {version}")
     final = storage.join(cfg.export_base, str(version))
     module = _serving_module(model, schema)
-    with storage.staged_dir(final, overwrite=cfg.overwrite, last=("saved_model.pb",)) as tmp:
+    with storage.staged_dir(
+        final, overwrite=cfg.overwrite, last=(layout.SAVED_MODEL_PB,), inputs=(cfg.model_dir,)
+    ) as tmp:
         tf.saved_model.save(
             module,
             tmp,
