@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.gcs_fixtures import FakeGcsServer, outage_midway, point_tfpipes_at, wait_for_objects
+from tests.trees import write_tree
 from tfpipes import gcs, storage
 from tfpipes.errors import RetryableError, UserError, is_retryable
 
@@ -30,14 +31,6 @@ def _objects(server: FakeGcsServer, url: str) -> dict[str, dict]:
         token = page.get("nextPageToken")
         if not token:
             return out
-
-
-def _write_tree(root: str, files: dict[str, bytes]) -> None:
-    for name, data in files.items():
-        path = os.path.join(root, name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(data)
 
 
 def _dataset(n: int, tag: bytes = b"") -> dict[str, bytes]:
@@ -138,7 +131,7 @@ def test_staged_dir_uploads_manifest_last(gcs_server, gcs_bucket, monkeypatch):
     files = _dataset(20)
     dest = f"{gcs_bucket}/ds"
     with storage.staged_dir(dest, last=("manifest.json",)) as tmp:
-        _write_tree(tmp, files)
+        write_tree(tmp, files)
 
     assert uploaded[-1] == f"{dest}/manifest.json"
     assert sorted(uploaded) == sorted(f"{dest}/{n}" for n in files)
@@ -164,7 +157,7 @@ def test_staged_dir_failure_leaves_nothing(gcs_bucket):
         pytest.raises(RuntimeError, match="boom"),
         storage.staged_dir(dest, last=("manifest.json",)) as tmp,
     ):
-        _write_tree(tmp, _dataset(3))
+        write_tree(tmp, _dataset(3))
         raise RuntimeError("boom")
     assert not storage.exists(dest)
 
@@ -174,7 +167,7 @@ def test_staged_dir_overwrite_never_shows_a_mixed_output(gcs_bucket, monkeypatch
     old = _dataset(4, tag=b"old")
     old["stale.txt"] = b"only in the old output"
     with storage.staged_dir(dest, last=("manifest.json",)) as tmp:
-        _write_tree(tmp, old)
+        write_tree(tmp, old)
 
     seen: list[tuple[str, bool, bool]] = []
 
@@ -190,7 +183,7 @@ def test_staged_dir_overwrite_never_shows_a_mixed_output(gcs_bucket, monkeypatch
     monkeypatch.setattr(gcs, "after_upload", look)
     new = _dataset(2, tag=b"new")
     with storage.staged_dir(dest, overwrite=True, last=("manifest.json",)) as tmp:
-        _write_tree(tmp, new)
+        write_tree(tmp, new)
 
     # While new data goes up the old manifest is already gone; by the time the new manifest
     # is written the stale object is gone too.
@@ -208,7 +201,7 @@ def test_staged_dir_overwrite_never_shows_a_mixed_output(gcs_bucket, monkeypatch
 def test_download_dir_round_trip(gcs_bucket):
     files = {"a.bin": os.urandom(5000), "empty": b"", "x/y/z.txt": b"deep", "x/w": b"w"}
     with storage.staged_dir(f"{gcs_bucket}/tree") as tmp:
-        _write_tree(tmp, files)
+        write_tree(tmp, files)
     with storage.local_dir(f"{gcs_bucket}/tree") as local:
         got = {
             os.path.relpath(os.path.join(r, f), local): Path(r, f).read_bytes()
@@ -282,7 +275,7 @@ def test_server_stopped_mid_upload_then_rerun_commits(tmp_path, monkeypatch):
                 pytest.raises(RetryableError) as e,
                 storage.staged_dir(dest, last=("manifest.json",)) as tmp,
             ):
-                _write_tree(tmp, files)
+                write_tree(tmp, files)
             elapsed = time.monotonic() - start
 
         msg = str(e.value)
@@ -302,7 +295,7 @@ def test_server_stopped_mid_upload_then_rerun_commits(tmp_path, monkeypatch):
         assert not storage.exists(f"{dest}/manifest.json")
 
         with storage.staged_dir(dest, overwrite=True, last=("manifest.json",)) as tmp:
-            _write_tree(tmp, files)
+            write_tree(tmp, files)
         assert storage.read_bytes(f"{dest}/manifest.json") == files["manifest.json"]
         assert len(_objects(server, dest)) == len(files)
         with storage.local_dir(dest) as local:

@@ -10,17 +10,9 @@ import threading
 import pytest
 
 from tests.gcs_fixtures import FakeGcsServer, point_tfpipes_at
+from tests.trees import write_tree
 from tfpipes import gcs, storage
 from tfpipes.errors import UserError
-
-
-def _tree(root, files: dict[str, bytes]) -> None:
-    for name, data in files.items():
-        path = os.path.join(root, *name.split("/"))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(data)
-
 
 FILES = {f"d/part-{i}.bin": os.urandom(3000 + i) for i in range(12)}
 FILES.update({"marker.index": b"index", "STATE": b"state"})
@@ -40,7 +32,7 @@ def _recorded_uploads(monkeypatch) -> list[str]:
 
 @pytest.mark.gcs
 def test_remote_commit_writes_markers_last_in_order_and_streams(tmp_path, monkeypatch):
-    _tree(tmp_path / "src", FILES)
+    write_tree(tmp_path / "src", FILES)
     with FakeGcsServer(tmp_path / "gcs") as server:
         point_tfpipes_at(server, monkeypatch)
         dest = f"gs://{server.create_bucket()}/out"
@@ -58,7 +50,7 @@ def test_remote_commit_writes_markers_last_in_order_and_streams(tmp_path, monkey
 
 
 def test_local_commit_writes_markers_last_and_leaves_no_temporaries(tmp_path, monkeypatch):
-    _tree(tmp_path / "src", FILES)
+    write_tree(tmp_path / "src", FILES)
     order: list[str] = []
     replace = os.replace
 
@@ -78,8 +70,8 @@ def test_staged_dir_never_replaces_an_output_committed_meanwhile(tmp_path):
     final = tmp_path / "out"
     with pytest.raises(UserError, match="already exists"):
         with storage.staged_dir(str(final)) as tmp:
-            _tree(tmp, {"mine": b"1"})
-            _tree(final, {"theirs": b"2"})  # another writer commits first
+            write_tree(tmp, {"mine": b"1"})
+            write_tree(final, {"theirs": b"2"})  # another writer commits first
     assert os.listdir(final) == ["theirs"]
     assert os.listdir(tmp_path) == ["out"]  # no staging leftover
 

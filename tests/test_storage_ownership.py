@@ -12,16 +12,9 @@ import tempfile
 import pytest
 
 from tests.gcs_fixtures import FakeGcsServer, point_tfpipes_at
+from tests.trees import write_tree
 from tfpipes import manifest, storage
 from tfpipes.errors import RetryableError, UserError
-
-
-def _write(root, files: dict[str, bytes]) -> None:
-    for name, data in files.items():
-        path = os.path.join(root, *name.split("/"))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(data)
 
 
 def _names(url: str) -> set[str]:
@@ -38,12 +31,12 @@ def bucket(tmp_path, monkeypatch):
 @pytest.mark.gcs
 def test_a_prefix_holding_other_objects_is_refused_and_kept(bucket, tmp_path):
     user = tmp_path / "user"
-    _write(user, {"theirs.csv": b"a,b\n", "deep/notes.txt": b"keep me"})
+    write_tree(user, {"theirs.csv": b"a,b\n", "deep/notes.txt": b"keep me"})
     storage.commit_files(str(user), f"{bucket}/data")  # written without our owner mark
     for overwrite in (False, True):
         with pytest.raises(UserError, match="object\\(s\\) tfpipes did not write") as e:
             with storage.staged_dir(f"{bucket}/data", overwrite=overwrite, last=("m",)) as tmp:
-                _write(tmp, {"m": b"manifest"})
+                write_tree(tmp, {"m": b"manifest"})
         assert "\n" not in str(e.value) and f"{bucket}/data" in str(e.value)
     assert _names(f"{bucket}/data") == {"theirs.csv", "deep/notes.txt"}
 
@@ -54,7 +47,7 @@ def test_a_bucket_root_is_never_an_output(bucket):
     for root in (bucket, bucket + "/"):
         with pytest.raises(UserError, match="a bucket root cannot be an output"):
             with storage.staged_dir(root, overwrite=True, last=("m",)) as tmp:
-                _write(tmp, {"m": b"m"})
+                write_tree(tmp, {"m": b"m"})
     assert storage.read_text(f"{bucket}/someone-elses.txt") == "x"
 
 
@@ -62,16 +55,16 @@ def test_a_bucket_root_is_never_an_output(bucket):
 def test_our_partial_upload_is_replaced_but_an_object_added_later_stops_it(bucket, tmp_path):
     dest = f"{bucket}/out"
     half = tmp_path / "half"
-    _write(half, {"a": b"1", "old-only": b"2"})  # a failed upload of ours: no manifest yet
+    write_tree(half, {"a": b"1", "old-only": b"2"})  # a failed upload of ours: no manifest yet
     storage.commit_files(str(half), dest, owner=storage.owner_mark(dest))
     with storage.staged_dir(dest, last=("m",)) as tmp:  # no --overwrite needed
-        _write(tmp, {"a": b"new", "m": b"manifest"})
+        write_tree(tmp, {"a": b"new", "m": b"manifest"})
     assert _names(dest) == {"a", "m"} and storage.read_text(f"{dest}/a") == "new"
 
     storage.write_text(f"{dest}/added-by-a-user.txt", "mine")  # not marked as ours
     with pytest.raises(UserError, match="did not write"):
         with storage.staged_dir(dest, overwrite=True, last=("m",)) as tmp:
-            _write(tmp, {"m": b"again"})
+            write_tree(tmp, {"m": b"again"})
     assert _names(dest) == {"a", "m", "added-by-a-user.txt"}
 
 
@@ -79,43 +72,43 @@ def test_our_partial_upload_is_replaced_but_an_object_added_later_stops_it(bucke
 def test_a_data_set_written_before_owner_marks_is_replaced_by_its_manifest(bucket, tmp_path):
     old = tmp_path / "old"
     listed = {"train/part-0.tfrecord": b"x" * 10, "schema.json": b"{}"}
-    _write(old, listed)
+    write_tree(old, listed)
     doc = {
         "format": storage.DATASET_FORMAT,
         "shards": [{"path": "train/part-0.tfrecord", "split": "train", "rows": 1}],
         "files": [{"path": "schema.json", "split": "", "rows": 0}],
     }
-    _write(old, {"manifest.json": json.dumps(doc).encode()})
+    write_tree(old, {"manifest.json": json.dumps(doc).encode()})
     storage.commit_files(str(old), f"{bucket}/ds")  # unmarked, as older versions wrote it
     with pytest.raises(UserError, match="already exists; pass --overwrite"):
         with storage.staged_dir(f"{bucket}/ds", last=("manifest.json",)):
             pass
     with storage.staged_dir(f"{bucket}/ds", overwrite=True, last=("manifest.json",)) as tmp:
-        _write(tmp, {"manifest.json": b"new", "schema.json": b"{}"})
+        write_tree(tmp, {"manifest.json": b"new", "schema.json": b"{}"})
     assert _names(f"{bucket}/ds") == {"manifest.json", "schema.json"}
 
 
 def test_local_overwrite_replaces_only_a_tfpipes_output(tmp_path):
     docs = tmp_path / "docs"
-    _write(docs, {"README.md": b"# mine", "guide.txt": b"keep"})
+    write_tree(docs, {"README.md": b"# mine", "guide.txt": b"keep"})
     with pytest.raises(UserError, match="not a tfpipes output") as e:
         with storage.staged_dir(str(docs), overwrite=True) as tmp:
-            _write(tmp, {"manifest.json": b"{}"})
+            write_tree(tmp, {"manifest.json": b"{}"})
     assert "\n" not in str(e.value)
     assert sorted(os.listdir(docs)) == ["README.md", "guide.txt"]
     assert os.listdir(tmp_path) == ["docs"]  # no staging leftover
 
     model = tmp_path / "model"
-    _write(model, {"model_config.json": b"{}", "checkpoints/checkpoint": b"x"})
+    write_tree(model, {"model_config.json": b"{}", "checkpoints/checkpoint": b"x"})
     with storage.staged_dir(str(model), overwrite=True) as tmp:
-        _write(tmp, {"model_config.json": b'{"new": 1}'})
+        write_tree(tmp, {"model_config.json": b'{"new": 1}'})
     assert os.listdir(model) == ["model_config.json"]
     assert sorted(os.listdir(tmp_path)) == ["docs", "model"]  # no .old-* leftover
 
 
 def test_an_output_that_equals_or_contains_an_input_is_refused(tmp_path):
     src = tmp_path / "in" / "data.csv"
-    _write(tmp_path / "in", {"data.csv": b"a\n1\n"})
+    write_tree(tmp_path / "in", {"data.csv": b"a\n1\n"})
     for out in (tmp_path / "in", tmp_path, src):
         with pytest.raises(UserError, match="would contain the input"):
             with storage.staged_dir(str(out), overwrite=True, inputs=(str(src),)):
@@ -155,9 +148,9 @@ def test_a_manifest_entry_outside_the_data_set_is_refused(tmp_path, path):
 @pytest.mark.parametrize("doc", ["[]", '"text"', "{}", '{"format": "tfpipes.dataset/v1"}', "\xff"])
 def test_a_manifest_of_another_shape_is_one_line_error(tmp_path, doc):
     (tmp_path / "manifest.json").write_bytes(doc.encode("latin-1"))
-    with pytest.raises(UserError, match="corrupt manifest") as e:
+    with pytest.raises(UserError, match="corrupt manifest|not UTF-8 text") as e:
         manifest.read_manifest(str(tmp_path))
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and str(e.value).startswith(str(tmp_path / "manifest.json"))
 
 
 def test_worker_data_copies_live_in_a_private_directory(tmp_path, monkeypatch):
@@ -192,3 +185,15 @@ def test_preprocess_into_its_own_input_directory_is_refused_and_deletes_nothing(
         )
         assert code == 2
     assert sorted(os.listdir(docs)) == ["data.csv", "notes.md"]
+
+
+def test_storage_recognises_outputs_by_the_layout_names():
+    from tfpipes import layout
+
+    assert storage.OUTPUT_MARKERS == {
+        "manifest": layout.MANIFEST,
+        "saved_model": layout.SAVED_MODEL_PB,
+        "export_schema": f"assets.extra/{layout.SCHEMA}",
+        "model_config": layout.MODEL_CONFIG,
+    }
+    assert storage.DATASET_FORMAT == manifest.FORMAT

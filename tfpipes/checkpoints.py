@@ -22,7 +22,7 @@ import tempfile
 
 import tensorflow as tf
 
-from tfpipes import storage
+from tfpipes import layout, storage
 from tfpipes.errors import UserError, first_line
 
 log = logging.getLogger("tfpipes.checkpoints")
@@ -40,8 +40,8 @@ class CheckpointStore:
     """
 
     def __init__(self, model_dir: str, writer: bool = True, task_index: int = 0):
-        self.remote_dir = storage.join(model_dir, "checkpoints")
-        self.remote_logs = storage.join(model_dir, "logs")
+        self.remote_dir = storage.join(model_dir, layout.CHECKPOINTS)
+        self.remote_logs = storage.join(model_dir, layout.LOGS)
         self.remote = storage.is_remote(model_dir)
         self.writer = writer
         self._tmp: list[str] = []
@@ -180,7 +180,7 @@ def latest_published_version(base: str) -> str | None:
     versions = sorted((int(n) for n in storage.listdir(base) if n.isdigit()), reverse=True)
     for v in versions:
         path = storage.join(base, str(v))
-        if storage.exists(storage.join(path, "saved_model.pb")):
+        if storage.exists(storage.join(path, layout.SAVED_MODEL_PB)):
             return path
     return None
 
@@ -204,12 +204,12 @@ def warm_start(model, source: str, config: dict | None = None) -> str:
             log.info("%s: nothing published yet; starting from fresh weights", where)
             return ""
         source = newest
-    if storage.exists(storage.join(source, "saved_model.pb")):
+    if storage.exists(storage.join(source, layout.SAVED_MODEL_PB)):
         with storage.local_dir(source) as d:
             _restore_weights(model, os.path.join(d, "variables", "variables"), where, True)
         return source
-    if storage.exists(storage.join(source, "model_config.json")) and config is not None:
-        other = json.loads(storage.read_text(storage.join(source, "model_config.json")))
+    if storage.exists(storage.join(source, layout.MODEL_CONFIG)) and config is not None:
+        other = layout.read_json_object(storage.join(source, layout.MODEL_CONFIG), "model config")
         for key, what in (("schema", "data set schema"), ("model", "model options")):
             if other.get(key) != config.get(key):
                 raise UserError(

@@ -158,7 +158,7 @@ def export(cfg: ExportConfig) -> ExportResult:
         )
         extra = os.path.join(tmp, "assets.extra")
         os.makedirs(extra, exist_ok=True)
-        with open(os.path.join(extra, "schema.json"), "w") as f:
+        with open(os.path.join(extra, layout.SCHEMA), "w") as f:
             f.write(schema.to_json())
         loaded = tf.saved_model.load(tmp)
         got_ex = loaded.signatures["serving_default"](examples=tf.constant(records))

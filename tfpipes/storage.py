@@ -63,6 +63,12 @@ def _gcs():
     return gcs
 
 
+def _gcs_transfer():
+    from tfpipes import gcs_transfer
+
+    return gcs_transfer
+
+
 def exists(path: str) -> bool:
     """True if a file, or a directory / prefix holding at least one object, exists at ``path``."""
     path = normalize(path)
@@ -171,7 +177,7 @@ def rmtree(path: str) -> None:
     """Remove a directory or prefix and everything under it; a missing path is fine."""
     path = normalize(path)
     if is_remote(path):
-        _gcs().delete_prefix(path)
+        _gcs_transfer().delete_prefix(path)
     else:
         shutil.rmtree(path, ignore_errors=True)
 
@@ -185,17 +191,25 @@ def rmtree(path: str) -> None:
 # equals or contains one of the run's inputs.
 
 DATASET_FORMAT = "tfpipes.dataset/v1"  # the "format" of a data set's manifest.json
+# The storage layer sits below tfpipes.layout (which imports it); the few file names it needs to
+# recognise a tfpipes output are layout's, as tests/test_storage_ownership.py checks.
+OUTPUT_MARKERS = {
+    "manifest": "manifest.json",
+    "saved_model": "saved_model.pb",
+    "export_schema": "assets.extra/schema.json",
+    "model_config": "model_config.json",
+}
 
 
 def list_owners(prefix: str) -> dict[str, str | None]:
     """The objects under the remote ``prefix`` (relative names) and their owner marks (None:
     not written by tfpipes)."""
-    return _gcs().list_owners(normalize(prefix))
+    return _gcs_transfer().list_owners(normalize(prefix))
 
 
 def delete_objects(prefix: str, names: list[str]) -> None:
     """Delete the named objects under the remote ``prefix`` (callers pass only ours)."""
-    _gcs().delete_objects(normalize(prefix), names)
+    _gcs_transfer().delete_objects(normalize(prefix), names)
 
 
 def _already_exists(final: str) -> UserError:
@@ -233,13 +247,13 @@ def check_output_location(final: str, inputs: tuple[str, ...] = ()) -> None:
 def _dataset_manifest_names(read: Callable[[str], bytes], final: str) -> set[str] | None:
     """The files a tfpipes data set manifest at ``final`` lists (itself included), or None."""
     try:
-        d = json.loads(read(join(final, "manifest.json")))
+        d = json.loads(read(join(final, OUTPUT_MARKERS["manifest"])))
         if not isinstance(d, dict) or d.get("format") != DATASET_FORMAT:
             return None
         names = {str(e["path"]) for e in (*d["shards"], *d["files"])}
     except (UserError, ValueError, KeyError, TypeError):
         return None
-    return names | {"manifest.json"}
+    return names | {OUTPUT_MARKERS["manifest"]}
 
 
 def is_tfpipes_output(path: str) -> bool:
@@ -250,16 +264,15 @@ def is_tfpipes_output(path: str) -> bool:
     if _dataset_manifest_names(read_bytes, path) is not None:
         return True
     has = lambda *p: os.path.isfile(os.path.join(path, *p))  # noqa: E731
-    return (has("saved_model.pb") and has("assets.extra", "schema.json")) or has(
-        "model_config.json"
-    )
+    m = OUTPUT_MARKERS
+    return (has(m["saved_model"]) and has(*m["export_schema"].split("/"))) or has(m["model_config"])
 
 
 def _owned_objects(final: str, last: tuple[str, ...]) -> tuple[set[str], bool]:
     """(the objects under the prefix ``final`` that tfpipes wrote, whether they form a
     committed output). UserError naming the prefix when any object there is not provably
     ours: tfpipes never deletes or replaces what it did not write."""
-    owners = _gcs().list_owners(final)
+    owners = _gcs_transfer().list_owners(final)
     mark = owner_mark(final)
     ours = {n for n, o in owners.items() if o == mark}
     foreign = set(owners) - ours
@@ -409,13 +422,13 @@ def commit_files(
     their presence marks the commit complete. Files are streamed, never read whole into memory;
     a local file is replaced atomically (temporary name, then rename). Raises on the first file
     that cannot be written, before any of ``last``. ``owner``: for object storage, the mark
-    (``gcs.OWNER_KEY`` metadata) that proves later that tfpipes wrote these objects.
+    (``gcs_transfer.OWNER_KEY`` metadata) that proves later that tfpipes wrote these objects.
     """
     dest = normalize(dest)
     if names is None:
         names = files_under(src_dir)
     if is_remote(dest):
-        _gcs().upload_files(src_dir, dest, list(names), last, owner)
+        _gcs_transfer().upload_files(src_dir, dest, list(names), last, owner)
         return
     final = [n for n in last if n in names]
     for name in [n for n in names if n not in final] + final:
@@ -470,7 +483,7 @@ def local_dir(path: str) -> Iterator[str]:
 
 def download_dir(path: str, dest: str) -> None:
     """Copy every object under the remote prefix ``path`` into the local directory ``dest``."""
-    _gcs().download_dir(normalize(path), dest)
+    _gcs_transfer().download_dir(normalize(path), dest)
 
 
 def match_files(pattern_or_dir: str, suffixes: tuple[str, ...]) -> list[str]:
@@ -490,6 +503,6 @@ def match_files(pattern_or_dir: str, suffixes: tuple[str, ...]) -> list[str]:
 def publish_dir(local_src: str, final: str, *, overwrite: bool = False) -> None:
     """Copy a local directory to ``final`` (local or remote) through :func:`staged_dir`; an
     existing output there is replaced only with ``overwrite`` (and only if it is ours)."""
-    last = ("saved_model.pb", "manifest.json")
+    last = (OUTPUT_MARKERS["saved_model"], OUTPUT_MARKERS["manifest"])
     with staged_dir(final, overwrite=overwrite, last=last, inputs=(local_src,)) as tmp:
         shutil.copytree(normalize(local_src), tmp, dirs_exist_ok=True)
