@@ -161,7 +161,7 @@ class RedirectRefused(Exception):
 
 
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, PLR0913
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
         raise RedirectRefused(req.full_url, code, newurl)
 
 
@@ -174,7 +174,7 @@ class _NoRedirectRetry(urllib3.Retry):
     """urllib3's default retries (3 on connection and read errors) but no redirect: the first
     3xx raises RedirectRefused before anything is sent to where it points."""
 
-    def increment(self, method=None, url=None, response=None, error=None, **kwargs):  # noqa: ANN001
+    def increment(self, method=None, url=None, response=None, error=None, **kwargs):
         if response is not None and response.get_redirect_location():
             raise RedirectRefused(url or "", response.status, response.get_redirect_location())
         return super().increment(method, url, response=response, error=error, **kwargs)

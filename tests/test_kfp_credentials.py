@@ -98,9 +98,10 @@ def names(monkeypatch):
     real = socket.getaddrinfo
 
     class Names(dict):
-        refused: list[str] = []
+        pass
 
     table = Names()
+    table.refused = []
 
     def getaddrinfo(host, *args, **kwargs):
         host = host.decode() if isinstance(host, bytes) else host
@@ -195,6 +196,7 @@ def test_a_token_over_plain_http_to_another_machine_is_refused(kfp_server, names
     assert code == 0, err
     assert RUN_ID.search(out)
     assert sent_token(e.headers for e in kfp_server.exchanges)
+    assert names.refused == []  # nothing tried another name
 
 
 def test_plain_http_without_a_token_and_loopback_names_need_no_flag(
