@@ -12,11 +12,15 @@ every way it can go wrong into one line that says what to change:
 - KFP has no call to change a recurring run, so :meth:`KfpSession.update_schedule` creates the
   replacement first and deletes the old one second: a failure in between leaves two schedules
   (and says so), never none.
-- Every request is bounded by the session's ``timeout``, given to the HTTP layer of this
-  session's client alone: the process-wide socket default is never touched.
+- Credentials and transport follow :mod:`tfpipes_pipelines.kfp_transport`: the token goes
+  only to the host named, never on a redirect, never in the clear to another machine unless
+  asked; every request is bounded by the session's ``timeout``, given to the HTTP layer of
+  this session's client alone (the process-wide socket default is never touched).
 
-Errors the user can fix (unreachable host, 401/403, unknown experiment or schedule, a 4xx from
-the server) raise :class:`tfpipes.errors.UserError`; a run wait that runs out raises
+Errors the user can fix (a wrong URL, a redirect, 401/403, unknown experiment or schedule, a
+4xx from the server) raise :class:`tfpipes.errors.UserError`; a server that cannot be reached
+(refused, timed out, reset) raises :class:`tfpipes.errors.RetryableError`: the environment
+failed, running again may succeed; a run wait that runs out raises
 :class:`tfpipes.errors.WaitTimeout`.
 """
 
@@ -30,60 +34,33 @@ import json
 import logging
 import os
 import re
+import ssl
 import time
 import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import kfp
 import kfp_server_api
 import urllib3
+from tfpipes_pipelines import kfp_transport
+from tfpipes_pipelines.kfp_transport import AUTH_HINT, RedirectRefused
 from tfpipes_pipelines.package import PipelinePackage
 from tfpipes_pipelines.schedule_syntax import UTC, Trigger
 
-from tfpipes.errors import UserError, WaitTimeout
+from tfpipes.errors import RetryableError, UserError, WaitTimeout
 
 if TYPE_CHECKING:
     from typing import Self
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV = "KF_PIPELINES_TOKEN"
-SA_TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"  # kfp.Client reads it too, in-cluster only
 ENDPOINT_ENV = "KF_PIPELINES_ENDPOINT"
 UI_ENDPOINT_ENV = "KF_PIPELINES_UI_ENDPOINT"
 
 TERMINAL_STATES = frozenset({"SUCCEEDED", "SKIPPED", "FAILED", "CANCELED"})
-AUTH_HINT = f"pass a token with --token, --token-file, or {TOKEN_ENV}"
-
-
-def resolve_token(
-    token: str | None = None, token_file: str | None = None, environ: dict | None = None
-) -> str | None:
-    """The bearer token to send, or None for kfp.Client's own defaults.
-
-    Order: ``--token``, ``--token-file``, $KF_PIPELINES_TOKEN, the file named by
-    $KF_PIPELINES_SA_TOKEN_PATH (kfp.Client honours that one only in-cluster without a host).
-    """
-    env = os.environ if environ is None else environ
-    if token:
-        return token.strip()
-    if not token_file and env.get(TOKEN_ENV):
-        return env[TOKEN_ENV].strip()
-    source = "--token-file" if token_file else SA_TOKEN_PATH_ENV
-    path = token_file or env.get(SA_TOKEN_PATH_ENV)
-    if not path:
-        return None
-    try:
-        text = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the token file ({source}): {e.strerror}") from None
-    if not text:
-        raise UserError(f"{path}: the token file ({source}) is empty")
-    return text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,23 +147,12 @@ def _filter(key: str, value: str) -> str:
     return json.dumps({"predicates": [{"operation": "EQUALS", "key": key, "stringValue": value}]})
 
 
-def bound_requests(api_client: kfp_server_api.ApiClient, timeout: float) -> None:
-    """Make every request of ``api_client`` that names no timeout of its own wait at most
-    ``timeout`` seconds to connect and ``timeout`` seconds for each read.
+class _Client(kfp.Client):
+    """kfp.Client whose connections refuse redirects from the start: its constructor already
+    makes a request (a health check), before any handle on its HTTP client exists."""
 
-    Only this client changes; the process-wide socket default stays as it is (other code in
-    the process, a KFP component's own storage client, keeps its own timeouts). urllib3 retries
-    a timed-out GET a few times, so a hung server is given up after a few times ``timeout``.
-    """
-    rest = api_client.rest_client
-    request = rest.request
-    # A (connect, read) pair: kfp_server_api turns a bare int into a total, a float into nothing.
-    bound = (timeout, timeout)
-
-    def request_with_timeout(*args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
-        return request(*args, _request_timeout=_request_timeout or bound, **kwargs)
-
-    rest.request = request_with_timeout
+    def _load_config(self, *args: Any, **kwargs: Any) -> Any:
+        return kfp_transport.no_redirects(super()._load_config(*args, **kwargs))
 
 
 class KfpSession:
@@ -195,7 +161,9 @@ class KfpSession:
     Construction checks the endpoint with one quick GET of ``/apis/v2beta1/healthz`` so that an
     unreachable host, a wrong URL or a rejected token fails at once with a clear message (and
     ``kfp.Client``'s own health check, which retries 5 times 5 s apart, never has to).
-    ``timeout`` bounds every network wait, in seconds.
+    ``timeout`` bounds every network wait, in seconds. ``token`` (checked by
+    :func:`kfp_transport.resolve_token`) is sent to ``host`` only, and over plain http only to
+    loopback unless ``allow_insecure_http`` (UserError otherwise, before anything is sent).
     """
 
     def __init__(
@@ -204,21 +172,23 @@ class KfpSession:
         token: str | None = None,
         namespace: str | None = None,
         timeout: float = 30.0,
+        allow_insecure_http: bool = False,
     ) -> None:
         if not re.match(r"^https?://[^/]", host or ""):
             raise UserError(f"--host {host!r}: expected an http:// or https:// URL of the KFP API")
         self.host = host.rstrip("/")
+        kfp_transport.check_transport(self.host, token, allow_insecure_http)
         self.namespace = namespace or None
         self.token = token
         self.timeout = timeout
         self._probe()
         with self._api("connecting"):
-            self.client = kfp.Client(
+            self.client = _Client(
                 host=self.host, existing_token=token, namespace=self.namespace or "kubeflow"
             )
         # kfp.Client sends every request without a timeout; all its APIs share this one
         # kfp_server_api client (kfp offers no public handle on it).
-        bound_requests(self.client._run_api.api_client, timeout)
+        kfp_transport.bound_requests(self.client._run_api.api_client, timeout)
 
     def close(self) -> None:
         """Nothing to release (kept so the session is a context manager)."""
@@ -239,11 +209,11 @@ class KfpSession:
         request = urllib.request.Request(url, headers={"Accept": "application/json"})
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
-        # Like kfp.Client: no proxy unless asked for one.
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
-            with opener.open(request, timeout=self.timeout) as response:
+            with kfp_transport.probe_opener().open(request, timeout=self.timeout) as response:
                 response.read()
+        except RedirectRefused as e:
+            raise UserError(f"--host {self.host}: GET {url} answered {e}") from None
         except urllib.error.HTTPError as e:
             if e.code == 404:
                 raise UserError(
@@ -254,8 +224,7 @@ class KfpSession:
             message = _server_message(e.read(), e.reason)
             raise self._status_error(e.code, message, "connecting") from None
         except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise UserError(f"cannot reach the KFP API at {self.host}: {reason}") from None
+            raise _unreachable(self.host, getattr(e, "reason", e)) from None
 
     def _status_error(self, status: int, message: str, action: str) -> UserError:
         if status == 401:
@@ -278,6 +247,10 @@ class KfpSession:
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore", FutureWarning)
                 yield
+        except RedirectRefused as e:
+            raise UserError(
+                f"--host {self.host}: while {action}, the KFP API answered {e}"
+            ) from None
         except kfp_server_api.ApiException as e:
             message = _server_message(e.body, e.reason)
             if e.status == 404 and not_found:
@@ -287,9 +260,7 @@ class KfpSession:
             raise self._status_error(e.status, message, action) from None
         except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as e:
             reason = getattr(e, "reason", None) or e
-            raise UserError(
-                f"cannot reach the KFP API at {self.host} while {action}: {reason}"
-            ) from None
+            raise _unreachable(self.host, reason, f" while {action}") from None
 
     # ---- pipelines
     def find_pipeline(self, name: str) -> str | None:
@@ -583,6 +554,16 @@ class KfpSession:
                 f" `tfpipes schedule delete {old.schedule_id}`"
             ) from None
         return old, new, version, dropped
+
+
+def _unreachable(host: str, reason: Any, during: str = "") -> UserError | RetryableError:
+    """The error for a request that got no HTTP answer: a TLS failure (a wrong certificate, a
+    plain-http server behind https://) is the user's to fix; anything else (refused, timed
+    out, reset, no route) is the environment failing, and retryable."""
+    text = " ".join(str(reason).split())
+    if isinstance(reason, ssl.SSLError) or "SSL" in type(reason).__name__:
+        return UserError(f"TLS with the KFP API at {host} failed{during}: {text}")
+    return RetryableError(f"cannot reach the KFP API at {host}{during}: {text}")
 
 
 def _server_message(body: Any, fallback: Any) -> str:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import datetime as dt
 import email.parser
 import email.policy
@@ -1048,6 +1049,9 @@ class Exchange:
     body: Any
     status: int = 0
     response: Any = None
+    # As sent, for the credential checks: the headers, and the body (an upload's whole form).
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    raw: bytes = b""
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -1075,7 +1079,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         query = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        exchange = Exchange(method, url.path, query, raw)
+        exchange = Exchange(method, url.path, query, raw, headers=dict(self.headers), raw=raw)
         status, payload = api.handle(method, url.path, query, dict(self.headers), raw, exchange)
         exchange.status, exchange.response = status, payload
         with api._lock:

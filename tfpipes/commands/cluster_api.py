@@ -21,8 +21,13 @@ log = logging.getLogger(__name__)
 _CONNECTION_HELP = """\
 Connection: --host is the KFP API endpoint (or $KF_PIPELINES_ENDPOINT), e.g.
 http://localhost:8888 after `kubectl port-forward -n kubeflow svc/ml-pipeline 8888`.
-Token, first found: --token, --token-file, $KF_PIPELINES_TOKEN, the file named by
-$KF_PIPELINES_SA_TOKEN_PATH; else kfp.Client's defaults. See docs/kfp-cluster.md."""
+Token, first found: --token, --token-file, the service-account token with --in-cluster-auth,
+$KF_PIPELINES_TOKEN; else kfp.Client's defaults. The service-account token
+($KF_PIPELINES_SA_TOKEN_PATH) is read only with --in-cluster-auth or when --host is the
+in-cluster address (ml-pipeline.NAMESPACE.svc.cluster.local).
+The token goes to --host only: a redirect is refused, never followed; and a token over plain
+http:// to any host but this machine (the in-cluster address included) is refused unless
+--allow-insecure-http. See docs/kfp-cluster.md."""
 
 _SUBMIT_EPILOG = f"""\
 Examples:
@@ -32,7 +37,9 @@ Examples:
 The pipeline is uploaded as a new version of the pipeline of that name (a new pipeline the
 first time) and run in the experiment (created if missing). Prints the run ID and URL.
 Exit codes: 0 submitted (with --wait: the run SUCCEEDED); 1 the run ended FAILED, CANCELED or
-SKIPPED; 2 a usage, connection or server error; 124 --timeout passed while waiting.
+SKIPPED; 2 a usage, authentication or server error; 124 --timeout passed while waiting;
+138 the server could not be reached (refused, timed out, reset): the environment failed,
+retry later.
 
 {_CONNECTION_HELP}"""
 
@@ -61,8 +68,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="KFP API URL (default $KF_PIPELINES_ENDPOINT)",
     )
     group.add_argument("--namespace", help="namespace of a multi-user KFP (default: none)")
-    group.add_argument("--token", help="bearer token (prefer --token-file: argv is visible)")
-    group.add_argument("--token-file", metavar="PATH", help="file holding the bearer token")
+    # One source of credentials at a time: two would leave the user guessing which was sent.
+    source = group.add_mutually_exclusive_group()
+    source.add_argument("--token", help="bearer token (prefer --token-file: argv is visible)")
+    source.add_argument("--token-file", metavar="PATH", help="file holding the bearer token")
+    source.add_argument(
+        "--in-cluster-auth",
+        action="store_true",
+        help="send this pod's KFP service-account token ($KF_PIPELINES_SA_TOKEN_PATH, default"
+        " /var/run/secrets/kubeflow/pipelines/token)",
+    )
+    group.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="allow sending the token over plain http:// to a host that is not this machine"
+        " (readable by anyone on the network between; default: refused)",
+    )
     group.add_argument(
         "--request-timeout",
         type=_positive_float,
@@ -205,9 +226,17 @@ def _session(args: argparse.Namespace) -> Iterator:
         raise UserError(
             "--host is required (or set KF_PIPELINES_ENDPOINT), e.g. http://localhost:8888"
         )
-    token = kfp_session.resolve_token(args.token, args.token_file)
+    from tfpipes_pipelines import kfp_transport
+
+    token = kfp_transport.resolve_token(
+        args.host, args.token, args.token_file, in_cluster_auth=args.in_cluster_auth
+    )
     with kfp_session.KfpSession(
-        args.host, token=token, namespace=args.namespace, timeout=args.request_timeout
+        args.host,
+        token=token,
+        namespace=args.namespace,
+        timeout=args.request_timeout,
+        allow_insecure_http=args.allow_insecure_http,
     ) as session:
         yield session
 
