@@ -170,7 +170,7 @@ class ColumnInference:
             cur = self.family[name]
             if name in self.locked or cur == "string":
                 pass
-            elif (w := widen(cur, fam)) is not None:
+            elif fam != "string" and (w := widen(cur, fam)) is not None:
                 self.family[name] = w
             else:
                 num = widen(cur, lead_fam) if fam == "string" else cur
