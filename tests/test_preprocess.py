@@ -44,7 +44,13 @@ def test_schema_stats_manifest_and_split(tmp_path):
         ("count", "int64"),
         ("color", "string"),
     ]
-    assert schema["label"] == {"name": "label", "dtype": "int64", "shape": []}
+    # schema.json v2 (issue 11): the label has a kind too
+    assert schema["label"] == {
+        "name": "label",
+        "dtype": "int64",
+        "shape": [],
+        "kind": "categorical",
+    }
     assert schema["task"] == "classification" and schema["num_classes"] == 3
     stats = json.loads((out / "stats.json").read_text())
     import csv
@@ -114,28 +120,59 @@ def test_gzip_input_and_output(tmp_path):
     )
 
 
+_LATE_X = "a,b,y\n" + "1,2.5,0\n" * 1001 + "1,x,1\n"  # numeric for 1,001 values, then not
+
+
 @pytest.mark.parametrize(
-    "text, label, message",
+    "text, label, message, kw",
     [
-        ("a,b\n1,2\n", "y", "no label column 'y'"),
-        ("a,b,y\n1,2,0\n3,4\n5,6,1\n", "y", "data.csv:3: expected 3 fields, got 2"),
-        ("", "y", "the file is empty"),
-        ("a,b,y\n", "y", "no data rows"),
-        ("a,b,y\n1,2.5,0\n1,x,1\n", "y", "data.csv:3: column 'b': 'x' is not a number"),
-        ("a,b,y\n1,2,0\n1,2.5,1\n", "y", "data.csv:3: column 'b': '2.5' is not an integer"),
-        ("a,b,y\n1,2.5,0\n1,nan,1\n", "y", "data.csv:3: column 'b': 'nan' is not a finite"),
-        ("a,b,y\n1,2.5,0\n1,inf,1\n", "y", "data.csv:3: column 'b'"),
-        ("a,a,y\n1,2,0\n", "y", "duplicate column name"),
-        ("a,b,y\n1,2,cat\n1,3,\n", "y", "data.csv:3: column 'y': missing label"),
-        ("a,b,y\n1,2,0\n1,,1\n", "y", "data.csv:3: column 'b': empty value"),
-        ('a,b,y\n1,2,0\n1,"2\n', "y", "data.csv:3"),
+        ("a,b\n1,2\n", "y", "no label column 'y'", {}),
+        ("a,b,y\n1,2,0\n3,4\n5,6,1\n", "y", "data.csv:3: expected 3 fields, got 2", {}),
+        ("", "y", "the file is empty", {}),
+        ("a,b,y\n", "y", "no data rows", {}),
+        # Issue 11: types come from the whole input; a column numeric for LEAD_VALUES values
+        # that turns to text is an error where it turns (a 1-row lead is a string column now).
+        (_LATE_X, "y", "data.csv:1003: column 'b': 'x' is not a number", {}),
+        # ... an integer column with a 2.5 is float32 now: declared int64 it is an error
+        (
+            "a,b,y\n1,2,0\n1,2.5,1\n",
+            "y",
+            "data.csv:3: column 'b': '2.5' is not an integer",
+            {"schema": {"b": "int64"}},
+        ),
+        # ... nan is a missing token by default: not when --na-values leaves it out
+        (
+            "a,b,y\n1,2.5,0\n1,nan,1\n",
+            "y",
+            "data.csv:3: column 'b': 'nan' is not a finite",
+            {"na_values": ("",)},
+        ),
+        ("a,b,y\n1,2.5,0\n1,inf,1\n", "y", "data.csv:3: column 'b'", {}),
+        ("a,a,y\n1,2,0\n", "y", "duplicate column name", {}),
+        # ... a missing label drops the row by default: an error with --on-missing-label=fail
+        (
+            "a,b,y\n1,2,cat\n1,3,\n",
+            "y",
+            "data.csv:3: column 'y': missing label",
+            {"on_missing_label": "fail"},
+        ),
+        # ... an empty cell is missing by default: an error when --na-values leaves it out
+        (
+            "a,b,y\n1,2,0\n1,,1\n",
+            "y",
+            "data.csv:3: column 'b': empty value",
+            {"na_values": ("NA",), "schema": {"b": "int64"}},
+        ),
+        ('a,b,y\n1,2,0\n1,"2\n', "y", "data.csv:3", {}),
     ],
 )
-def test_bad_input_names_the_place_and_commits_nothing(tmp_path, text, label, message):
-    # A tiny block size: types are inferred from the first row, the bad row is in a later block,
-    # as it would be in a large file.
+def test_bad_input_names_the_place_and_commits_nothing(tmp_path, text, label, message, kw):
+    # A tiny block size: the bad row is in a later block, as it would be in a large file.
+    if "schema" in kw:
+        (tmp_path / "types.json").write_text(json.dumps(kw.pop("schema")))
+        kw["schema_path"] = str(tmp_path / "types.json")
     with pytest.raises(UserError) as e:
-        _run(tmp_path, text, label=label, block_size=16)
+        _run(tmp_path, text, label=label, block_size=16, **kw)
     assert message in str(e.value)
     _assert_nothing_written(tmp_path)
 
@@ -283,9 +320,16 @@ def test_parquet_input(tmp_path):
         {"f": 5 / (n - 1), "i": 5000, "flag": 0, "cat": b"ccc", "label": 2}
     )
 
-    bad = table.set_column(0, "f", pa.array([1.0] * 99 + [None] + [1.0] * 200, pa.float64()))
+    # Issue 11: a null is a missing value (an absent feature); NaN stays an error.
+    holes = table.set_column(0, "f", pa.array([1.0] * 99 + [None] + [1.0] * 200, pa.float64()))
+    pq.write_table(holes, tmp_path / "holes.parquet", row_group_size=70)
+    r = preprocess(PreprocessConfig(str(tmp_path / "holes.parquet"), str(tmp_path / "h"), "label"))
+    recs = _records(tmp_path / "h")
+    rows = [_parse(b) for b in recs["train"] + recs["eval"]]
+    assert r.rows == n and sum("f" not in e for e in rows) == 1
+    bad = table.set_column(0, "f", pa.array([1.0] * 99 + [np.nan] + [1.0] * 200, pa.float64()))
     pq.write_table(bad, tmp_path / "bad.parquet", row_group_size=70)
-    with pytest.raises(UserError, match=r"bad\.parquet: row 100: column 'f': missing value"):
+    with pytest.raises(UserError, match=r"bad\.parquet: row 100: column 'f': nan is not a finite"):
         preprocess(PreprocessConfig(str(tmp_path / "bad.parquet"), str(tmp_path / "x"), "label"))
     assert not (tmp_path / "x").exists()
     r = preprocess(
@@ -312,12 +356,24 @@ def test_skip_bad_rows_counts_and_reports_them(tmp_path, caplog):
         "8,4.5,1,9\n"  # too many fields
         "9,5.5,1\n"
     )
-    r, out = _run(tmp_path, text, on_bad_row="skip", eval_fraction=0.0, block_size=24)
-    assert (r.rows, r.skipped_rows) == (2, 7)
+    # Issue 11: b declared float32 and only "NA" missing, so that "", nan and x are bad cells;
+    # the row without a label is dropped and counted apart.
+    (tmp_path / "types.json").write_text('{"b": "float32"}')
+    r, out = _run(
+        tmp_path,
+        text,
+        on_bad_row="skip",
+        eval_fraction=0.0,
+        block_size=24,
+        na_values=("NA",),
+        schema_path=str(tmp_path / "types.json"),
+    )
+    assert (r.rows, r.skipped_rows, r.missing_label_rows) == (2, 6, 1)
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["skipped_rows"] == 7 and stats["num_rows"] == 2
+    assert stats["skipped_rows"] == 6 and stats["num_rows"] == 2
+    assert stats["missing_label_rows"] == 1
     assert sorted(e["a"] for e in map(_parse, _records(out)["train"])) == [1, 9]
-    assert "skipped 7 bad rows" in caplog.text and "data.csv:3" in caplog.text
+    assert "skipped 6 bad rows" in caplog.text and "data.csv:3" in caplog.text
 
     (tmp_path / "b").mkdir()
     with pytest.raises(UserError, match="no data rows after the header .7 bad rows skipped"):

@@ -50,3 +50,30 @@ def write_float_csv(path: str, rows: int, features: int = 20, classes: int = 10,
             text = np.char.mod("%.6f", x)
             lines = [",".join(r) + f",{lab}" for r, lab in zip(text.tolist(), y.tolist())]
             f.write("\n".join(lines) + "\n")
+
+
+def write_realistic_csv(
+    path: str, rows: int, features: int = 15, missing: float = 0.1, seed: int = 0
+) -> None:
+    """The realistic benchmark shape: ``features`` float columns f0.., 5 string columns s0..s4,
+    one ISO date column ``date`` and an int label in [0, 10); ``missing`` of the feature cells
+    are empty."""
+    rng = np.random.default_rng(seed)
+    chunk = 200_000
+    cats = np.array([f"cat{i}" for i in range(50)])
+    days = np.array(
+        [str(np.datetime64("2020-01-01") + np.timedelta64(d, "D")) for d in range(2000)]
+    )
+    with open(path, "w", encoding="utf-8") as f:
+        names = [f"f{i}" for i in range(features)] + [f"s{i}" for i in range(5)] + ["date"]
+        f.write(",".join(names + ["label"]) + "\n")
+        for start in range(0, rows, chunk):
+            n = min(chunk, rows - start)
+            x = np.char.mod("%.6f", rng.normal(size=(n, features)).astype(np.float32))
+            s = cats[rng.integers(0, len(cats), size=(n, 5))]
+            d = days[rng.integers(0, len(days), size=(n, 1))]
+            cells = np.concatenate([x, s, d], axis=1).astype(object)
+            cells[rng.random(cells.shape) < missing] = ""
+            y = rng.integers(0, 10, size=n).astype(str)
+            lines = [",".join(r) + f",{lab}" for r, lab in zip(cells.tolist(), y.tolist())]
+            f.write("\n".join(lines) + "\n")

@@ -122,7 +122,15 @@ def load_schema(data_dir: str) -> Schema:
 
 
 def load_forced_types(path: str) -> dict[str, str]:
-    """Read a user's type overrides: a tfpipes schema.json, or a JSON object {column: dtype}."""
+    """The dtypes a user's overrides (:func:`load_overrides`) name, by column."""
+    return {k: v["dtype"] for k, v in load_overrides(path).items() if v.get("dtype")}
+
+
+def load_overrides(path: str) -> dict[str, dict]:
+    """Read a user's overrides of some columns: a tfpipes schema.json, a JSON object
+    ``{column: dtype}``, or ``{column: {"dtype": ..., "kind": ..., "format": ...}}`` (any of the
+    three keys may be left out). Returns ``{column: {"dtype", "kind", "format"}}`` with ""
+    for what is not given; UserError naming the file and column for anything else."""
     text = storage.read_text(path)
     try:
         d = json.loads(text)
@@ -130,7 +138,39 @@ def load_forced_types(path: str) -> dict[str, str]:
         raise UserError(f"{path}: not valid JSON ({e})") from None
     if isinstance(d, dict) and "features" in d:
         s = Schema.from_json(text, where=path)
-        return {f.name: f.dtype for f in (*s.features, s.label)}
-    if not isinstance(d, dict) or not all(v in DTYPES for v in d.values()):
-        raise UserError(f"{path}: expected {{column: dtype}} with dtype in {', '.join(DTYPES)}")
-    return dict(d)
+        return {
+            f.name: {"dtype": f.dtype, "kind": f.kind, "format": f.format}
+            for f in (
+                *s.features,
+                s.label,
+            )
+        }
+    shape = (
+        f"expected {{column: dtype}} with dtype in {', '.join(DTYPES)}, or {{column: "
+        '{"dtype": ..., "kind": ..., "format": ...}}'
+    )
+    if not isinstance(d, dict):
+        raise UserError(f"{path}: {shape}")
+    out = {}
+    for col, v in d.items():
+        v = {"dtype": v} if isinstance(v, str) else v
+        if not isinstance(v, dict) or set(v) - {"dtype", "kind", "format"}:
+            raise UserError(f"{path}: column {col!r}: {shape}")
+        dtype, kind, fmt = (v.get(k, "") for k in ("dtype", "kind", "format"))
+        if not all(isinstance(x, str) for x in (dtype, kind, fmt)):
+            raise UserError(f"{path}: column {col!r}: dtype, kind and format are strings")
+        if dtype and dtype not in DTYPES:
+            raise UserError(f"{path}: column {col!r}: {shape}")
+        if kind and kind not in KINDS:
+            raise UserError(
+                f"{path}: column {col!r}: kind {kind!r} is not one of {', '.join(KINDS)}"
+            )
+        if kind and dtype and dtype not in KIND_DTYPES[kind]:
+            raise UserError(
+                f"{path}: column {col!r}: kind {kind!r} needs dtype "
+                + " or ".join(KIND_DTYPES[kind])
+            )
+        if fmt and kind not in ("", "timestamp"):
+            raise UserError(f"{path}: column {col!r}: a format is for timestamps only")
+        out[col] = {"dtype": dtype, "kind": kind or ("timestamp" if fmt else ""), "format": fmt}
+    return out

@@ -37,7 +37,31 @@ def register(sub) -> None:
     )
     p.add_argument("--split-seed", type=int, default=0, help="salt of the split hash (0)")
     p.add_argument("--compression", choices=["", "GZIP"], default="", help="shard compression")
-    p.add_argument("--schema", default="", help="JSON {column: dtype} forcing column types")
+    p.add_argument(
+        "--schema",
+        default="",
+        help='JSON overriding some columns: {column: dtype}, {column: {"dtype": ..., "kind": '
+        '..., "format": ...}} or a schema.json (kinds: numeric, categorical, id, boolean, '
+        "timestamp)",
+    )
+    p.add_argument(
+        "--na-values",
+        default=None,
+        help="comma-separated cells read as missing values (default: ,NA,N/A,null,NULL,NaN,"
+        "nan,None; the leading comma is the empty cell)",
+    )
+    p.add_argument(
+        "--task",
+        choices=["", "classification", "regression"],
+        default="",
+        help="the label's task (default: inferred from the label's values)",
+    )
+    p.add_argument(
+        "--on-missing-label",
+        choices=["drop", "fail"],
+        default="drop",
+        help="rows without a label: drop and count them (default), or fail on the first",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--workers", type=int, default=0, help="parsing threads (0: one per core)")
     p.add_argument(
@@ -115,15 +139,22 @@ def _preprocess(args) -> int:
             overwrite=args.overwrite,
             workers=args.workers,
             on_bad_row=args.on_bad_row,
+            task=args.task,
+            on_missing_label=args.on_missing_label,
+            **({} if args.na_values is None else {"na_values": tuple(args.na_values.split(","))}),
         )
     )
+    if r.column_table:
+        log.info("%s", r.column_table)
     log.info(
-        "preprocess: %d rows (train %d, eval %d, %d bad rows skipped) in %.1f s, %.0f rows/s, "
+        "preprocess: %d rows (train %d, eval %d, %d bad rows skipped, %d without a label "
+        "dropped) in %.1f s, %.0f rows/s, "
         "%.1f MB/s on %d worker%s (peak RSS %d MB); %s task, %d features\n  -> %s",
         r.rows,
         r.train_rows,
         r.eval_rows,
         r.skipped_rows,
+        r.missing_label_rows,
         r.seconds,
         r.rows_per_second,
         r.mb_per_second,

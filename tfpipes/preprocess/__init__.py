@@ -4,8 +4,9 @@ Output layout (written to a staging place, committed with ``manifest.json`` last
 
     <output>/train/part-00000-of-00008.tfrecord[.gz]   one tf.train.Example per row
     <output>/eval/part-00000-of-00008.tfrecord[.gz]
-    <output>/schema.json      feature names, dtypes, shapes; label; task
-    <output>/stats.json       count/mean/std/min/max per numeric feature, label histogram
+    <output>/schema.json      feature names, dtypes, kinds, shapes; label; task (v2)
+    <output>/stats.json       per feature count/missing and quantiles or top values; label
+                              histogram; rows skipped or dropped for a missing label
     <output>/manifest.json    every file with size and CRC32C, row counts
 
 The public pieces are here: :class:`PreprocessConfig`, :func:`preprocess`,
@@ -13,6 +14,9 @@ The public pieces are here: :class:`PreprocessConfig`, :func:`preprocess`,
 ``INPUT_SUFFIXES`` (what is read). The rest of the package is one file per job:
 
 - ``inputs.py``: the input suffix table; matching a source to files.
+- ``inference.py``: the first pass, column families from every block of the input;
+  ``columns.py``: each column's dtype and kind, the label's task, the schema, the table;
+  ``cell_kinds.py``: boolean and timestamp cells.
 - ``csv_blocks.py``: streaming a CSV input and cutting it into row-aligned blocks
   (quote-aware, so a quoted field with newlines is never cut).
 - ``csv_reader.py`` / ``parquet_reader.py``: a block into typed columns (Arrow).
@@ -29,8 +33,11 @@ Why the output does not depend on the worker count: block boundaries depend on t
 and the block size only; workers parse, validate, summarize and encode blocks in any order; the
 calling thread writes their chunks and folds their statistics in block order.
 
-Bad input: in ``fail`` mode the first problem (wrong field count, unparseable number, empty
-value, missing label, NaN or infinity, bad UTF-8) stops the run with one line naming file,
+Missing cells (``--na-values``) are absent features; rows without a label are dropped and
+counted (or, ``--on-missing-label fail``, an error).
+
+Bad input: in ``fail`` mode the first problem (wrong field count, unparseable number, NaN or
+infinity, bad UTF-8) stops the run with one line naming file,
 line and column — found by re-reading just that block with Python's ``csv`` module — and
 nothing is committed. In ``skip`` mode such rows are dropped, counted in ``stats.json``
 (``skipped_rows``) and reported.

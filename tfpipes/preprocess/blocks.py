@@ -33,6 +33,14 @@ class Plan:
     num_shards: int
     compression: str
     on_bad_row: str
+    kinds: dict = dataclasses.field(default_factory=dict)  # column -> schema kind ("" = by dtype)
+    formats: dict = dataclasses.field(default_factory=dict)  # timestamp column -> strptime format
+    na_values: tuple[str, ...] = ()  # cells that are missing values
+    on_missing_label: str = "drop"
+    sample_rate: float = 1.0  # share of rows whose values the quantiles and histograms use
+
+    def kind(self, name: str) -> str:
+        return self.kinds.get(name, "")
 
 
 @dataclasses.dataclass
@@ -43,6 +51,7 @@ class BlockResult:
     error: str | None = None
     rows: int = 0
     skipped: int = 0
+    missing_label: int = 0  # rows dropped for a missing label
     skip_note: str | None = None
     stats: dict | None = None
     splits: dict | None = None  # split -> encoding.Chunks

@@ -7,6 +7,9 @@ import dataclasses
 from tfpipes.errors import UserError
 from tfpipes.schema import Schema
 
+# The cells read as missing values unless --na-values says otherwise ("" is an empty cell).
+DEFAULT_NA_VALUES = ("", "NA", "N/A", "null", "NULL", "NaN", "nan", "None")
+
 
 @dataclasses.dataclass(frozen=True)
 class PreprocessConfig:
@@ -24,6 +27,11 @@ class PreprocessConfig:
         for any number.
     on_bad_row: "fail" (the first bad row stops the run) or "skip" (bad rows are dropped,
         counted and reported).
+    schema_path: optional overrides of some columns: ``{column: dtype}``, ``{column:
+        {"dtype": ..., "kind": ..., "format": ...}}`` or a whole ``schema.json``.
+    na_values: the cells that are missing values (exact text; a quoted one too).
+    task: "" (inferred from the label), "classification" or "regression".
+    on_missing_label: "drop" (rows without a label are dropped and counted) or "fail".
     """
 
     source: str
@@ -39,6 +47,9 @@ class PreprocessConfig:
     progress: bool | None = None  # None: a bar when stderr is a terminal
     workers: int = 0
     on_bad_row: str = "fail"
+    na_values: tuple[str, ...] = DEFAULT_NA_VALUES
+    task: str = ""
+    on_missing_label: str = "drop"
 
     def validate(self) -> None:
         if not self.label:
@@ -53,6 +64,14 @@ class PreprocessConfig:
             raise UserError(f"--workers must be 0 (one per core) or more, got {self.workers}")
         if self.on_bad_row not in ("fail", "skip"):
             raise UserError(f"--on-bad-row must be fail or skip, got {self.on_bad_row!r}")
+        if self.task not in ("", "classification", "regression"):
+            raise UserError(f"--task must be classification or regression, got {self.task!r}")
+        if self.on_missing_label not in ("drop", "fail"):
+            raise UserError(
+                f"--on-missing-label must be drop or fail, got {self.on_missing_label!r}"
+            )
+        if isinstance(self.na_values, str) or not all(isinstance(v, str) for v in self.na_values):
+            raise UserError(f"--na-values must be a list of strings, got {self.na_values!r}")
         if self.block_size < 1:
             raise UserError(f"block_size must be positive, got {self.block_size}")
 
@@ -70,6 +89,8 @@ class PreprocessResult:
     schema: Schema
     source_hash: str
     skipped_rows: int = 0
+    missing_label_rows: int = 0  # rows dropped because their label was missing
+    column_table: str = ""  # the inferred columns: name, type/kind, missing %, distinct values
     bytes_read: int = 0
     workers: int = 1
     peak_rss_mb: int = 0  # the largest resident memory of the process

@@ -199,6 +199,7 @@ class CsvInput:
         while True:
             if self._eof:  # what is left: the last rows, perhaps without a line end
                 end = len(self._pending) if self._pending.strip(b"\r\n") else 0
+                self._check_quotes_closed()
             else:
                 end = row_end(self._pending, delim, eof=False)
             if end:
@@ -212,6 +213,16 @@ class CsvInput:
             if self._eof:
                 return
             self._read()
+
+    def _check_quotes_closed(self) -> None:
+        """At the end of the input every quoted field must be closed: Arrow would take an open
+        one, in a string column, for a value running to the end of the file (issue 12)."""
+        if b'"' not in self._pending:
+            return
+        starts, ends = quoted_spans(bytes(self._pending), ord(self.delimiter))
+        if starts and ends[-1] == len(self._pending):
+            line = self._line + count_lines(self._pending, starts[-1])
+            raise UserError(f"{location(self.path, line)}: unterminated quoted field")
 
     def _no_row_end_message(self) -> str:
         starts, ends = quoted_spans(self._pending, ord(self.delimiter))

@@ -1,52 +1,36 @@
-"""Reading CSV blocks with Arrow: column types from the first MB, and each block's typed,
-validated columns.
+"""Reading CSV blocks with Arrow: each block's typed, validated columns.
 
 A block (cut by :mod:`tfpipes.preprocess.csv_blocks`) is parsed by Arrow's C++ CSV reader,
-single-threaded (the pool gives each worker its own block), float32 straight away. In skip
-mode a block Arrow cannot type is parsed again as text and its bad cells masked.
+single-threaded (the pool gives each worker its own block), float32 straight away, with the
+missing tokens (``--na-values``) read as nulls (a quoted cell is text: ``"NA"`` is the string
+NA in a string column). Boolean and timestamp columns are read as text
+and converted by :mod:`.cell_kinds`. In skip mode a block Arrow cannot type is parsed again as
+text and its bad cells masked. Column types come from the first pass
+(:mod:`tfpipes.preprocess.inference`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from tfpipes.preprocess.blocks import Block, Plan, arrow_to_dtype
-from tfpipes.preprocess.csv_blocks import row_end
+from tfpipes.preprocess.blocks import Block, Plan
 from tfpipes.preprocess.validation import bad_block, convert_column, locate_problem, one_line
 
-INFER_BYTES = 1 << 20  # column types come from the rows in the first MB
 
+@dataclasses.dataclass
+class Columns:
+    """A block's validated columns: values, which rows have each value (None: all), the rows
+    to keep (None: all), rows skipped as bad, the first bad row's location, and rows dropped
+    for a missing label."""
 
-def infer_csv_types(block: Block, header: list[str]) -> dict[str, str]:
-    """Column dtypes from Arrow's inference on the rows in the first MB of the first block
-    (rows it cannot parse are left for the block's own validation to report)."""
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
-
-    data = block.data
-    if len(data) > INFER_BYTES:  # the rows in the first MB, as Arrow's own reader does
-        data = data[: row_end(data[:INFER_BYTES], ord(block.delimiter), eof=False) or len(data)]
-    try:
-        data.decode("utf-8")  # Arrow's bad-row callback fails on undecodable rows
-        table = pcsv.read_csv(
-            pa.py_buffer(data),
-            read_options=pcsv.ReadOptions(
-                column_names=header, use_threads=False, block_size=len(data) + 1
-            ),
-            parse_options=pcsv.ParseOptions(
-                delimiter=block.delimiter,
-                newlines_in_values=True,
-                invalid_row_handler=lambda row: "skip",
-            ),
-            convert_options=pcsv.ConvertOptions(
-                null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False
-            ),
-        )
-        return {f.name: arrow_to_dtype(f.type) for f in table.schema}
-    except (pa.ArrowInvalid, UnicodeDecodeError):
-        # Types cannot be told from a block Arrow rejects; the block's validation names the
-        # problem (every column is a string until then).
-        return {h: "string" for h in header}
+    values: dict
+    present: dict
+    keep: np.ndarray | None = None
+    skipped: int = 0
+    note: str | None = None
+    missing_label: int = 0
 
 
 def read_csv_block(plan: Plan, block: Block, typed: bool):
@@ -56,7 +40,10 @@ def read_csv_block(plan: Plan, block: Block, typed: bool):
 
     # float32 straight away: a value past float32's range parses as infinity and is reported
     arrow = {"int64": pa.int64(), "float32": pa.float32(), "string": pa.string()}
-    types = {n: arrow[t] if typed else pa.string() for n, t in plan.types.items()}
+    types = {
+        n: arrow[t] if typed and plan.kind(n) not in ("boolean", "timestamp") else pa.string()
+        for n, t in plan.types.items()
+    }
     bad_rows = []
 
     def on_invalid(row) -> str:
@@ -77,16 +64,16 @@ def read_csv_block(plan: Plan, block: Block, typed: bool):
         ),
         convert_options=pcsv.ConvertOptions(
             column_types=types,
-            null_values=[],
-            strings_can_be_null=False,
+            null_values=list(plan.na_values),
+            strings_can_be_null=True,
             quoted_strings_can_be_null=False,
         ),
     )
     return table, len(bad_rows)
 
 
-def csv_columns(plan: Plan, block: Block):
-    """Typed, validated columns of a CSV block: (columns, keep mask or None, skipped, note)."""
+def csv_columns(plan: Plan, block: Block) -> Columns:
+    """Typed, validated columns of a CSV block. Raises BadBlock (fail mode) for bad input."""
     import pyarrow as pa
 
     skip = plan.on_bad_row == "skip"
@@ -107,19 +94,41 @@ def csv_columns(plan: Plan, block: Block):
             raise bad_block(plan, block, one_line(e2)) from None  # not row-level: cannot skip
         typed = False
     n = table.num_rows
-    cols, bad = {}, np.zeros(n, dtype=bool)
+    out = Columns({}, {})
+    bad = np.zeros(n, dtype=bool)
     for name in plan.header:
         arr = table.column(name).combine_chunks()
-        values, bad_here = convert_column(arr, plan.types[name], typed, name == plan.label)
-        cols[name] = values
+        values, bad_here, present = convert_column(
+            arr,
+            plan.types[name],
+            typed,
+            name == plan.label,
+            plan.kind(name),
+            plan.formats.get(name, ""),
+        )
+        out.values[name], out.present[name] = values, present
         if bad_here is not None:
             if not skip:
                 raise bad_block(plan, block, f"column {name!r}: invalid values")
-            bad |= bad_here
-    keep = None
-    note = None
-    skipped = dropped + int(bad.sum())
-    if skipped:
-        keep = ~bad if bad.any() else None
-        note = locate_problem(plan, block)
-    return cols, keep, skipped, note
+            bad |= bad_here & (present if present is not None else True)
+    return finish_columns(plan, block, out, bad, dropped, locate_problem)
+
+
+def finish_columns(plan: Plan, block: Block, out: Columns, bad, dropped: int, locate) -> Columns:
+    """Drop the rows with a missing label (or fail on the first one) and the bad rows (skip
+    mode): fills ``keep``, ``skipped``, ``note`` and ``missing_label``."""
+    from tfpipes.preprocess.validation import BadBlock
+
+    label_present = out.present[plan.label]
+    no_label = np.zeros(len(bad), dtype=bool) if label_present is None else ~label_present
+    if no_label.any() and plan.on_missing_label == "fail":
+        raise BadBlock(locate(plan, block) or f"{block.path}: missing label")
+    bad &= ~no_label  # a row without a label is dropped for that, whatever else is wrong
+    out.missing_label = int(no_label.sum())
+    out.skipped = dropped + int(bad.sum())
+    if out.skipped or out.missing_label:
+        out.keep = ~(bad | no_label)
+    if out.skipped:
+        out.note = locate(plan, block)
+    out.present[plan.label] = None
+    return out

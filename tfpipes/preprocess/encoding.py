@@ -29,10 +29,14 @@ class Chunks:
     rows: list  # rows per chunk
 
 
-def encode_splits(plan: Plan, cols: dict) -> dict[str, Chunks]:
+def encode_splits(plan: Plan, cols: dict, present: dict | None = None) -> dict[str, Chunks]:
     """The framed TFRecords of a block's columns (``plan.order``), split into train and eval
-    and each cut into ``plan.num_shards`` chunks: ``{"train": Chunks, "eval": Chunks}``."""
-    batch = example_codec.ExampleBatch([(c, plan.types[c], cols[c]) for c in plan.order])
+    and each cut into ``plan.num_shards`` chunks: ``{"train": Chunks, "eval": Chunks}``.
+    ``present`` (column -> bool mask or None) leaves missing cells out of their Example."""
+    present = present or {}
+    batch = example_codec.ExampleBatch(
+        [(c, plan.types[c], cols[c], present.get(c)) for c in plan.order]
+    )
     is_eval = split_mask(batch.crcs(), plan.eval_fraction, plan.split_seed)
     splits = {}
     for split, sel in (("train", ~is_eval), ("eval", is_eval)):

@@ -160,25 +160,44 @@ def _arrow_offsets(arr) -> np.ndarray:
     return off - off[0] if len(off) and off[0] else off
 
 
-def _example_pieces(columns: list[tuple[str, str, object]], n: int) -> list:
-    for name, dt, values in columns:
+def _absent_where(pieces: list, present: np.ndarray, n: int) -> list:
+    """One column's map entry as a single variable-width piece that is empty where the value is
+    absent (a missing cell: the key is left out of that row's Example, as TF and TFX expect)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    flat, offsets = _join(pieces, n)
+    arr = pa.Array.from_buffers(
+        pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(flat)]
+    )
+    return [("arrow", pc.if_else(pa.array(present), arr, pa.scalar(b"", pa.large_binary())))]
+
+
+def _column_pieces(name: str, dt: str, values, present, n: int) -> list:
+    key = name.encode("utf-8")
+    make = {"float32": _float_pieces, "int64": _int_pieces, "string": _string_pieces}[dt]
+    if present is None or bool(np.all(present)):
+        return make(key, values)
+    return _absent_where(make(key, values), np.asarray(present, dtype=bool), n)
+
+
+def _example_pieces(columns: list[tuple], n: int) -> list:
+    columns = [c if len(c) == 4 else (*c, None) for c in columns]
+    for name, dt, values, present in columns:
         if dt not in ("float32", "int64", "string"):
             raise ValueError(f"column {name!r}: unknown dtype {dt!r}")
         if len(name.encode("utf-8")) > MAX_KEY_BYTES:
             raise ValueError(f"column name longer than {MAX_KEY_BYTES} bytes: {name[:40]!r}...")
         if len(values) != n:
             raise ValueError(f"column {name!r}: {len(values)} values, expected {n}")
+        if present is not None and len(present) != n:
+            raise ValueError(f"column {name!r}: {len(present)} presence flags, expected {n}")
     pieces: list = []
     # Map order carries no meaning in a proto map: floats first, then int64, then strings.
-    for name, dt, values in columns:
-        if dt == "float32":
-            pieces += _float_pieces(name.encode("utf-8"), values)
-    for name, dt, values in columns:
-        if dt == "int64":
-            pieces += _int_pieces(name.encode("utf-8"), values)
-    for name, dt, values in columns:
-        if dt == "string":
-            pieces += _string_pieces(name.encode("utf-8"), values)
+    for kind in ("float32", "int64", "string"):
+        for name, dt, values, present in columns:
+            if dt == kind:
+                pieces += _column_pieces(name, dt, values, present, n)
     body = sum((_lens(p) for p in pieces), np.zeros(n, dtype=np.int64))
     return [("const", b"\x0a"), _varint(body), *pieces], 1 + _varint_len(body) + body
 
@@ -373,8 +392,10 @@ def _assemble_variable(pieces: list, data_len: np.ndarray, n: int):
 class ExampleBatch:
     """Rows to serialize as ``tf.train.Example`` protos, framed as TFRecords.
 
-    ``columns``: (name, dtype, values), dtype float32 / int64 / string, one value per row;
-    string values may be an Arrow string/binary array (fastest), or any sequence of str/bytes.
+    ``columns``: (name, dtype, values) or (name, dtype, values, present), dtype float32 /
+    int64 / string, one value per row; string values may be an Arrow string/binary array
+    (fastest), or any sequence of str/bytes. ``present`` (a bool array, or None for all) marks
+    the rows that have the feature: the others leave its key out (their value is ignored).
     Raises ValueError for an unknown dtype, a key over 100 bytes, columns of different lengths
     or a null string.
 

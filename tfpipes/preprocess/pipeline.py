@@ -1,5 +1,5 @@
-"""The preprocess step end to end: inputs -> plan -> blocks -> (workers) -> shards -> stats,
-schema, manifest -> commit.
+"""The preprocess step end to end: inputs -> first pass (column types) -> plan -> blocks ->
+(workers) -> shards -> stats, schema, manifest -> commit.
 
 The calling thread opens each input, cuts it into blocks and hands them to the ordered runner;
 it writes each block's chunks in block order (:mod:`.shard_writer`) and folds its statistics in
@@ -18,19 +18,20 @@ import sys
 import time
 
 from tfpipes import layout, manifest, progress, storage
-from tfpipes.errors import UserError, location
-from tfpipes.preprocess.blocks import Block, BlockResult, Plan, arrow_to_dtype
+from tfpipes.errors import UserError
+from tfpipes.preprocess.blocks import BlockResult, Plan
+from tfpipes.preprocess.columns import column_table, column_types, label_task, make_schema
 from tfpipes.preprocess.config import PreprocessConfig, PreprocessResult
 from tfpipes.preprocess.csv_blocks import CsvInput
-from tfpipes.preprocess.csv_reader import infer_csv_types
 from tfpipes.preprocess.fingerprint import crc_hex, file_crc_hex, fingerprint
+from tfpipes.preprocess.inference import ColumnInference, ScanPlan, profile_block
 from tfpipes.preprocess.inputs import is_parquet, source_files
 from tfpipes.preprocess.parallel import OrderedRunner, default_workers
 from tfpipes.preprocess.parquet_reader import ParquetInput
 from tfpipes.preprocess.shard_writer import SplitWriter
-from tfpipes.preprocess.statistics import MAX_LABEL_CLASSES, Stats
+from tfpipes.preprocess.statistics import SAMPLE_VALUES, Stats
 from tfpipes.preprocess.worker import process_block
-from tfpipes.schema import Feature, Schema, load_forced_types
+from tfpipes.schema import load_overrides
 
 log = logging.getLogger("tfpipes.preprocess")
 
@@ -38,8 +39,10 @@ log = logging.getLogger("tfpipes.preprocess")
 def preprocess(cfg: PreprocessConfig) -> PreprocessResult:
     """Read ``cfg.source``, write and commit the data set at ``cfg.output``.
 
-    Raises UserError for bad input (naming file, line and column); nothing is committed then.
-    Memory stays bounded by a few blocks per worker whatever the input size.
+    Two passes over the input: the first infers every column's type and kind from all of it
+    (:mod:`.inference`), the second parses, validates, encodes and writes. Raises UserError for
+    bad input (naming file, line and column); nothing is committed then. Memory stays bounded
+    by a few blocks per worker whatever the input size.
     """
     cfg.validate()
     t0, cpu0 = time.monotonic(), time.process_time()
@@ -48,11 +51,8 @@ def preprocess(cfg: PreprocessConfig) -> PreprocessResult:
     workers = cfg.workers or default_workers()
     if total_bytes <= cfg.block_size:
         workers = 1  # one block: nothing to share
-    forced = load_forced_types(cfg.schema_path) if cfg.schema_path else {}
-    stack = contextlib.ExitStack()
-    with stack:
-        runner = OrderedRunner(workers, process_block)
-        stack.callback(runner.close)
+    overrides = load_overrides(cfg.schema_path) if cfg.schema_path else {}
+    with contextlib.ExitStack() as stack:
         first = open_input(files[0], cfg.block_size)
         stack.callback(first.close)
         header = first.header
@@ -62,24 +62,25 @@ def preprocess(cfg: PreprocessConfig) -> PreprocessResult:
             )
         if len(header) < 2:
             raise UserError(f"{files[0]}: only the label column; at least one feature is needed")
-        unknown = sorted(set(forced) - set(header))
-        if unknown:
-            log.warning("--schema names columns not in the data, ignored: %s", unknown)
+    unknown = sorted(set(overrides) - set(header))
+    if unknown:
+        log.warning("--schema names columns not in the data, ignored: %s", unknown)
+    plan, task = _make_plan(cfg, files, header, overrides, workers)
+    stack = contextlib.ExitStack()
+    with stack:
+        runner = OrderedRunner(workers, process_block)
+        stack.callback(runner.close)
         with storage.staged_dir(
             cfg.output,
             overwrite=cfg.overwrite,
             last=(manifest.MANIFEST,),
             inputs=(cfg.source, *files, cfg.schema_path),
         ) as tmp:
-            run = _Run(cfg, tmp, header, forced, runner, total_bytes)
+            run = _Run(cfg, tmp, plan, runner, total_bytes)
             try:
-                for i, path in enumerate(files):
-                    inp = first if i == 0 else open_input(path, cfg.block_size)
+                for path in files:
+                    inp = open_input(path, cfg.block_size)
                     try:
-                        if inp.header != header:
-                            raise UserError(
-                                f"{path}: columns {inp.header} differ from {files[0]}'s {header}"
-                            )
                         run.consume(inp)
                     finally:
                         inp.close()
@@ -87,7 +88,7 @@ def preprocess(cfg: PreprocessConfig) -> PreprocessResult:
             finally:
                 runner.close()
                 run.close()
-            result = run.commit(files)
+            result = run.commit(files, overrides, task)
     secs, cpu = time.monotonic() - t0, time.process_time() - cpu0
     return dataclasses.replace(result, seconds=secs, workers=workers, cpu_seconds=cpu)
 
@@ -97,36 +98,44 @@ def open_input(path: str, block_size: int) -> CsvInput | ParquetInput:
     return ParquetInput(path) if is_parquet(path) else CsvInput(path, block_size)
 
 
-class _Run:
-    """The calling thread's side of one run: feeds blocks, writes the results in order."""
+def _scan(cfg: PreprocessConfig, files: list[str], header: list[str], workers: int):
+    """The first pass: every file's header checked and its columns profiled, in input order."""
+    inference = ColumnInference(header, cfg.label)
+    scan_plan = ScanPlan(tuple(header), tuple(cfg.na_values), cfg.label)
+    runner = OrderedRunner(workers, profile_block)
+    try:
+        for path in files:
+            inp = open_input(path, cfg.block_size)
+            try:
+                if inp.header != header:
+                    raise UserError(
+                        f"{path}: columns {inp.header} differ from {files[0]}'s {header}"
+                    )
+                if isinstance(inp, ParquetInput):
+                    inference.merge(inp.profile(cfg.label))
+                    continue
+                for block in inp.blocks():
+                    for prof in runner.submit(scan_plan, block):
+                        inference.merge(prof)
+                for prof in runner.drain():
+                    inference.merge(prof)
+            finally:
+                inp.close()
+    finally:
+        runner.close()
+    return inference
 
-    def __init__(self, cfg, tmp, header, forced, runner: OrderedRunner, total_bytes: int) -> None:
-        self.cfg, self.tmp, self.header, self.forced = cfg, tmp, header, forced
-        self.runner = runner
-        self.plan: Plan | None = None
-        self.writers = {
-            s: SplitWriter(tmp, s, cfg.num_shards, cfg.compression) for s in ("train", "eval")
-        }
-        self.stats: Stats | None = None
-        self.skipped = 0
-        self.notes: list[str] = []
-        self.crcs: list[tuple[str, str]] = []
-        self.bytes_done = 0
-        self.bar = progress.Progress(
-            "preprocess", total=total_bytes, unit="B", enabled=cfg.progress
-        )
 
-    def _make_plan(self, inp, block: Block | None) -> Plan:
-        cfg = self.cfg
-        if isinstance(inp, ParquetInput):
-            types = {f.name: arrow_to_dtype(f.type) for f in inp.schema}
-        else:
-            types = infer_csv_types(block, self.header)
-        types.update({k: v for k, v in self.forced.items() if k in types})
-        features = [h for h in self.header if h != cfg.label]
-        self.stats = Stats(types, cfg.label)
-        return Plan(
-            header=tuple(self.header),
+def _make_plan(cfg, files, header, overrides, workers) -> tuple[Plan, str]:
+    inference = _scan(cfg, files, header, workers)
+    families = dict(inference.family)
+    types, kinds, formats = column_types(families, overrides, cfg.label)
+    forced = bool(overrides.get(cfg.label, {}).get("dtype"))
+    types[cfg.label], task = label_task(types, families, inference, cfg.label, cfg.task, forced)
+    features = [h for h in header if h != cfg.label]
+    return (
+        Plan(
+            header=tuple(header),
             types=types,
             label=cfg.label,
             order=tuple(features + [cfg.label]),
@@ -135,15 +144,39 @@ class _Run:
             num_shards=cfg.num_shards,
             compression=cfg.compression,
             on_bad_row=cfg.on_bad_row,
+            kinds=kinds,
+            formats=formats,
+            na_values=tuple(cfg.na_values),
+            on_missing_label=cfg.on_missing_label,
+            sample_rate=min(1.0, SAMPLE_VALUES / max(inference.rows, 1)),
+        ),
+        task,
+    )
+
+
+class _Run:
+    """The calling thread's side of one run: feeds blocks, writes the results in order."""
+
+    def __init__(self, cfg, tmp, plan: Plan, runner: OrderedRunner, total_bytes: int) -> None:
+        self.cfg, self.tmp, self.plan = cfg, tmp, plan
+        self.runner = runner
+        self.writers = {
+            s: SplitWriter(tmp, s, cfg.num_shards, cfg.compression) for s in ("train", "eval")
+        }
+        self.stats = Stats(plan)
+        self.skipped = 0
+        self.notes: list[str] = []
+        self.crcs: list[tuple[str, str]] = []
+        self.bytes_done = 0
+        self.bar = progress.Progress(
+            "preprocess", total=total_bytes, unit="B", enabled=cfg.progress
         )
 
     def consume(self, inp) -> None:
         before = self.bytes_done
         for block in inp.blocks():
-            if self.plan is None:
-                if not block.parquet and not block.data.strip(b"\r\n"):
-                    continue  # blank lines: no rows, and nothing to infer types from
-                self.plan = self._make_plan(inp, block)
+            if not block.parquet and not block.data.strip(b"\r\n"):
+                continue  # blank lines: no rows
             for res in self.runner.submit(self.plan, block):
                 self._handle(res)
             done = inp.tap.bytes if isinstance(inp, CsvInput) else 0
@@ -158,12 +191,13 @@ class _Run:
 
     @property
     def rows(self) -> int:
-        return self.stats.n if self.stats else 0
+        return self.stats.n
 
     def _handle(self, res: BlockResult) -> None:
         if res.error:
             raise UserError(res.error)
         self.skipped += res.skipped
+        self.stats.missing_label += res.missing_label
         if res.skip_note and len(self.notes) < 5:
             self.notes.append(res.skip_note)
         if not res.rows:
@@ -181,10 +215,12 @@ class _Run:
             w.close()
         self.bar.close()
 
-    def commit(self, files: list[str]) -> PreprocessResult:
+    def commit(self, files: list[str], overrides: dict, task: str) -> PreprocessResult:
         cfg = self.cfg
         if self.rows == 0:
             why = f" ({self.skipped} bad rows skipped)" if self.skipped else ""
+            if self.stats.missing_label:
+                why += f" ({self.stats.missing_label} rows without a label dropped)"
             raise UserError(f"{cfg.source}: no data rows after the header{why}")
         train_rows, eval_rows = sum(self.writers["train"].rows), sum(self.writers["eval"].rows)
         if train_rows == 0:
@@ -195,13 +231,17 @@ class _Run:
                 self.skipped,
                 "; ".join(self.notes) or "-",
             )
-        types = self.plan.types
-        features = list(self.plan.order[:-1])  # the label comes last
-        schema = _make_schema(types, features, cfg.label, self.stats, files[0])
+        if self.stats.missing_label:
+            log.warning(
+                "preprocess: dropped %d rows without a label (--on-missing-label=drop)",
+                self.stats.missing_label,
+            )
+        schema = make_schema(self.plan, self.stats, overrides, task, files[0])
+        kinds = {f.name: f.kind for f in (*schema.features, schema.label)}
         source_hash = fingerprint(self.crcs)
         storage.write_text(os.path.join(self.tmp, layout.SCHEMA), schema.to_json())
         stats = self.stats.to_dict(
-            train_rows, eval_rows, list(schema.label_vocabulary), self.skipped
+            train_rows, eval_rows, list(schema.label_vocabulary), self.skipped, kinds
         )
         storage.write_text(os.path.join(self.tmp, layout.STATS), json.dumps(stats, indent=2) + "\n")
         shards = [
@@ -231,37 +271,11 @@ class _Run:
             schema,
             source_hash,
             skipped_rows=self.skipped,
+            missing_label_rows=self.stats.missing_label,
+            column_table=column_table(schema, self.stats),
             bytes_read=self.bytes_done,
             peak_rss_mb=_peak_rss_mb(),
         )
-
-
-def _make_schema(types, feature_names, label, stats: Stats, first_file: str) -> Schema:
-    lt = types[label]
-    if lt == "float32":
-        task, num_classes, vocab = "regression", 0, ()
-    elif lt == "int64":
-        keys = list(stats.label_hist)
-        if min(keys) < 0:
-            raise UserError(
-                f"{location(first_file, None, label)}: integer labels must be >= 0 for "
-                f"classification (found {min(keys)}); force float with --schema for regression"
-            )
-        task, num_classes, vocab = "classification", int(max(keys)) + 1, ()
-        if num_classes > MAX_LABEL_CLASSES:
-            raise UserError(f"column {label!r}: {num_classes} classes is too many")
-    else:
-        vocab = tuple(sorted(str(v) for v in stats.label_hist))
-        task, num_classes = "classification", len(vocab)
-        if num_classes > MAX_LABEL_CLASSES:
-            raise UserError(f"column {label!r}: {num_classes} classes is too many")
-    return Schema(
-        features=tuple(Feature(n, types[n]) for n in feature_names),
-        label=Feature(label, lt),
-        task=task,
-        num_classes=num_classes,
-        label_vocabulary=vocab,
-    )
 
 
 def _peak_rss_mb() -> int:

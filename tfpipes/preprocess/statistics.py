@@ -1,38 +1,93 @@
-"""Statistics: per-block sums, extremes, distinct strings and label histogram
-(:func:`block_stats`, on a worker), folded in input order into ``stats.json`` (:class:`Stats`).
+"""Statistics: per-block summaries (:func:`block_stats`, on a worker), folded in input order
+into ``stats.json`` (:class:`Stats`).
+
+Per feature (and the label), over the rows written (all rows, train and eval — the split is a
+hash of the row, so both splits follow one distribution): ``kind``, ``count`` (present values)
+and ``missing``. Numeric, timestamp and boolean features add ``mean``, ``std``, ``min``, ``max``
+(exact, over present values), ``median``, ``quantiles`` (21, at 0, 5, ..., 100 %) and
+``histogram`` (10 fixed bins between min and max). Quantiles and histogram come from a
+deterministic sample of at most ``SAMPLE_VALUES`` rows (rows chosen by a hash of their place
+in the input, so the result does not depend on the worker count): exact up to that many rows,
+scaled to the exact count beyond. Categorical and id features add ``unique`` (exact up to
+``EXACT_UNIQUE`` distinct values, then a k-minimum-values estimate with ``unique_approximate``)
+and ``top``: ``[value, count]`` pairs, most frequent first (ties by value), at most ``TOP_K``
+(counts exact while the column has at most ``EXACT_UNIQUE`` distinct values, lower bounds
+after). The label keeps its ``histogram`` (class -> count) for classification.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
 
-from tfpipes.preprocess.blocks import Plan
+from tfpipes.preprocess.blocks import Block, Plan
 
 MAX_LABEL_CLASSES = 10_000
+SAMPLE_VALUES = 100_000
+EXACT_UNIQUE = 10_000
+TOP_K = 1_000
+_KMV = 4096  # hashes kept by the distinct-count sketch: ~1.6 % error
+QUANTILES = np.linspace(0.0, 1.0, 21)
 
 
-def block_stats(plan: Plan, cols: dict, n: int) -> dict:
-    """Sums, extremes, distinct strings and the label histogram of one block."""
+def is_categorical(plan: Plan, name: str) -> bool:
+    kind = plan.kind(name)
+    return kind in ("categorical", "id") or (not kind and plan.types[name] == "string")
+
+
+def sample_mask(block: Block, n: int, rate: float) -> np.ndarray | None:
+    """The block's rows in the statistics sample (None: all): a hash of each row's place."""
+    if rate >= 1.0:
+        return None
+    key = (np.uint64(block.first) << np.uint64(24)) + np.arange(n, dtype=np.uint64)
+    return _mix(key) < np.uint64(int(rate * 2.0**64))
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: a stable 64-bit hash of uint64 keys."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def _hashes(values: list) -> np.ndarray:
+    if values and isinstance(values[0], int):
+        return _mix(np.array(values, dtype=np.int64).view(np.uint64))
+    digest = (hashlib.blake2b(str(v).encode(), digest_size=8).digest() for v in values)
+    return np.frombuffer(b"".join(digest), dtype=np.uint64).copy()
+
+
+def block_stats(plan: Plan, block: Block, cols: dict, present: dict, n: int) -> dict:
+    """One block's summary per column (see :class:`Stats`) and its label histogram."""
     import pyarrow.compute as pc
 
-    out: dict = {"n": n, "num": {}, "str": {}, "hist": None}
+    sel = sample_mask(block, n, plan.sample_rate)
+    out: dict = {"n": n, "num": {}, "cat": {}, "hist": None}
     for name in plan.header:
-        dtype = plan.types[name]
-        v = cols[name]
-        if dtype == "string":
-            u = pc.unique(v)
-            out["str"][name] = u.to_pylist() if len(u) <= MAX_LABEL_CLASSES else len(u)
+        v, p = cols[name], present.get(name)
+        missing = 0 if p is None else int(n - p.sum())
+        if is_categorical(plan, name):
+            if isinstance(v, np.ndarray):
+                vals, counts = np.unique(v if p is None else v[p], return_counts=True)
+                vals, counts = vals.tolist(), counts.tolist()
+            else:
+                vc = pc.value_counts(v if p is None else v.filter(p))
+                vals, counts = vc.field("values").to_pylist(), vc.field("counts").to_pylist()
+            out["cat"][name] = (missing, vals, counts, _hashes(vals))
             continue
-        a = v.astype(np.float64)
-        out["num"][name] = (
-            n,
-            float(a.sum()),
-            float(np.square(a).sum()),
-            float(a.min()),
-            float(a.max()),
-        )
+        a = np.asarray(v, dtype=np.float64)
+        s = sel
+        if p is not None:
+            a = a[p]
+            s = None if sel is None else sel[p]
+        c = len(a)
+        mean = float(a.mean()) if c else 0.0
+        m2 = float(np.square(a - mean).sum()) if c else 0.0
+        lo, hi = (float(a.min()), float(a.max())) if c else (math.inf, -math.inf)
+        out["num"][name] = (missing, c, mean, m2, lo, hi, a if s is None else a[s])
     lab = cols[plan.label]
     if plan.types[plan.label] == "int64":
         vals, counts = np.unique(lab, return_counts=True)
@@ -43,57 +98,129 @@ def block_stats(plan: Plan, cols: dict, n: int) -> dict:
     return out
 
 
+class _Numeric:
+    def __init__(self) -> None:
+        self.missing = self.count = 0
+        self.mean = self.m2 = 0.0
+        self.lo, self.hi = math.inf, -math.inf
+        self.samples: list[np.ndarray] = []
+
+    def merge(self, missing, c, mean, m2, lo, hi, sample) -> None:
+        self.missing += missing
+        if c:  # Chan et al.'s parallel update: stable for large offsets such as epoch seconds
+            total = self.count + c
+            delta = mean - self.mean
+            self.mean += delta * c / total
+            self.m2 += m2 + delta * delta * self.count * c / total
+            self.count = total
+            self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+        self.samples.append(sample)
+
+    def to_dict(self, kind: str) -> dict:
+        d = {"kind": kind, "count": self.count, "missing": self.missing}
+        if not self.count:
+            d.update(mean=0.0, std=0.0, min=0.0, max=0.0, median=0.0, unique=0)
+            d["quantiles"] = [0.0] * len(QUANTILES)
+            d["histogram"] = {"edges": [0.0] * 11, "counts": [0] * 10}
+            return d
+        s = np.concatenate(self.samples)
+        q = np.quantile(s, QUANTILES) if len(s) else np.full(len(QUANTILES), self.mean)
+        q[0], q[-1] = self.lo, self.hi
+        edges = np.linspace(self.lo, self.hi, 11)
+        if self.hi > self.lo and len(s):
+            counts = np.histogram(s, edges)[0]
+            if len(s) != self.count:  # a sample: scale to the count, largest remainders up
+                exact = counts * (self.count / len(s))
+                counts = np.floor(exact).astype(np.int64)
+                rest = self.count - int(counts.sum())
+                counts[np.argsort(-(exact - counts), kind="stable")[:rest]] += 1
+        else:
+            counts = np.zeros(10, dtype=np.int64)
+            counts[0] = self.count
+        d.update(mean=self.mean, std=math.sqrt(max(self.m2 / self.count, 0.0)))
+        d.update(min=self.lo, max=self.hi, median=float(np.quantile(s, 0.5)) if len(s) else 0.0)
+        d["quantiles"] = [float(x) for x in q]
+        d["histogram"] = {"edges": [float(x) for x in edges], "counts": counts.tolist()}
+        d["unique"] = int(len(np.unique(s)))  # of the sample: exact up to SAMPLE_VALUES rows
+        return d
+
+
+class _Categorical:
+    def __init__(self) -> None:
+        self.missing = self.count = 0
+        self.counts: dict = {}
+        self.approximate = False
+        self.sketch = np.zeros(0, dtype=np.uint64)  # the _KMV smallest value hashes
+
+    def merge(self, missing, vals, counts, hashes) -> None:
+        self.missing += missing
+        self.count += sum(counts)
+        self.sketch = np.union1d(self.sketch, hashes)[:_KMV]
+        get = self.counts.get
+        for v, c in zip(vals, counts):
+            self.counts[v] = get(v, 0) + c
+        if len(self.counts) > EXACT_UNIQUE:
+            # Past the exact limit keep the most frequent values (their counts become lower
+            # bounds) so memory stays bounded on an id column.
+            self.approximate = True
+            keep = sorted(self.counts.items(), key=lambda kv: -kv[1])[: EXACT_UNIQUE // 2]
+            self.counts = dict(keep)
+
+    def unique(self) -> int:
+        if not self.approximate:
+            return len(self.counts)
+        if len(self.sketch) < _KMV:
+            return len(self.sketch)
+        return int(round((_KMV - 1) / (float(self.sketch[-1]) / 2.0**64)))
+
+    def to_dict(self, kind: str) -> dict:
+        top = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_K]
+        d = {"kind": kind, "count": self.count, "missing": self.missing}
+        d["unique"] = self.unique()
+        if self.approximate:
+            d["unique_approximate"] = True
+        d["top"] = [[v if isinstance(v, int) else str(v), c] for v, c in top]
+        return d
+
+
 class Stats:
     """Statistics folded block by block, in input order."""
 
-    def __init__(self, schema_types: dict[str, str], label: str):
-        self.types = schema_types
-        self.label = label
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.label = plan.label
         self.n = 0
-        self.num = {
-            k: [0, 0.0, 0.0, math.inf, -math.inf] for k, t in schema_types.items() if t != "string"
+        self.missing_label = 0
+        self.cols = {
+            h: _Categorical() if is_categorical(plan, h) else _Numeric() for h in plan.header
         }
-        self.str_unique: dict[str, set] = {
-            k: set() for k, t in schema_types.items() if t == "string"
-        }
-        self.str_over: set[str] = set()  # columns with more distinct values than we track
         self.label_hist: dict = {}
 
     def merge(self, part: dict) -> None:
         self.n += part["n"]
-        for k, (c, s, ss, lo, hi) in part["num"].items():
-            acc = self.num[k]
-            acc[0] += c
-            acc[1] += s
-            acc[2] += ss
-            acc[3] = min(acc[3], lo)
-            acc[4] = max(acc[4], hi)
-        for k, vals in part["str"].items():
-            u = self.str_unique[k]
-            if isinstance(vals, int) or k in self.str_over:
-                self.str_over.add(k)
-                continue
-            u.update(vals)
-            if len(u) > MAX_LABEL_CLASSES and k != self.label:
-                self.str_over.add(k)
+        for k, args in part["num"].items():
+            self.cols[k].merge(*args)
+        for k, args in part["cat"].items():
+            self.cols[k].merge(*args)
         if part["hist"] is not None:
             for v, c in zip(*part["hist"]):
                 self.label_hist[v] = self.label_hist.get(v, 0) + c
 
-    def to_dict(self, train_rows: int, eval_rows: int, vocab: list, skipped: int = 0) -> dict:
-        """The ``stats.json`` document."""
-        feats = {}
-        for k, (c, s, ss, lo, hi) in self.num.items():
-            mean = s / c if c else 0.0
-            var = max(ss / c - mean * mean, 0.0) if c else 0.0
-            feats[k] = {"count": c, "mean": mean, "std": math.sqrt(var), "min": lo, "max": hi}
-        for k, u in self.str_unique.items():
-            feats[k] = {"count": self.n, "unique": len(u)}
-            if k in self.str_over:
-                feats[k]["unique_at_least"] = True
+    def unique(self, name: str) -> int:
+        """Distinct present values of a column (approximate past the exact limits)."""
+        col = self.cols[name]
+        return col.unique() if isinstance(col, _Categorical) else col.to_dict("")["unique"]
+
+    def to_dict(self, train_rows: int, eval_rows: int, vocab: list, skipped: int, kinds) -> dict:
+        """The ``stats.json`` document; ``kinds``: column -> its schema kind."""
+        feats = {k: col.to_dict(kinds[k]) for k, col in self.cols.items()}
+        for f in feats.values():
+            if f["kind"] not in ("categorical", "id"):
+                del f["unique"]  # the table shows it; stats.json keeps it for categories
         out = {"num_rows": self.n, "train_rows": train_rows, "eval_rows": eval_rows}
         out["skipped_rows"] = skipped
-        out["features"] = {k: feats[k] for k in self.types if k != self.label}
+        out["missing_label_rows"] = self.missing_label
+        out["features"] = {k: feats[k] for k in self.plan.header if k != self.label}
         out["label"] = {"name": self.label, **feats[self.label]}
         if self.label_hist:
             if vocab:

@@ -17,9 +17,13 @@ import numpy as np
 
 from tfpipes.errors import location
 from tfpipes.preprocess.blocks import Block, Plan
-from tfpipes.preprocess.csv_blocks import count_lines, quoted_spans
+from tfpipes.preprocess.cell_kinds import check_text, convert_text
+from tfpipes.preprocess.csv_blocks import MAX_ROW_BYTES, count_lines, quoted_spans
 
 FLOAT32_MAX = 3.4028234663852886e38
+# The csv module's default field limit (128 KiB) is far below what a block may hold; hitting it
+# hid the real problem of a block behind "field larger than field limit" (issue 12).
+csv.field_size_limit(max(csv.field_size_limit(), MAX_ROW_BYTES + 1))
 
 
 class BadBlock(Exception):
@@ -34,16 +38,20 @@ def one_line(e: BaseException) -> str:
 
 INT_RE = r"^[ \t]*-?[0-9]+[ \t]*$"
 FLOAT_RE = r"^[ \t]*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?[ \t]*$"
-_NONFINITE_RE = r"^[ \t]*[+-]?(nan|inf|infinity)[ \t]*$"
+NONFINITE_RE = r"^[ \t]*[+-]?(nan|inf|infinity)[ \t]*$"
 BLANK_RE = r"^[ \t]*$"
 _int_re, _float_re = re.compile(INT_RE), re.compile(FLOAT_RE)
-_nonfinite_re = re.compile(_NONFINITE_RE, re.IGNORECASE)
+_nonfinite_re = re.compile(NONFINITE_RE, re.IGNORECASE)
 
 
-def check_cell(value: str, dtype: str) -> str | None:
-    """Why ``value`` is not a valid ``dtype`` cell (Arrow's rules), or None."""
+def check_cell(value: str, dtype: str, kind: str = "", fmt: str = "") -> str | None:
+    """Why ``value`` (a present cell, not a missing token) is not a valid ``dtype`` cell of
+    ``kind`` (Arrow's rules for numbers, :mod:`.cell_kinds` for booleans and timestamps), or
+    None."""
     if dtype == "string":
         return None
+    if kind in ("boolean", "timestamp"):
+        return check_text(value, kind, fmt)
     if re.match(BLANK_RE, value):
         return "empty value"
     if dtype == "int64":
@@ -62,13 +70,19 @@ def check_cell(value: str, dtype: str) -> str | None:
 
 
 def row_problem(plan: Plan, row: list[str]) -> tuple[str | None, str] | None:
-    """(column or None, why) for the first problem in one parsed row, or None."""
+    """(column or None, why) for the first problem in one parsed row, or None. A missing cell
+    is no problem, except a missing label with ``--on-missing-label=fail``."""
     if len(row) != len(plan.header):
         return None, f"expected {len(plan.header)} fields, got {len(row)}"
+    na = plan.na_values
     for name, value in zip(plan.header, row):
-        if name == plan.label and re.match(BLANK_RE, value):
-            return name, "missing label"
-        problem = check_cell(value, plan.types[name])
+        if name == plan.label and (value in na or re.match(BLANK_RE, value)):
+            if plan.on_missing_label == "fail":
+                return name, "missing label (--on-missing-label=drop drops such rows)"
+    for name, value in zip(plan.header, row):
+        if value in na or name == plan.label and re.match(BLANK_RE, value):
+            continue
+        problem = check_cell(value, plan.types[name], plan.kind(name), plan.formats.get(name, ""))
         if problem:
             return name, problem
     return None
@@ -117,28 +131,41 @@ def bad_block(plan: Plan, block: Block, cause: str) -> BadBlock:
     return BadBlock(f"{where}: {cause} (in the rows from here on)")
 
 
-def convert_column(arr, dtype: str, typed: bool, is_label: bool):
-    """(values, mask of bad rows or None) for one column: numpy for numbers, Arrow for text."""
+def convert_column(arr, dtype: str, typed: bool, is_label: bool, kind: str = "", fmt: str = ""):
+    """(values, mask of bad rows or None, mask of present rows or None) for one column: numpy
+    for numbers, Arrow for text. Nulls are missing cells (``present`` False, a placeholder
+    value); a label that is only blanks is missing too. Booleans and timestamps arrive as text
+    and leave as int64 (:mod:`.cell_kinds`)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     n = len(arr)
+    present = ~arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else None
     if dtype == "string":
         values = arr.cast(pa.string()) if not pa.types.is_string(arr.type) else arr
+        if present is not None:
+            values = values.fill_null("")
         if is_label:
             blank = pc.match_substring_regex(values, BLANK_RE).to_numpy(zero_copy_only=False)
-            return values, (blank if blank.any() else None)
-        return values, None
+            if blank.any():
+                present = ~blank if present is None else present & ~blank
+        return values, None, present
+    if kind in ("boolean", "timestamp"):
+        values, bad = convert_text(arr.cast(pa.string()), kind, fmt)
+        return values, (bad if bad.any() else None), present
     if typed:
+        if present is not None:
+            arr = arr.fill_null(0)
         a = arr.to_numpy(zero_copy_only=False)
         if dtype == "int64":
-            return a.astype(np.int64, copy=False), None
+            return a.astype(np.int64, copy=False), None, present
         if a.dtype == np.float32:  # parsed as float32: past its range is infinity
             finite = np.isfinite(a)
-            return a, (None if finite.all() else ~finite)
+            return a, (None if finite.all() else ~finite), present
         bad = ~(np.abs(a) <= FLOAT32_MAX)  # NaN, infinities, float32 overflow
-        return a.astype(np.float32), (bad if bad.any() else None)
+        return a.astype(np.float32), (bad if bad.any() else None), present
     # Skip mode after a failed typed parse: every cell is text; keep the ones Arrow would take.
+    arr = arr.fill_null("0") if present is not None else arr
     ok = pc.match_substring_regex(arr, INT_RE if dtype == "int64" else FLOAT_RE)
     ok = ok.to_numpy(zero_copy_only=False)
     text = pc.utf8_trim(arr, " \t")
@@ -159,4 +186,5 @@ def convert_column(arr, dtype: str, typed: bool, is_label: bool):
     if dtype == "float32":
         bad |= ~(np.abs(a) <= FLOAT32_MAX)
         a = np.where(bad, 0.0, a).astype(np.float32)
-    return a.astype(np.int64, copy=False) if dtype == "int64" else a, (bad if bad.any() else None)
+    a = a.astype(np.int64, copy=False) if dtype == "int64" else a
+    return a, (bad if bad.any() else None), present

@@ -21,18 +21,17 @@ def process_block(plan: Plan, block: Block) -> BlockResult:
     the first problem in input order.
     """
     try:
-        if block.parquet:
-            cols, keep, skipped, note = parquet_columns(plan, block)
-        else:
-            cols, keep, skipped, note = csv_columns(plan, block)
+        c = parquet_columns(plan, block) if block.parquet else csv_columns(plan, block)
     except BadBlock as e:
         return BlockResult(error=str(e))
-    if keep is not None:
-        cols = {k: filter_rows(v, keep) for k, v in cols.items()}
+    cols, present = c.values, c.present
+    if c.keep is not None:
+        cols = {k: filter_rows(v, c.keep) for k, v in cols.items()}
+        present = {k: None if v is None else v[c.keep] for k, v in present.items()}
     n = len(cols[plan.label])
-    result = BlockResult(rows=n, skipped=skipped, skip_note=note)
+    result = BlockResult(rows=n, skipped=c.skipped, skip_note=c.note, missing_label=c.missing_label)
     if n == 0:
         return result
-    result.stats = block_stats(plan, cols, n)
-    result.splits = encode_splits(plan, cols)
+    result.stats = block_stats(plan, block, cols, present, n)
+    result.splits = encode_splits(plan, cols, present)
     return result

@@ -1,0 +1,216 @@
+"""Column types and kinds from the whole input: the first pass over every CSV block.
+
+Each block is parsed by Arrow with type inference (missing tokens are nulls, so an empty cell
+never makes a column a string) and summarized per column as a *family* — null, int, float,
+boolean, timestamp or string — with its count of present values (:func:`profile_block`, on a
+worker). :class:`ColumnInference` folds the profiles in input order:
+
+- null + X = X; int + float = float (a column of integers with one ``2.5`` is float32);
+  Arrow's ``true/false`` and our boolean words (true/false, yes/no, t/f, y/n in any case) are
+  boolean; ISO 8601 dates and date-times are timestamps.
+- Any other mix is a string column — unless the column held only numbers for its first
+  ``LEAD_VALUES`` present values (counted in input order, across blocks): then it stays numeric
+  and the first value that is not a number is reported by the main pass as
+  ``file:line: column 'c': 'x' is not a number`` (declare the column string with ``--schema``
+  to keep such values as text). A value that breaks the type late is an error, never a silent
+  string.
+
+The same pass counts the rows and collects the label's distinct values (for the task).
+String columns are told apart as categorical or id after the main pass, from their statistics
+(``ID_MIN_UNIQUE`` distinct values and more than ``ID_MIN_FRACTION`` of the present values).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from tfpipes.preprocess.blocks import Block
+from tfpipes.preprocess.cell_kinds import BOOL_WORDS
+from tfpipes.preprocess.validation import FLOAT_RE, INT_RE, NONFINITE_RE
+
+LEAD_VALUES = 1_000  # a column numeric for this many present values stays numeric
+ID_MIN_UNIQUE = 1_000  # a string column with more distinct values than this ...
+ID_MIN_FRACTION = 0.5  # ... and more than this fraction of its present values is an id
+MAX_LABEL_VALUES = 10_001  # the label's distinct values tracked (classes beyond are too many)
+NUMERIC = ("int", "float")
+ISO_RE = (
+    r"^[ \t]*[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?)?[ \t]*$"
+)
+_NUMBER_RE = f"(?:{FLOAT_RE})|(?:{NONFINITE_RE})"
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanPlan:
+    """What the first pass needs: the header, the missing tokens and the label column."""
+
+    header: tuple[str, ...]
+    na_values: tuple[str, ...]
+    label: str
+
+
+@dataclasses.dataclass
+class BlockProfile:
+    """One block's summary: rows, and per column (family, present values, leading numbers:
+    (count, family) of the present values before the first non-number, for string blocks)."""
+
+    rows: int = 0
+    columns: dict | None = None  # name -> (family, present, lead, lead_family)
+    labels: list | None = None  # the label's distinct present values
+    failed: bool = False  # Arrow could not read it: the main pass reports why
+
+
+def _family(arr) -> str:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = arr.type
+    if pa.types.is_null(t) or arr.null_count == len(arr):
+        return "null"
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_boolean(t):
+        return "boolean"
+    if pa.types.is_date(t) or pa.types.is_timestamp(t):
+        return "timestamp"
+    if not pa.types.is_string(t):
+        return "string"  # binary: not UTF-8, which the main pass reports
+    present = arr.drop_null()
+    words = pc.unique(pc.utf8_lower(pc.utf8_trim_whitespace(present)))
+    if len(words) <= len(BOOL_WORDS) and set(words.to_pylist()) <= BOOL_WORDS:
+        return "boolean"
+    if pc.all(pc.match_substring_regex(present, ISO_RE)).as_py():
+        return "timestamp"  # dates and date-times mixed, which Arrow's inference takes as text
+    return "string"
+
+
+def _leading_numbers(arr) -> tuple[int, str]:
+    """(count, int|float) of the present values of a text column before the first non-number."""
+    import pyarrow.compute as pc
+
+    present = arr.drop_null()
+    is_num = pc.match_substring_regex(present, _NUMBER_RE, ignore_case=True)
+    is_num = is_num.to_numpy(zero_copy_only=False)
+    lead = int(np.argmin(is_num)) if not is_num.all() else len(is_num)
+    if lead == 0:
+        return 0, "null"
+    is_int = pc.match_substring_regex(present.slice(0, lead), INT_RE).to_numpy(zero_copy_only=False)
+    return lead, "int" if is_int.all() else "float"
+
+
+def profile_block(plan: ScanPlan, block: Block) -> BlockProfile:
+    """Arrow's inference on one CSV block, summarized per column (runs on a worker)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pcsv
+
+    try:
+        table = pcsv.read_csv(
+            pa.py_buffer(block.data),
+            read_options=pcsv.ReadOptions(
+                column_names=list(plan.header), use_threads=False, block_size=len(block.data) + 1
+            ),
+            parse_options=pcsv.ParseOptions(
+                delimiter=block.delimiter,
+                quote_char='"' if b'"' in block.data else False,
+                newlines_in_values=True,
+                invalid_row_handler=lambda row: "skip",
+            ),
+            convert_options=pcsv.ConvertOptions(
+                null_values=list(plan.na_values),
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        return BlockProfile(failed=True)
+    cols = {}
+    for name in plan.header:
+        arr = table.column(name).combine_chunks()
+        fam = _family(arr)
+        present = len(arr) - arr.null_count
+        lead, lead_fam = _leading_numbers(arr) if fam == "string" else (0, "null")
+        cols[name] = (fam, present, lead, lead_fam)
+    labels = pc.unique(table.column(plan.label).drop_null())
+    labels = labels.slice(0, MAX_LABEL_VALUES).to_pylist()
+    return BlockProfile(rows=table.num_rows, columns=cols, labels=labels)
+
+
+def widen(a: str, b: str) -> str | None:
+    """The family holding both ``a`` and ``b``, or None when they do not mix."""
+    if a == "null" or a == b:
+        return b
+    if b == "null":
+        return a
+    if a in NUMERIC and b in NUMERIC:
+        return "float"
+    return None
+
+
+class ColumnInference:
+    """Block profiles folded in input order into each column's family (see the module doc)."""
+
+    def __init__(self, header, label: str) -> None:
+        self.label = label
+        self.rows = 0
+        self.family = {h: "null" for h in header}
+        self.present = {h: 0 for h in header}
+        self.locked: set[str] = set()  # numeric for LEAD_VALUES values, then broken
+        self.labels: set = set()
+
+    def merge(self, p: BlockProfile) -> None:
+        if p.failed:
+            return
+        self.rows += p.rows
+        for name, (fam, present, lead, lead_fam) in p.columns.items():
+            cur = self.family[name]
+            if name in self.locked or cur == "string":
+                pass
+            elif fam != "string" and (w := widen(cur, fam)) is not None:
+                self.family[name] = w
+            else:
+                num = widen(cur, lead_fam) if fam == "string" else cur
+                if num in NUMERIC and self.present[name] + lead >= LEAD_VALUES:
+                    self.family[name] = num
+                    self.locked.add(name)
+                else:
+                    self.family[name] = "string"
+            self.present[name] += present
+        if len(self.labels) < MAX_LABEL_VALUES:
+            self.labels.update(p.labels)
+
+
+def family_type(family: str) -> tuple[str, str]:
+    """(dtype, kind) a column family is stored as."""
+    return {
+        "int": ("int64", "numeric"),
+        "float": ("float32", "numeric"),
+        "boolean": ("int64", "boolean"),
+        "timestamp": ("int64", "timestamp"),
+    }.get(family, ("string", "categorical"))
+
+
+def arrow_family(t) -> str:
+    """The family of a Parquet column's Arrow type."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_boolean(t):
+        return "boolean"
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "float"
+    if pa.types.is_date(t) or pa.types.is_timestamp(t):
+        return "timestamp"
+    return "string"
+
+
+def string_kind(unique: int, present: int) -> str:
+    """categorical or id for a string column, from its distinct and present value counts."""
+    return "id" if unique > ID_MIN_UNIQUE and unique > ID_MIN_FRACTION * present else "categorical"
