@@ -57,11 +57,16 @@ def preprocess_op(
     compression: str = "",
     content_key: str = "",
     cache_index: str = "",
+    na_values: str = "",
+    task: str = "",
+    on_missing_label: str = "drop",
 ):
     """CSV at ``source`` (file, glob, directory or gs:// prefix) -> the ``examples`` data set.
 
     ``content_key`` (from fingerprint_op) is part of KFP's cache key, so the cache is reused
-    only for the same input content; the output is recorded under it in ``cache_index``."""
+    only for the same input content; the output is recorded under it in ``cache_index``.
+    ``na_values``: the missing-value tokens, comma-separated as ``--na-values`` ("": the
+    default set); ``task`` and ``on_missing_label`` as ``tfpipes preprocess``'s flags."""
     from tfpipes.errors import exit_on_error
     from tfpipes.preprocess import PreprocessConfig, preprocess
 
@@ -76,11 +81,15 @@ def preprocess_op(
                 compression=compression,
                 overwrite=True,  # a retried task replaces its own partial output
                 progress=False,
+                task=task,
+                on_missing_label=on_missing_label,
+                **({"na_values": tuple(na_values.split(","))} if na_values else {}),
             )
         )
     examples.metadata.update(
         {
             "rows": r.rows,
+            "missing_label_rows": r.missing_label_rows,
             "train_rows": r.train_rows,
             "eval_rows": r.eval_rows,
             "task": r.schema.task,

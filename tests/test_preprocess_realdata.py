@@ -353,3 +353,22 @@ def test_cli_flags_and_the_column_table(outside_dir):
         "d.csv:3: column 'label': missing label (--on-missing-label=drop drops such rows)"
     )
     assert not (outside_dir / "o2").exists()
+
+
+def test_the_preprocess_component_takes_the_missing_value_and_label_options(tmp_path):
+    from kfp.dsl import Dataset
+    from tfpipes_components import preprocess_op
+
+    from tfpipes import layout
+
+    src = tmp_path / "in.csv"
+    rows = [f"{'?' if i % 4 == 0 else i * 0.5},{i % 3}" for i in range(40)] + ["1.0,"]
+    src.write_text("x,y\n" + "\n".join(rows) + "\n")
+    out = Dataset(uri=str(tmp_path / "ds"))
+    preprocess_op.python_func(
+        source=str(src), label="y", examples=out, na_values="?,", task="regression", num_shards=2
+    )
+    stats = json.loads((tmp_path / "ds" / layout.STATS).read_text())
+    assert stats["features"]["x"]["missing"] == 10 and stats["missing_label_rows"] == 1
+    assert json.loads((tmp_path / "ds" / layout.SCHEMA).read_text())["task"] == "regression"
+    assert out.metadata["missing_label_rows"] == 1
