@@ -22,6 +22,16 @@ RUN_ID = re.compile(r"^run ([0-9a-f-]{36})$", re.MULTILINE)
 # fixtures and helpers
 
 
+def send_healthy(handler: BaseHTTPRequestHandler) -> None:
+    """Answer a request the way a single-user KFP API answers its health check."""
+    body = b'{"multi_user": false}'
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 def _compile(path, name: str = "tiny-train") -> str:
     """A trivial pipeline with the kinds of parameters the training pipeline has."""
     from kfp import compiler, dsl
@@ -265,12 +275,7 @@ def hung_server():
 
         def do_GET(self):
             if self.path.startswith(f"{API}/healthz"):
-                body = b'{"multi_user": false}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send_healthy(self)
                 return
             release.wait(30)
 

@@ -16,6 +16,7 @@ from tests.test_kfp_api import (
     _compile,
     one_line_error,
     run_cli,
+    send_healthy,
     submit,
 )
 
@@ -59,12 +60,7 @@ class Recorder:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                body = b'{"multi_user": false}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send_healthy(self)
 
             do_GET = do_POST = do_DELETE = _answer
 
@@ -125,16 +121,22 @@ def sent_token(exchanges_headers) -> bool:
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def _submit_refused(capsys, host: str, package: str) -> str:
+    """`tfpipes submit` with the sentinel token to ``host``: exit 2; returns its stderr."""
+    code, _, err = run_cli(
+        capsys, "submit", "--host", host, "--package", package, "--param", "source=s",
+        "--token", TOKEN,
+    )  # fmt: skip
+    assert code == 2
+    return err
+
+
 def test_the_health_check_never_follows_a_redirect_to_another_origin(
     recorders, package, capsys, status
 ):
     elsewhere = recorders()
     redirector = recorders((status, elsewhere.url, 0))
-    code, _, err = run_cli(
-        capsys, "submit", "--host", redirector.url, "--package", package, "--param", "source=s",
-        "--token", TOKEN,
-    )  # fmt: skip
-    assert code == 2
+    err = _submit_refused(capsys, redirector.url, package)
     line = one_line_error(err)
     assert f"HTTP {status} redirect to {elsewhere.url}{HEALTHZ} (another origin)" in line
     assert TOKEN not in err
@@ -147,11 +149,7 @@ def test_kfp_client_requests_never_follow_a_redirect(recorders, package, capsys)
     constructor included, then the API calls) is redirected to another server."""
     elsewhere = recorders()
     redirector = recorders((307, elsewhere.url, 1))
-    code, _, err = run_cli(
-        capsys, "submit", "--host", redirector.url, "--package", package, "--param", "source=s",
-        "--token", TOKEN,
-    )  # fmt: skip
-    assert code == 2
+    err = _submit_refused(capsys, redirector.url, package)
     line = one_line_error(err)
     assert "HTTP 307 redirect to " + elsewhere.url in line and "(another origin)" in line
     assert TOKEN not in err
@@ -162,11 +160,7 @@ def test_kfp_client_requests_never_follow_a_redirect(recorders, package, capsys)
 def test_a_same_origin_redirect_is_refused_too(recorders, package, capsys):
     redirector = recorders((302, "", 0))  # Location: the same path on the same server
     redirector.redirect = (302, redirector.url + "/moved", 0)
-    code, _, err = run_cli(
-        capsys, "submit", "--host", redirector.url, "--package", package, "--param", "source=s",
-        "--token", TOKEN,
-    )  # fmt: skip
-    assert code == 2
+    err = _submit_refused(capsys, redirector.url, package)
     assert "(the same server)" in one_line_error(err)
     assert [p for _, p, _ in redirector.seen] == [HEALTHZ]
 

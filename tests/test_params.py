@@ -182,29 +182,21 @@ def test_bad_hidden_is_the_same_one_line_error_at_every_front_door(tmp_path, cap
     assert main(["run-local", "--source", "s", "--label", "y", "--hidden", "64,x"]) == 2
     assert capsys.readouterr().err.strip() == f"tfpipes run-local: error: {BAD_HIDDEN}"
 
-    # The train component's body as KFP runs it (before: int("x") was a traceback).
-    with pytest.raises(SystemExit) as exc:
-        train_op.python_func(
-            examples=Dataset(uri=str(tmp_path / "data")),
-            model=Model(uri=str(tmp_path / "model")),
-            metrics=Metrics(uri=str(tmp_path / "metrics")),
-            report=Markdown(uri=str(tmp_path / "report")),
-            hidden="64,x",
-        )
-    assert exc.value.code == 2
-    assert capsys.readouterr().err.strip() == f"train: error: {BAD_HIDDEN}"
-
-    # The TFJob step refuses it before it creates a job (no cluster is reached).
-    with pytest.raises(SystemExit) as exc:
-        tfjob_train_op.python_func(
-            examples=Dataset(uri=str(tmp_path / "data")),
-            model=Model(uri=str(tmp_path / "model")),
-            metrics=Metrics(uri=str(tmp_path / "metrics")),
-            image="tfpipes:test",
-            hidden="64,x",
-        )
-    assert exc.value.code == 2
-    assert capsys.readouterr().err.strip() == f"tfjob_train: error: {BAD_HIDDEN}"
+    artifacts = {
+        "examples": Dataset(uri=str(tmp_path / "data")),
+        "model": Model(uri=str(tmp_path / "model")),
+        "metrics": Metrics(uri=str(tmp_path / "metrics")),
+    }
+    # The train component's body as KFP runs it (before: int("x") was a traceback), and the
+    # TFJob step, which refuses it before it creates a job (no cluster is reached).
+    for name, run, extra in (
+        ("train", train_op, {"report": Markdown(uri=str(tmp_path / "report"))}),
+        ("tfjob_train", tfjob_train_op, {"image": "tfpipes:test"}),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            run.python_func(**artifacts, **extra, hidden="64,x")
+        assert exc.value.code == 2
+        assert capsys.readouterr().err.strip() == f"{name}: error: {BAD_HIDDEN}"
 
 
 @pytest.mark.parametrize(
