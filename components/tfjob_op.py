@@ -60,7 +60,7 @@ def run_step(
     tolerations: str = "",
     poll: float = 5.0,
     api_client=None,
-    out: TextIO = sys.stdout,
+    out: "TextIO | None" = None,
 ) -> JobOutcome:
     """The whole step: run a job (``launcher``: auto, tfjob, trainjob, jobset or job) whose
     tasks run ``tfpipes train <train_argv>``, then fill the output artifacts.
@@ -76,6 +76,7 @@ def run_step(
     fails, times out or succeeds without writing its metrics.
     """
     model_dir = model_dir or model.uri
+    out = out or sys.stdout  # looked up now: whatever sys.stdout is when the step runs
     spec = TFJobSpec(
         image=image,
         workers=workers,
