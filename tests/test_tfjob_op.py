@@ -324,8 +324,42 @@ def test_distributed_pipeline_compiles_with_the_tfjob_step(tmp_path):
     export = tasks["export-op"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]
     assert export == {"outputArtifactKey": "model", "producerTask": "tfjob-train-op"}
     params = spec["root"]["inputDefinitions"]["parameters"]
-    for name in ("workers", "ps", "chief", "gpus_per_worker", "image", "timeout_seconds"):
+    for name in (
+        "launcher",
+        "workers",
+        "ps",
+        "chief",
+        "gpus_per_worker",
+        "image",
+        "timeout_seconds",
+    ):
         assert name in params
+    assert params["launcher"]["defaultValue"] == "auto"
+    assert train["inputs"]["parameters"]["launcher"] == {"componentInputParameter": "launcher"}
     # The secret is mounted into the KFP steps (platform spec) and passed to the TFJob pods.
     assert "gcs_secret" in json.dumps(train["inputs"]["parameters"])
     assert any("secretAsVolume" in json.dumps(d) for d in docs[1:])
+
+
+def test_distributed_pipeline_places_the_jobs_pods_by_its_options(tmp_path):
+    """The compile-time node selectors and tolerations reach every pod of the job (through the
+    step's parameters, in `tfpipes launch`'s syntax), not the small pod that waits on it."""
+    from tfpipes_pipelines.distributed import compile_distributed_pipeline, toleration_item
+    from tfpipes_pipelines.training import PipelineOptions, parse_toleration
+
+    from tfpipes.errors import UserError
+
+    options = PipelineOptions(
+        node_selector=(("pool", "gpu"), ("zone", "a")),
+        tolerations=(parse_toleration("gpu=yes:NoSchedule"), parse_toleration("spot")),
+    )
+    path = compile_distributed_pipeline(str(tmp_path / "p.yaml"), options)
+    spec = yaml.safe_load(open(path))
+    passed = spec["root"]["dag"]["tasks"]["tfjob-train-op"]["inputs"]["parameters"]
+    assert passed["node_selector"]["runtimeValue"]["constant"] == "pool=gpu,zone=a"
+    assert passed["tolerations"]["runtimeValue"]["constant"] == "gpu=yes:NoSchedule,spot"
+    assert "nodeSelector" not in open(path).read()  # the waiting pod goes anywhere
+    with pytest.raises(UserError, match="--toleration"):
+        toleration_item({"operator": "Exists"})
+    with pytest.raises(UserError, match="--toleration"):
+        toleration_item({"key": "k", "operator": "Exists", "tolerationSeconds": 30})
