@@ -1,18 +1,21 @@
-"""Distributed training as a KFP step: a TFJob runs ``tfpipes train``; its outputs are handed on.
+"""Distributed training as a KFP step: a cluster job runs ``tfpipes train``; its outputs are
+handed on.
 
 (No ``from __future__ import annotations`` here: kfp reads the annotations as types.)
 
 KFP's own TFJob launcher was removed upstream and Kubeflow Trainer v2 has no TensorFlow
 runtime, so :func:`tfjob_train_op` runs the job itself through the library
-(:func:`tfpipes.cluster.jobs.run_tfjob`: create the TFJob that ``tfpipes tfjob`` would print,
-stream the chief's log into the step's own, wait for ``Succeeded`` or ``Failed``). This module
-is the adapter around it: KFP parameters → :class:`~tfpipes.cluster.tfjob.TFJobSpec`, and the
-job's model directory and the chief's ``metrics.json`` → KFP artifacts (:func:`run_step`).
+(:func:`tfpipes.cluster.supervisor.run_launcher`: create what ``tfpipes launch --launcher L``
+would print — a TFJob, a TrainJob, a JobSet or Indexed Jobs; ``auto`` picks the first the
+cluster serves —, stream the chief's log into the step's own, follow the job's conditions).
+This module is the adapter around it: KFP parameters → :class:`~tfpipes.cluster.tfjob.TFJobSpec`,
+and the job's model directory and the chief's ``metrics.json`` → KFP artifacts
+(:func:`run_step`).
 
 Every pod of the job must reach the data and the model directory: use a ``gs://`` pipeline
 root (the data set is passed by URI) or ``model_dir``. The step's service account needs
-``create``, ``get`` and ``delete`` on ``tfjobs.kubeflow.org`` and ``get`` on ``pods`` and
-``pods/log`` (see ``docs/distributed.md``).
+``create``, ``get`` and ``delete`` on the launcher's resources and ``get``/``list`` on ``pods``
+and ``pods/log`` (see ``docs/kfp-cluster.md``).
 """
 
 import json
@@ -25,7 +28,9 @@ from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
 from tfpipes import __version__, layout, storage
-from tfpipes.cluster.jobs import JobOutcome, TFJobError, run_tfjob
+from tfpipes.cluster import pods
+from tfpipes.cluster.kube_api import JobError, JobOutcome
+from tfpipes.cluster.supervisor import run_launcher
 from tfpipes.cluster.tfjob import TFJobSpec
 
 IMAGE = os.environ.get("TFPIPES_IMAGE", f"tfpipes:{__version__}")
@@ -49,21 +54,29 @@ def run_step(
     job_name: str,
     backoff_limit: int,
     timeout: float,
+    launcher: str = "auto",
+    runtime: str = "",
+    node_selector: str = "",
+    tolerations: str = "",
     poll: float = 5.0,
     api_client=None,
-    out: TextIO = sys.stdout,
+    out: "TextIO | None" = None,
 ) -> JobOutcome:
-    """The whole step: run a TFJob whose tasks run ``tfpipes train <train_argv>``, then fill
-    the output artifacts.
+    """The whole step: run a job (``launcher``: auto, tfjob, trainjob, jobset or job) whose
+    tasks run ``tfpipes train <train_argv>``, then fill the output artifacts.
 
     ``model``, ``metrics``: KFP artifacts (their ``uri``, ``path`` and ``metadata``).
     ``model_dir``: the directory ``train_argv``'s ``--model-dir`` names, where the chief writes
     checkpoints and ``metrics.json`` ('' means the ``model`` artifact's URI, written to directly
     by the chief). Empty strings mean "not set" for the other string parameters (KFP has no
-    None). Raises UserError for bad parameters and TFJobError when the job fails, times out
-    or succeeds without writing its metrics.
+    None). ``runtime``: an installed ClusterTrainingRuntime for ``trainjob``.
+    ``node_selector``: ``KEY=VALUE`` items, ``tolerations``: ``KEY[=VALUE][:EFFECT]`` items,
+    comma-separated (``tfpipes launch``'s ``--node-selector`` / ``--toleration`` syntax), for
+    every pod of the job. Raises UserError for bad parameters and JobError when the job
+    fails, times out or succeeds without writing its metrics.
     """
     model_dir = model_dir or model.uri
+    out = out or sys.stdout  # looked up now: whatever sys.stdout is when the step runs
     spec = TFJobSpec(
         image=image,
         workers=workers,
@@ -77,12 +90,16 @@ def run_step(
         gcs_secret=gcs_secret or None,
         backoff_limit=backoff_limit,
         train_args=tuple(train_argv),
+        node_selector=pods.parse_node_selector(_items(node_selector)),
+        tolerations=tuple(pods.parse_toleration(t) for t in _items(tolerations)),
     )
-    outcome = run_tfjob(spec, timeout, poll=poll, api_client=api_client, out=out)
+    outcome = run_launcher(
+        spec, launcher, runtime or None, timeout, poll=poll, api_client=api_client, out=out
+    )
     job = f"{outcome.namespace}/{outcome.name}"
     metrics_path = storage.join(model_dir, layout.METRICS)
     if not storage.exists(metrics_path):
-        raise TFJobError(f"TFJob {job} succeeded but wrote no {metrics_path}")
+        raise JobError(f"{outcome.kind} {job} succeeded but wrote no {metrics_path}")
     values = layout.read_json_object(metrics_path, "metrics of the chief")
     for k, v in values.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -90,8 +107,23 @@ def run_step(
     storage.write_text(metrics.path, json.dumps(values, indent=2))
     if storage.normalize(model_dir) != storage.normalize(model.path):
         layout.write_model_dir_pointer(model.path, model_dir)
-    model.metadata.update({"model_dir": model_dir, "step": values.get("step", 0), "tfjob": job})
+    model.metadata.update(
+        {
+            "model_dir": model_dir,
+            "step": values.get("step", 0),
+            "job": job,
+            "launcher": outcome.launcher,
+        }
+    )
+    if outcome.launcher == "tfjob":
+        model.metadata["tfjob"] = job  # the key this step wrote when it ran only TFJobs
     return outcome
+
+
+def _items(text: str) -> List[str]:
+    """Comma-separated items; blanks around them ignored (commas cannot occur in a label or
+    taint)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -125,14 +157,22 @@ def tfjob_train_op(
     backoff_limit: int = 3,
     timeout_seconds: int = 86400,
     poll_seconds: float = 10.0,
+    launcher: str = "auto",
+    runtime: str = "",
+    node_selector: str = "",
+    tolerations: str = "",
 ):
-    """Train on ``examples`` with a TFJob (``workers`` workers, ``ps`` parameter servers, a
-    chief when ``chief`` or ``ps > 0``); stream its chief's log; fail with its condition's
-    message if it fails; output the model directory and its metrics. ``image``: the pods'
-    image (default: this step's own). The training parameters are ``tfpipes train``'s, as in
-    ``train_op`` (checked against TrainConfig by ``tests/test_params.py``). The body runs on
-    its own in the container (KFP copies just this function), so everything it uses is
-    imported here, defaults included."""
+    """Train on ``examples`` with a cluster job (``workers`` workers, ``ps`` parameter
+    servers, a chief when ``chief`` or ``ps > 0``) of ``launcher`` (``auto``: the first of
+    TFJob, TrainJob, JobSet, Job the cluster serves); stream its chief's log; fail with its
+    condition's message if it fails; output the model directory and its metrics. ``image``:
+    the pods' image (default: this step's own). ``runtime``: an installed
+    ClusterTrainingRuntime (``trainjob``; default: the one tfpipes ships, created if
+    missing). ``node_selector`` (``KEY=VALUE,...``) and ``tolerations``
+    (``KEY[=VALUE][:EFFECT],...``): where every pod of the job may run. The training
+    parameters are ``tfpipes train``'s, as in ``train_op`` (checked against TrainConfig by
+    ``tests/test_params.py``). The body runs on its own in the container (KFP copies just this
+    function), so everything it uses is imported here, defaults included."""
     from tfpipes_components.tfjob_op import IMAGE, run_step
 
     from tfpipes.errors import exit_on_error
@@ -159,7 +199,13 @@ def tfjob_train_op(
             job_name=job_name,
             backoff_limit=backoff_limit,
             timeout=float(timeout_seconds),
+            launcher=launcher,
+            runtime=runtime,
+            node_selector=node_selector,
+            tolerations=tolerations,
             poll=poll_seconds,
         )
     model.metadata["model"] = model_name
-    print(f"tfjob_train: {model.metadata['tfjob']} succeeded in {outcome.seconds:.0f} s")
+    print(
+        f"tfjob_train: {outcome.kind} {model.metadata['job']} succeeded in {outcome.seconds:.0f} s"
+    )

@@ -1,14 +1,16 @@
-"""The distributed pipeline: preprocess -> TFJob train -> export.
+"""The distributed pipeline: preprocess -> distributed train (any launcher) -> export.
 
 The same DAG as ``training.py`` with the train step replaced by ``tfjob_train_op``, which runs
-``tfpipes train`` as a TFJob (MultiWorkerMirroredStrategy, or ParameterServerStrategy with
-``ps > 0``) and hands the model directory and metrics to export. The cluster's shape, image,
-GPUs and resources are run-time parameters: the TFJob manifest is built when the step runs.
+``tfpipes train`` as a cluster job (MultiWorkerMirroredStrategy, or ParameterServerStrategy
+with ``ps > 0``) and hands the model directory and metrics to export. The launcher (``auto``:
+the first of TFJob, TrainJob, JobSet, Job the cluster serves), the cluster's shape, image, GPUs
+and resources are run-time parameters: the manifests are built when the step runs.
 
-Every pod of the TFJob reads the data set by its URI and writes the model directory itself, so
+Every pod of the job reads the data set by its URI and writes the model directory itself, so
 run it with a ``gs://`` pipeline root (or pass ``model_dir``) and, outside GKE workload
 identity, a credentials secret (``gcs_secret``, mounted into the KFP steps at compile time by
-``PipelineOptions`` and into the TFJob's pods by the step).
+``PipelineOptions`` and into the job's pods by the step). ``PipelineOptions.node_selector`` and
+``tolerations`` place the job's pods (the step itself only waits, anywhere).
 """
 
 import warnings
@@ -24,6 +26,8 @@ from tfpipes_pipelines.training import (
     with_credentials,
 )
 
+from tfpipes.errors import UserError
+
 PIPELINE_NAME = "tfpipes-distributed-training"
 
 
@@ -35,20 +39,26 @@ class DistributedOutputs(NamedTuple):
 
 
 def build_distributed_pipeline(options: PipelineOptions = PipelineOptions()):
-    """The distributed pipeline function for ``options`` (only ``gcs_secret`` applies: the
-    TFJob's own GPUs and resources are parameters of the run)."""
+    """The distributed pipeline function for ``options`` (``gcs_secret``, and
+    ``node_selector`` / ``tolerations`` for the job's pods; the job's own GPUs and resources
+    are parameters of the run). UserError for a toleration the job's pods cannot take."""
 
     def platform(task):
         return with_credentials(task, options)
 
+    node_selector = ",".join(f"{k}={v}" for k, v in options.node_selector)
+    tolerations = ",".join(toleration_item(t) for t in options.tolerations)
+
     @dsl.pipeline(
         name=PIPELINE_NAME,
-        description="CSV -> TFRecords -> distributed training as a Kubeflow TFJob -> SavedModel",
+        description="CSV -> TFRecords -> distributed training (TFJob, TrainJob, JobSet or Jobs)"
+        " -> SavedModel",
     )
     def distributed_pipeline(
         source: str,
         label: str,
         image: str = IMAGE,
+        launcher: str = "auto",
         workers: int = 2,
         ps: int = 0,
         chief: bool = False,
@@ -76,10 +86,12 @@ def build_distributed_pipeline(options: PipelineOptions = PipelineOptions()):
         cache_index: str = "",
         timeout_seconds: int = 86400,
     ) -> DistributedOutputs:
-        """``workers``/``ps``/``chief``: the TFJob's shape (``ps > 0``: ParameterServerStrategy
-        with a chief; else MultiWorkerMirroredStrategy). ``num_shards`` must be at least the
-        number of workers. ``model_dir``: durable storage all pods reach (default: the model
-        artifact's URI). ``timeout_seconds``: the job is deleted and the step fails after it.
+        """``launcher``: ``auto``, ``tfjob``, ``trainjob``, ``jobset`` or ``job`` (see
+        ``docs/kfp-cluster.md``). ``workers``/``ps``/``chief``: the job's shape (``ps > 0``:
+        ParameterServerStrategy with a chief; else MultiWorkerMirroredStrategy). ``num_shards``
+        must be at least the number of workers. ``model_dir``: durable storage all pods reach
+        (default: the model artifact's URI). ``timeout_seconds``: the job is deleted and the
+        step fails after it.
         The training parameters (``model_name`` to ``warm_start_from``) are those of the
         single-pod pipeline (``tests/test_params.py`` checks both against TrainConfig).
         """
@@ -88,6 +100,9 @@ def build_distributed_pipeline(options: PipelineOptions = PipelineOptions()):
             tfjob_train_op(
                 examples=pre.outputs["examples"],
                 image=image,
+                launcher=launcher,
+                node_selector=node_selector,
+                tolerations=tolerations,
                 workers=workers,
                 ps=ps,
                 chief=chief,
@@ -122,6 +137,20 @@ def build_distributed_pipeline(options: PipelineOptions = PipelineOptions()):
 
 
 distributed_pipeline = build_distributed_pipeline()
+
+
+def toleration_item(toleration: dict) -> str:
+    """A :class:`PipelineOptions` toleration in the step's ``KEY[=VALUE][:EFFECT]`` syntax;
+    UserError naming ``--toleration`` for one it cannot express."""
+    key, value, effect = (toleration.get(k) or "" for k in ("key", "value", "effect"))
+    operator = toleration.get("operator") or ("Equal" if value else "Exists")
+    extra = set(toleration) - {"key", "value", "effect", "operator"}
+    if not key or extra or operator != ("Equal" if value else "Exists"):
+        raise UserError(
+            f"--toleration {toleration}: the distributed step takes KEY[=VALUE][:EFFECT] "
+            "tolerations only (a key; no tolerationSeconds)"
+        )
+    return key + (f"={value}" if value else "") + (f":{effect}" if effect else "")
 
 
 def compile_distributed_pipeline(path: str, options: PipelineOptions = PipelineOptions()) -> str:

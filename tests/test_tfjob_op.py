@@ -1,13 +1,13 @@
-"""The TFJob train step (components/tfjob_op.py over tfpipes/cluster/jobs.py) and the
-distributed pipeline.
+"""The train step with a TFJob (components/tfjob_op.py over tfpipes/cluster/supervisor.py) and
+the distributed pipeline. The other launchers: tests/test_launch_step.py.
 
-There is no Kubernetes cluster here. :class:`FakeKube` is a deliberately minimal stand-in for
-the Kubernetes API on 127.0.0.1: only the five routes the step uses (create / get / delete a
-``kubeflow.org/v1`` TFJob, get a pod, stream a pod's log), a TFJob whose status conditions
-advance one scripted phase per GET as the Training Operator would set them, a pod whose
-``tensorflow`` container runs while the job runs, and no other API semantics (no admission,
-no watch, no auth). What it can check, it checks: every TFJob it is sent is validated against
-the Training Operator's CRD (strict, as ``kubectl apply`` is) before it is accepted.
+There is no Kubernetes cluster here. :class:`~tests.kube_stand_in.FakeKube` is a deliberately
+minimal stand-in for the Kubernetes API on 127.0.0.1: discovery, the objects of each launcher
+(a TFJob whose status conditions advance one scripted phase per GET as the Training Operator
+would set them), a pod whose ``tensorflow`` container runs while the job runs, and no other
+API semantics (no admission, no watch, no auth). What it can check, it checks: every object
+it is sent is validated against its schema (the Training Operator's CRD for a TFJob, strict,
+as ``kubectl apply`` is) before it is accepted.
 
 The step itself is the real code with the real ``kubernetes`` client, reaching the stand-in
 through a kubeconfig file, as it would reach a cluster from a workstation.
@@ -17,250 +17,16 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 import yaml
 from kfp.dsl import Dataset, Metrics, Model
 from tfpipes_components.tfjob_op import run_step, tfjob_train_op
 
-from tests.test_tfjob import validate as validate_tfjob
+from tests.kube_stand_in import FakeKube
+from tests.kube_stand_in import tfjob_conditions as conditions
 from tfpipes.cluster.jobs import TFJobError, job_phase, wait_for_tfjob
-
-TFJOBS = re.compile(r"^/apis/kubeflow\.org/v1/namespaces/([^/]+)/tfjobs(?:/([^/]+))?$")
-POD = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+?)(/log)?$")
-
-
-def conditions(phases: list[str], message: str = "") -> list[dict]:
-    """Conditions as the Training Operator leaves them after ``phases``: one per type, the
-    last one true, ``Created`` staying true, ``Running`` false once the job has ended."""
-    out: dict[str, dict] = {}
-    for i, phase in enumerate(phases):
-        for c in out.values():
-            if c["type"] not in ("Created",):
-                c["status"] = "False"
-        out[phase] = {
-            "type": phase,
-            "status": "True",
-            "reason": f"TFJob{phase}",
-            "message": message if i == len(phases) - 1 and message else f"TFJob is {phase}.",
-            "lastTransitionTime": f"2025-01-01T00:00:{i:02d}Z",
-        }
-    return list(out.values())
-
-
-class FakeKube:
-    """See the module docstring. ``script``: the phases a job goes through, one per GET
-    (the last one repeats); ``logs``: one list of lines per container attempt (a
-    ``Restarting`` phase starts a new pod); ``on_success(manifest)`` runs when a job first
-    reports ``Succeeded`` (the test plays the chief writing its outputs)."""
-
-    def __init__(self, script, logs=(), message="", on_success=None):
-        self.script = list(script)
-        self.logs = [list(lines) for lines in logs]
-        self.message = message
-        self.on_success = on_success
-        self.jobs: dict[tuple[str, str], dict] = {}
-        self.gets: dict[tuple[str, str], int] = {}
-        self.requests: list[tuple[str, str]] = []
-        self.created: list[dict] = []
-        self.deleted: list[tuple[str, str]] = []
-        self.served: set[int] = set()  # container attempts whose log was written out
-        self.lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                fake.handle(self, "POST")
-
-            def do_GET(self):
-                fake.handle(self, "GET")
-
-            def do_DELETE(self):
-                fake.handle(self, "DELETE")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-    # --- state ---------------------------------------------------------------------------
-
-    def phases(self, key) -> list[str]:
-        n = self.gets.get(key, 0)
-        return self.script[: max(1, min(n, len(self.script)))] if n else []
-
-    def attempt(self, key) -> int:
-        """Which container attempt the pod runs: one more per Restarting seen."""
-        return sum(1 for p in self.phases(key) if p == "Restarting")
-
-    def phase(self, key) -> str:
-        phases = self.phases(key)
-        return phases[-1] if phases else "Pending"
-
-    # --- routes ----------------------------------------------------------------------------
-
-    def handle(self, h: BaseHTTPRequestHandler, method: str):
-        url = urlparse(h.path)
-        with self.lock:
-            self.requests.append((method, url.path))
-        m = TFJOBS.match(url.path)
-        if m:
-            return self.tfjob(h, method, m.group(1), m.group(2))
-        m = POD.match(url.path)
-        if m and method == "GET":
-            if m.group(3):
-                return self.pod_log(h, m.group(1), m.group(2), parse_qs(url.query))
-            return self.pod(h, m.group(1), m.group(2))
-        self.reply(h, 404, status(404, "NotFound", f"no route {method} {url.path}"))
-
-    def tfjob(self, h, method, ns, name):
-        if method == "POST" and name is None:
-            body = json.loads(h.rfile.read(int(h.headers["Content-Length"])))
-            try:
-                validate_tfjob(body)
-            except Exception as e:  # what the API server would refuse
-                first = str(e).splitlines()[0]
-                return self.reply(h, 422, status(422, "Invalid", first))
-            key = (ns, body["metadata"]["name"])
-            with self.lock:
-                if key in self.jobs:
-                    return self.reply(h, 409, status(409, "AlreadyExists", f"{key} exists"))
-                self.jobs[key] = body
-                self.created.append(body)
-            return self.reply(h, 201, body)
-        key = (ns, name)
-        with self.lock:
-            job = self.jobs.get(key)
-        if job is None:
-            return self.reply(h, 404, status(404, "NotFound", f"tfjobs {name!r} not found"))
-        if method == "DELETE":
-            with self.lock:
-                self.jobs.pop(key)
-                self.deleted.append(key)
-            return self.reply(h, 200, status(200, "Success", "deleted"))
-        with self.lock:
-            before = self.phase(key)
-            n = self.gets.get(key, 0)
-            upcoming = self.script[min(n, len(self.script) - 1)]
-            attempt = self.attempt(key)
-            # The chief runs until it has written its log: a job leaves Running only after
-            # the current container's log was served (keeps the test free of races).
-            held = (
-                before == "Running"
-                and upcoming != "Running"
-                and attempt < len(self.logs)
-                and attempt not in self.served
-            )
-            if not held:
-                self.gets[key] = n + 1
-            now = self.phase(key)
-            phases = self.phases(key)
-        if now == "Succeeded" and before != "Succeeded" and self.on_success:
-            self.on_success(job)
-        message = self.message if now in ("Failed", "Succeeded") else ""
-        return self.reply(h, 200, dict(job, status={"conditions": conditions(phases, message)}))
-
-    def pod(self, h, ns, pod):
-        key = self.job_of(ns, pod)
-        if key is None:
-            return self.reply(h, 404, status(404, "NotFound", f"pods {pod!r} not found"))
-        with self.lock:
-            phase, attempt = self.phase(key), self.attempt(key)
-        if phase in ("Running", "Succeeded", "Failed"):
-            state = {"running": {}} if phase == "Running" else {"terminated": {"exitCode": 0}}
-        else:
-            state = {"waiting": {"reason": "ContainerCreating"}}
-        return self.reply(
-            h,
-            200,
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": pod, "namespace": ns, "uid": f"uid-{attempt}"},
-                "status": {
-                    "containerStatuses": [
-                        {
-                            "name": "tensorflow",
-                            "restartCount": 0,
-                            "state": state,
-                            "ready": phase == "Running",
-                            "image": "img",
-                            "imageID": "",
-                        }
-                    ]
-                },
-            },
-        )
-
-    def pod_log(self, h, ns, pod, query):
-        key = self.job_of(ns, pod)
-        if key is None or query.get("container") != ["tensorflow"]:
-            return self.reply(h, 404, status(404, "NotFound", f"pods {pod!r} not found"))
-        with self.lock:
-            phase, attempt = self.phase(key), self.attempt(key)
-        if phase not in ("Running", "Succeeded", "Failed"):
-            return self.reply(
-                h, 400, status(400, "BadRequest", f"container in {pod} is waiting to start")
-            )
-        # HTTP/1.0 without a length: the body ends when the connection closes, as a followed
-        # log ends when its container stops.
-        h.send_response(200)
-        h.send_header("Content-Type", "text/plain")
-        h.end_headers()
-        for line in self.logs[attempt] if attempt < len(self.logs) else []:
-            h.wfile.write(line.encode() + b"\n")
-            h.wfile.flush()
-        with self.lock:
-            self.served.add(attempt)
-        deadline = time.monotonic() + 10
-        while query.get("follow") == ["true"] and time.monotonic() < deadline:
-            with self.lock:
-                if (
-                    key not in self.jobs
-                    or self.phase(key) != "Running"
-                    or self.attempt(key) != attempt
-                ):
-                    break
-            time.sleep(0.02)
-
-    def job_of(self, ns, pod):
-        with self.lock:
-            for jns, name in self.jobs:
-                if jns == ns and re.fullmatch(re.escape(name) + r"-(chief|worker|ps)-\d+", pod):
-                    return (jns, name)
-        return None
-
-    @staticmethod
-    def reply(h, code, body):
-        data = json.dumps(body).encode()
-        h.send_response(code)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        h.wfile.write(data)
-
-
-def status(code: int, reason: str, message: str) -> dict:
-    return {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "status": "Failure" if code >= 300 else "Success",
-        "reason": reason,
-        "message": message,
-        "code": code,
-    }
 
 
 @pytest.fixture
@@ -558,8 +324,42 @@ def test_distributed_pipeline_compiles_with_the_tfjob_step(tmp_path):
     export = tasks["export-op"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]
     assert export == {"outputArtifactKey": "model", "producerTask": "tfjob-train-op"}
     params = spec["root"]["inputDefinitions"]["parameters"]
-    for name in ("workers", "ps", "chief", "gpus_per_worker", "image", "timeout_seconds"):
+    for name in (
+        "launcher",
+        "workers",
+        "ps",
+        "chief",
+        "gpus_per_worker",
+        "image",
+        "timeout_seconds",
+    ):
         assert name in params
+    assert params["launcher"]["defaultValue"] == "auto"
+    assert train["inputs"]["parameters"]["launcher"] == {"componentInputParameter": "launcher"}
     # The secret is mounted into the KFP steps (platform spec) and passed to the TFJob pods.
     assert "gcs_secret" in json.dumps(train["inputs"]["parameters"])
     assert any("secretAsVolume" in json.dumps(d) for d in docs[1:])
+
+
+def test_distributed_pipeline_places_the_jobs_pods_by_its_options(tmp_path):
+    """The compile-time node selectors and tolerations reach every pod of the job (through the
+    step's parameters, in `tfpipes launch`'s syntax), not the small pod that waits on it."""
+    from tfpipes_pipelines.distributed import compile_distributed_pipeline, toleration_item
+    from tfpipes_pipelines.training import PipelineOptions, parse_toleration
+
+    from tfpipes.errors import UserError
+
+    options = PipelineOptions(
+        node_selector=(("pool", "gpu"), ("zone", "a")),
+        tolerations=(parse_toleration("gpu=yes:NoSchedule"), parse_toleration("spot")),
+    )
+    path = compile_distributed_pipeline(str(tmp_path / "p.yaml"), options)
+    spec = yaml.safe_load(open(path))
+    passed = spec["root"]["dag"]["tasks"]["tfjob-train-op"]["inputs"]["parameters"]
+    assert passed["node_selector"]["runtimeValue"]["constant"] == "pool=gpu,zone=a"
+    assert passed["tolerations"]["runtimeValue"]["constant"] == "gpu=yes:NoSchedule,spot"
+    assert "nodeSelector" not in open(path).read()  # the waiting pod goes anywhere
+    with pytest.raises(UserError, match="--toleration"):
+        toleration_item({"operator": "Exists"})
+    with pytest.raises(UserError, match="--toleration"):
+        toleration_item({"key": "k", "operator": "Exists", "tolerationSeconds": 30})
