@@ -36,6 +36,16 @@ from tfpipes.cluster.tfjob import TFJobSpec
 IMAGE = os.environ.get("TFPIPES_IMAGE", f"tfpipes:{__version__}")
 
 
+def job_name_for_task(task_uid: str) -> str:
+    """A job name that is the same for every attempt of one KFP task ("" when the task id is
+    unknown, e.g. an unresolved placeholder: then each attempt gets a fresh name)."""
+    import hashlib
+
+    if not task_uid or "{{" in task_uid:
+        return ""
+    return "tfpipes-train-" + hashlib.sha256(task_uid.encode()).hexdigest()[:12]
+
+
 def run_step(
     model,
     metrics,
@@ -161,6 +171,7 @@ def tfjob_train_op(
     runtime: str = "",
     node_selector: str = "",
     tolerations: str = "",
+    task_uid: str = "",
 ):
     """Train on ``examples`` with a cluster job (``workers`` workers, ``ps`` parameter
     servers, a chief when ``chief`` or ``ps > 0``) of ``launcher`` (``auto``: the first of
@@ -171,9 +182,12 @@ def tfjob_train_op(
     missing). ``node_selector`` (``KEY=VALUE,...``) and ``tolerations``
     (``KEY[=VALUE][:EFFECT],...``): where every pod of the job may run. The training
     parameters are ``tfpipes train``'s, as in ``train_op`` (checked against TrainConfig by
-    ``tests/test_params.py``). The body runs on its own in the container (KFP copies just this
-    function), so everything it uses is imported here, defaults included."""
-    from tfpipes_components.tfjob_op import IMAGE, run_step
+    ``tests/test_params.py``). ``task_uid``: the KFP task's id (the pipeline passes
+    ``dsl.PIPELINE_TASK_ID_PLACEHOLDER``, the same for every retry of the task), which names the
+    job when ``job_name`` is empty, so a retried step follows the job its first attempt made.
+    The body runs on its own in the container (KFP copies just this function), so everything
+    it uses is imported here, defaults included."""
+    from tfpipes_components.tfjob_op import IMAGE, job_name_for_task, run_step
 
     from tfpipes.errors import exit_on_error
     from tfpipes.training.params import pick, to_argv
@@ -196,7 +210,7 @@ def tfjob_train_op(
             memory=memory,
             gcs_secret=gcs_secret,
             namespace=namespace,
-            job_name=job_name,
+            job_name=job_name or job_name_for_task(task_uid),
             backoff_limit=backoff_limit,
             timeout=float(timeout_seconds),
             launcher=launcher,

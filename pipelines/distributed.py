@@ -101,6 +101,7 @@ def build_distributed_pipeline(options: PipelineOptions = PipelineOptions()):
                 examples=pre.outputs["examples"],
                 image=image,
                 launcher=launcher,
+                task_uid=dsl.PIPELINE_TASK_ID_PLACEHOLDER,  # one job name for all retries
                 node_selector=node_selector,
                 tolerations=tolerations,
                 workers=workers,

@@ -313,3 +313,21 @@ def test_bad_placement_and_launcher_are_user_errors_before_any_request(
         assert exc.value.code == 2, params
         assert flag in capsys.readouterr().err
     assert not fake.requests
+
+
+def test_every_attempt_of_one_task_names_the_same_job(tmp_path):
+    """The distributed pipeline hands the step its KFP task id, the same for every retry of
+    the task; the step names the job after it, so a retried attempt follows the job the first
+    attempt created (test_a_retried_step_follows_the_existing_job) instead of a second one."""
+    import yaml
+    from tfpipes_components.tfjob_op import job_name_for_task
+    from tfpipes_pipelines.distributed import compile_distributed_pipeline
+
+    first = job_name_for_task("4d1c9c3e-0b7a-4c43-9d5e-2b1f0a6a1e11")
+    assert first == job_name_for_task("4d1c9c3e-0b7a-4c43-9d5e-2b1f0a6a1e11")
+    assert first != job_name_for_task("9a0e6c1f-5b7d-4e2a-8c3b-1d2e3f4a5b6c")
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", first) and len(first) <= 40
+    assert job_name_for_task("") == job_name_for_task("{{$.pipeline_task_uuid}}") == ""
+    spec = next(yaml.safe_load_all(open(compile_distributed_pipeline(str(tmp_path / "p.yaml")))))
+    given = spec["root"]["dag"]["tasks"]["tfjob-train-op"]["inputs"]["parameters"]["task_uid"]
+    assert given == {"runtimeValue": {"constant": "{{$.pipeline_task_uuid}}"}}
