@@ -46,61 +46,34 @@ def _eval_records(data_dir: str) -> list[bytes]:
     return [r.numpy() for r in tf.data.TFRecordDataset(files)]
 
 
+def _preprocess_and_train(d: str, csv: str, shards: int, *train_args: str) -> None:
+    """`tfpipes preprocess` of ``csv`` into ``data`` (label ``label``), then `tfpipes train`
+    into ``model`` with ``train_args``, both in ``d``."""
+    args = ["--source", csv, "--output", "data", "--label", "label", "--num-shards", str(shards)]
+    _ok(run_tfpipes("preprocess", *args, cwd=d))
+    _ok(run_tfpipes("train", "--data", "data", "--model-dir", "model", *train_args, cwd=d))
+
+
+def _export(d: str, base: str, version: int):
+    """`tfpipes export` of ``model`` (verified on ``data``) to ``base/version``, in ``d``."""
+    args = ["--model-dir", "model", "--export-base", base, "--data", "data"]
+    return _ok(run_tfpipes("export", *args, "--version", str(version), cwd=d))
+
+
 def test_mlp_classification_learns_and_export_matches_checkpoint(outside_dir):
     import tensorflow as tf
 
     d = str(outside_dir)
     write_csv(os.path.join(d, "data.csv"), 4000, "classification", seed=3)
-    _ok(
-        run_tfpipes(
-            "preprocess",
-            "--source",
-            "data.csv",
-            "--output",
-            "data",
-            "--label",
-            "label",
-            "--num-shards",
-            "4",
-            cwd=d,
-        )
-    )
-    _ok(
-        run_tfpipes(
-            "train",
-            "--data",
-            "data",
-            "--model-dir",
-            "model",
-            "--model",
-            "mlp",
-            "--hidden",
-            "32,16",
-            "--train-steps",
-            "500",
-            "--batch-size",
-            "64",
-            cwd=d,
-        )
-    )
+    _preprocess_and_train(
+        d, "data.csv", 4, "--model", "mlp", "--hidden", "32,16", "--train-steps", "500",
+        "--batch-size", "64",
+    )  # fmt: skip
     metrics = json.load(open(os.path.join(d, "model", "metrics.json")))
     assert metrics["step"] == 500
     assert metrics["accuracy"] > 0.85, metrics  # chance is 1/3
     assert metrics["accuracy"] > metrics["majority_baseline_accuracy"] + 0.3
-    p = _ok(
-        run_tfpipes(
-            "export",
-            "--model-dir",
-            "model",
-            "--export-base",
-            "serving/demo",
-            "--data",
-            "data",
-            "--version",
-            "7",
-            cwd=d,
-        )
-    )
+    p = _export(d, "serving/demo", 7)
     assert "serving/demo/7" in p.stderr
     saved = os.path.join(d, "serving", "demo", "7")
     assert os.path.exists(os.path.join(saved, "saved_model.pb"))
@@ -127,54 +100,13 @@ def test_mlp_classification_learns_and_export_matches_checkpoint(outside_dir):
 def test_linear_regression_beats_the_mean(outside_dir):
     d = str(outside_dir)
     write_csv(os.path.join(d, "reg.csv"), 3000, "regression", seed=4)
-    _ok(
-        run_tfpipes(
-            "preprocess",
-            "--source",
-            "reg.csv",
-            "--output",
-            "data",
-            "--label",
-            "label",
-            "--num-shards",
-            "2",
-            cwd=d,
-        )
-    )
-    _ok(
-        run_tfpipes(
-            "train",
-            "--data",
-            "data",
-            "--model-dir",
-            "model",
-            "--model",
-            "linear",
-            "--optimizer",
-            "sgd",
-            "--learning-rate",
-            "0.05",
-            "--train-steps",
-            "400",
-            cwd=d,
-        )
-    )
+    _preprocess_and_train(
+        d, "reg.csv", 2, "--model", "linear", "--optimizer", "sgd", "--learning-rate", "0.05",
+        "--train-steps", "400",
+    )  # fmt: skip
     m = json.load(open(os.path.join(d, "model", "metrics.json")))
     assert m["mse"] < 0.1 * m["mean_baseline_mse"], m
-    _ok(
-        run_tfpipes(
-            "export",
-            "--model-dir",
-            "model",
-            "--export-base",
-            "exp",
-            "--data",
-            "data",
-            "--version",
-            "1",
-            cwd=d,
-        )
-    )
+    _export(d, "exp", 1)
     import tensorflow as tf
 
     out = tf.saved_model.load(os.path.join(d, "exp", "1")).signatures["serving_default"](
