@@ -200,7 +200,16 @@ def test_custom_layer_user_model_trains_and_exports(data, outside_dir):
     assert (16, 16) in shapes and () in shapes  # the residual block's weights and its scale
     from tfpipes.export import ExportConfig, export
 
-    export(ExportConfig(os.path.join(d, "m"), os.path.join(d, "exp"), version=1, data=data))
+    # The user names their module to export it too: a model dir does not choose what to import.
+    export(
+        ExportConfig(
+            os.path.join(d, "m"),
+            os.path.join(d, "exp"),
+            version=1,
+            data=data,
+            model="tests.user_models.custom_layer:build_fn",
+        )
+    )
     loaded = tf.saved_model.load(os.path.join(d, "exp", "1"))
     out = loaded.signatures["predict"](
         x1=tf.constant([0.5]), x2=tf.constant([-1.0]), x3=tf.constant([0.0]),
