@@ -297,6 +297,23 @@ def test_gs_model_dir_holds_checkpoints_and_logs_and_resumes(data, gcs_bucket):
     assert "ckpt-40.index" not in storage.listdir(f"{model_dir}/checkpoints")
 
 
+def test_a_resumed_gs_run_names_the_gs_location_not_its_local_mirror(data, gcs_bucket, caplog):
+    """Leftover fixed (issue 12): "resumed from /tmp/tfpipes-model-.../ckpt-20" named the
+    local mirror, which is gone when the run ends; the log and the result name the model dir
+    the user gave."""
+    import logging
+
+    from tfpipes.training import train
+
+    model_dir = f"{gcs_bucket}/runs/resumed"
+    train(_cfg(data, model_dir, train_steps=20, checkpoint_every=20))
+    caplog.set_level(logging.INFO, logger="tfpipes.train")
+    r = train(_cfg(data, model_dir, train_steps=40, checkpoint_every=20))
+    resumed = [rec.getMessage() for rec in caplog.records if "resumed from" in rec.getMessage()]
+    assert resumed == [f"resumed from {model_dir}/checkpoints/ckpt-20 at step 20"], resumed
+    assert r.checkpoint == f"{model_dir}/checkpoints/ckpt-40"
+
+
 def test_summaries_hold_loss_learning_rate_throughput_and_eval_metrics(data, tmp_path):
     import tensorflow as tf
 
