@@ -3,6 +3,7 @@ the pure resolution function as its inputs (nothing of TensorFlow is mocked)."""
 
 import json
 import logging
+import re
 
 import pytest
 
@@ -123,3 +124,49 @@ def test_single_process_strategies_are_created_and_logged(kind, caplog):
     line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("strategy:")]
     assert line and f"strategy: {kind} (" in line[0] and "task worker:0" in line[0]
     assert "1 replica(s) in sync" in line[0] and "devices: CPU" in line[0]
+
+
+# --- TF_CONFIG of a wrong shape: one line naming TF_CONFIG, exit 2 (issue 12) ---------------
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ('{"task": "worker"}', "'task' must be an object"),
+        ('{"task": ["worker", 0]}', "'task' must be an object"),
+        (tf_config(W2, "worker", "1"), 'task index must be an integer, got "1"'),
+        (tf_config(W2, "worker", 1.5), "task index must be an integer, got 1.5"),
+        (tf_config(W2, "worker", True), "task index must be an integer, got true"),
+        (json.dumps({"cluster": W2, "task": {"type": 0, "index": 0}}), "task type must be a"),
+        (tf_config({"worker": "127.0.0.1:1"}, "worker"), 'cluster["worker"] must be a list'),
+        (tf_config({"worker": {"0": "h:1"}}, "worker"), 'cluster["worker"] must be a list'),
+        (tf_config({"worker": ["h:1", 2]}, "worker"), 'cluster["worker"] must be a list'),
+        (tf_config({"worker": [""]}, "worker"), 'cluster["worker"] must be a list'),
+        (json.dumps({"cluster": ["h:1"]}), "JSON object with a 'cluster' object"),
+        ("null", "JSON object"),
+    ],
+)
+def test_tf_config_of_a_wrong_shape_is_one_line_naming_it(config, message):
+    with pytest.raises(UserError, match=re.escape(message)) as e:
+        resolve(config, 0)
+    assert str(e.value).startswith("TF_CONFIG") and "\n" not in str(e.value)
+
+
+def test_a_long_wrong_value_is_shown_short():
+    with pytest.raises(UserError) as e:
+        resolve(tf_config({"worker": "x" * 5000}, "worker"), 0)
+    assert len(str(e.value)) < 200
+
+
+def test_tfpipes_train_with_a_bad_tf_config_exits_2_in_one_line(tmp_path, monkeypatch, capsys):
+    """The entry point: before any data is read or anything written."""
+    from tfpipes import cli
+
+    model_dir = tmp_path / "model"
+    for config in ('{"task":"worker"}', tf_config(W2, "worker", "x"), "{"):
+        monkeypatch.setenv("TF_CONFIG", config)
+        code = cli.main(["train", "--data", str(tmp_path / "d"), "--model-dir", str(model_dir)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, err
+        assert err.startswith("tfpipes train: error: TF_CONFIG") and "\n" not in err, err
+        assert not model_dir.exists()

@@ -200,7 +200,16 @@ def test_custom_layer_user_model_trains_and_exports(data, outside_dir):
     assert (16, 16) in shapes and () in shapes  # the residual block's weights and its scale
     from tfpipes.export import ExportConfig, export
 
-    export(ExportConfig(os.path.join(d, "m"), os.path.join(d, "exp"), version=1, data=data))
+    # The user names their module to export it too: a model dir does not choose what to import.
+    export(
+        ExportConfig(
+            os.path.join(d, "m"),
+            os.path.join(d, "exp"),
+            version=1,
+            data=data,
+            model="tests.user_models.custom_layer:build_fn",
+        )
+    )
     loaded = tf.saved_model.load(os.path.join(d, "exp", "1"))
     out = loaded.signatures["predict"](
         x1=tf.constant([0.5]), x2=tf.constant([-1.0]), x3=tf.constant([0.0]),
@@ -286,6 +295,23 @@ def test_gs_model_dir_holds_checkpoints_and_logs_and_resumes(data, gcs_bucket):
     assert (r.start_step, r.final_step) == (40, 60)
     assert "ckpt-60.index" in storage.listdir(f"{model_dir}/checkpoints")
     assert "ckpt-40.index" not in storage.listdir(f"{model_dir}/checkpoints")
+
+
+def test_a_resumed_gs_run_names_the_gs_location_not_its_local_mirror(data, gcs_bucket, caplog):
+    """Leftover fixed (issue 12): "resumed from /tmp/tfpipes-model-.../ckpt-20" named the
+    local mirror, which is gone when the run ends; the log and the result name the model dir
+    the user gave."""
+    import logging
+
+    from tfpipes.training import train
+
+    model_dir = f"{gcs_bucket}/runs/resumed"
+    train(_cfg(data, model_dir, train_steps=20, checkpoint_every=20))
+    caplog.set_level(logging.INFO, logger="tfpipes.train")
+    r = train(_cfg(data, model_dir, train_steps=40, checkpoint_every=20))
+    resumed = [rec.getMessage() for rec in caplog.records if "resumed from" in rec.getMessage()]
+    assert resumed == [f"resumed from {model_dir}/checkpoints/ckpt-20 at step 20"], resumed
+    assert r.checkpoint == f"{model_dir}/checkpoints/ckpt-40"
 
 
 def test_summaries_hold_loss_learning_rate_throughput_and_eval_metrics(data, tmp_path):

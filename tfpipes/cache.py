@@ -20,7 +20,8 @@ import datetime
 import hashlib
 import json
 
-from tfpipes import manifest, storage
+from tfpipes import layout, manifest, storage
+from tfpipes.errors import UserError
 
 
 def cache_key(files_fingerprint: str, params: dict) -> str:
@@ -46,14 +47,18 @@ def output_exists(uri: str) -> bool:
 
 
 def lookup_key(index_dir: str, key: str) -> tuple[str, str]:
-    """(key to give KFP, reason). The key is salted when the indexed output no longer exists."""
+    """(key to give KFP, reason). The key is salted when the indexed output no longer exists.
+
+    UserError naming the index entry when it is not the JSON object :func:`record` writes."""
     if not index_dir:
         return key, "no cache index: content hash only"
     path = storage.join(index_dir, f"{key}.json")
     if not storage.exists(path):
         return key, "new content"
-    entry = json.loads(storage.read_text(path))
+    entry = layout.read_json_object(path, "cache index entry")
     uri = entry.get("output", "")
+    if not isinstance(uri, str):
+        raise UserError(f"{path}: 'output' must be a path string, got {type(uri).__name__}")
     # KFP stores artifacts under gs:// but mounts them at /gcs/ inside tasks.
     local_view = uri.replace("gs://", "/gcs/", 1) if uri.startswith("gs://") else uri
     if output_exists(uri) or (local_view != uri and output_exists(local_view)):

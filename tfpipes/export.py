@@ -30,6 +30,9 @@ class ExportConfig:
     """model_dir: a ``tfpipes train`` model directory. export_base: ``<base>`` of the layout.
     version: a positive integer (default: seconds since the epoch, so newer sorts higher).
     data: the data set whose eval split verifies the export (default: none, a synthetic batch).
+    model: the user model module (``package.module:build_fn``) the model dir was trained with,
+    as the user names it (``--model``); required to import one, never read from the model dir
+    (see :func:`model_spec`). Empty for the built-in models.
     """
 
     model_dir: str
@@ -39,6 +42,7 @@ class ExportConfig:
     verify_examples: int = 1000
     tolerance: float = 1e-5
     overwrite: bool = False
+    model: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,8 +120,9 @@ def export(cfg: ExportConfig) -> ExportResult:
     from tfpipes.training.compat import load_model_config
 
     config = load_model_config(cfg.model_dir)
-    schema = Schema.from_json(json.dumps(config["schema"]))
-    spec = ModelSpec.from_json(json.dumps(config["model"]))
+    where = storage.join(cfg.model_dir, MODEL_CONFIG)
+    schema = Schema.from_json(json.dumps(config["schema"]), where=where)
+    spec = model_spec(ModelSpec.from_json(json.dumps(config["model"])), cfg.model, where)
     model = build_model(spec, schema, config["stats"])
     from tfpipes.checkpoints import CheckpointStore, verify_checkpoint
 
@@ -181,6 +186,26 @@ def export(cfg: ExportConfig) -> ExportResult:
                     )
     log.debug("verified %d examples, max abs diff %.3g", len(records), worst)
     return ExportResult(final, version, latest, len(records), worst, ("serving_default", "predict"))
+
+
+def model_spec(trained, given: str, where: str):
+    """The model to rebuild: ``trained`` (the ``ModelSpec`` in ``where``, a model dir's
+    ``model_config.json``), checked against ``given`` (the user's ``--model``, "" if none).
+
+    A model directory is data, not code: a user module it names is imported only when the user
+    names the same one. UserError (nothing imported) when it names one and ``given`` is empty
+    or another, or when ``given`` differs from a built-in model it names.
+    """
+    from tfpipes.models import is_user_model
+
+    if is_user_model(trained.name) and not given:
+        raise UserError(
+            f"{where}: the model is user code ({trained.name}); a model directory does not "
+            f"choose what to import: pass --model {trained.name} to import it"
+        )
+    if given and given != trained.name:
+        raise UserError(f"--model {given}: {where} was trained with {trained.name}")
+    return trained
 
 
 def _verification_batch(cfg: ExportConfig, schema, make_dataset, manifest_lib):

@@ -18,8 +18,6 @@ import dataclasses
 import importlib
 import inspect
 import json
-import os
-import sys
 
 import keras
 import tensorflow as tf
@@ -139,7 +137,10 @@ BUILTIN = {"linear": _linear, "mlp": _mlp}
 def resolve_build_fn(name: str):
     """``linear``, ``mlp`` or ``package.module:function`` -> the body builder. UserError if not.
 
-    The module is imported from ``sys.path`` (``PYTHONPATH``), then from the current directory.
+    The module is imported from ``sys.path`` as it is (``PYTHONPATH``, or an installed
+    package); the current directory is never added to it: a model directory is data, and code
+    runs only where the user put it on the path. Only call this with a name the user gave (a
+    flag, a pipeline parameter), never with one read from a model directory.
     """
     if name in BUILTIN:
         return BUILTIN[name]
@@ -149,9 +150,12 @@ def resolve_build_fn(name: str):
         )
     mod_name, fn_name = name.split(":", 1)
     try:
-        mod = _import(mod_name)
+        mod = importlib.import_module(mod_name)
     except ImportError as e:
-        raise UserError(f"--model {name!r}: cannot import {mod_name!r} ({e})") from None
+        raise UserError(
+            f"--model {name!r}: cannot import {mod_name!r} ({e}); put its package on "
+            "PYTHONPATH or install it"
+        ) from None
     except Exception as e:  # the user's module raised while importing
         raise UserError(
             f"--model {name!r}: importing {mod_name!r} failed: {e.__class__.__name__}: {e}"
@@ -162,16 +166,9 @@ def resolve_build_fn(name: str):
     return fn
 
 
-def _import(mod_name: str):
-    try:
-        return importlib.import_module(mod_name)
-    except ModuleNotFoundError as e:
-        cwd = os.getcwd()
-        top = mod_name.split(".")[0]
-        if e.name != top or cwd in sys.path or "" in sys.path:
-            raise
-        sys.path.append(cwd)  # as `python -m` would: a user's package next to their data
-        return importlib.import_module(mod_name)
+def is_user_model(name: str) -> bool:
+    """Whether a model name is user code (``package.module:fn``), not a built-in."""
+    return name not in BUILTIN
 
 
 def num_outputs(schema: Schema) -> int:

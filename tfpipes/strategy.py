@@ -55,7 +55,14 @@ class Resolution:
 
 
 def parse_tf_config(text: str | None) -> dict:
-    if not text:
+    """The ``TF_CONFIG`` JSON text as a dict, its shape checked (``{}`` when unset or empty).
+
+    ``cluster``: an object of task type -> list of ``host:port`` strings; ``task``: an object
+    with a string ``type`` and an integer ``index``. Raises UserError, one line starting
+    ``TF_CONFIG``, for anything else (a task that is a string, an index of ``"1"`` or ``1.5``,
+    a cluster entry that is not a list of strings).
+    """
+    if not text or not text.strip():
         return {}
     try:
         cfg = json.loads(text)
@@ -63,7 +70,36 @@ def parse_tf_config(text: str | None) -> dict:
         raise UserError(f"TF_CONFIG is not valid JSON ({e})") from None
     if not isinstance(cfg, dict) or ("cluster" in cfg and not isinstance(cfg["cluster"], dict)):
         raise UserError("TF_CONFIG must be a JSON object with a 'cluster' object")
-    return cfg
+    for task_type, addresses in cfg.get("cluster", {}).items():
+        if addresses is None:
+            continue
+        if not isinstance(addresses, list) or not all(
+            isinstance(a, str) and a.strip() for a in addresses
+        ):
+            raise UserError(
+                f"TF_CONFIG: cluster[{_shown(task_type)}] must be a list of 'host:port' "
+                f"strings, got {_shown(addresses)}"
+            )
+    task = cfg.get("task", {})
+    if task is None:
+        task = {}
+    if not isinstance(task, dict):
+        raise UserError(
+            f'TF_CONFIG: \'task\' must be an object like {{"type": "worker", "index": 0}}, '
+            f"got {_shown(task)}"
+        )
+    if not isinstance(task.get("type", "worker"), str):
+        raise UserError(f"TF_CONFIG: task type must be a string, got {_shown(task['type'])}")
+    index = task.get("index", 0)
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise UserError(f"TF_CONFIG: task index must be an integer, got {_shown(index)}")
+    return cfg | {"task": task}
+
+
+def _shown(value) -> str:
+    """A JSON value as a short one-line excerpt for an error message."""
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def resolve(tf_config: str | None, num_gpus: int, override: str | None = None) -> Resolution:
@@ -77,7 +113,7 @@ def resolve(tf_config: str | None, num_gpus: int, override: str | None = None) -
     cluster = {k: list(v) for k, v in cfg.get("cluster", {}).items() if v}
     task = cfg.get("task", {})
     task_type = task.get("type", "worker")
-    task_index = int(task.get("index", 0))
+    task_index = task.get("index", 0)
     if cluster:
         if task_type not in cluster and task_type != "evaluator":
             raise UserError(f"TF_CONFIG: task type {task_type!r} is not in the cluster")

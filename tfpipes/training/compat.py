@@ -37,14 +37,39 @@ def model_config(cfg, schema, stats: dict, precision: str) -> dict:
 
 
 def load_model_config(model_dir: str) -> dict:
-    """The ``model_config.json`` of ``model_dir``; UserError when there is none or it is not
-    a JSON object."""
+    """The ``model_config.json`` of ``model_dir``; UserError naming the file when there is
+    none or it is not the shape :func:`model_config` writes (``model``: an object with a string
+    ``name``, integer ``hidden`` sizes and a number ``dropout``; ``schema`` and ``stats``:
+    objects, ``stats`` as :func:`~tfpipes.training.data.check_stats` wants)."""
+    from tfpipes.training.data import check_stats
+
     path = storage.join(model_dir, layout.MODEL_CONFIG)
     if not storage.exists(path):
         raise UserError(
             f"{model_dir}: no {layout.MODEL_CONFIG}; is it a `tfpipes train` model dir?"
         )
-    return layout.read_json_object(path, layout.MODEL_CONFIG)
+    config = layout.read_json_object(path, layout.MODEL_CONFIG)
+    for key in ("model", "schema", "stats"):
+        if not isinstance(config.get(key), dict):
+            raise UserError(f"{path}: {key!r} must be a JSON object")
+    model = config["model"]
+    hidden = model.get("hidden", [])
+    if not isinstance(model.get("name"), str) or not model["name"]:
+        raise UserError(f"{path}: model 'name' must be a model name string")
+    if not isinstance(hidden, list) or not all(_is_int(h) for h in hidden):
+        raise UserError(f"{path}: model 'hidden' must be a list of integers")
+    if not _is_number(model.get("dropout", 0.0)):
+        raise UserError(f"{path}: model 'dropout' must be a number")
+    check_stats(config["stats"], path)
+    return config
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_compatible(model_dir: str, config: dict) -> None:

@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -57,12 +58,13 @@ def run(cfg: TrainConfig, res: Resolution, runners: ModuleType, timeout: float) 
         try:
             runner = runners.open_runner(cfg, res, connection, data, config, store)
             start = runner.step
-            if runner.restored:
-                log.info("resumed from %s at step %d", runner.restored, start)
-            writer = MetricWriter(store.logs_dir if res.is_chief else None)
             checkpoints = Checkpoints(cfg.model_dir, config, runner, store, res.is_chief)
-            steps_run, spent = Cadence(cfg, runner, writer, checkpoints).run()
-            with runner.errors(checkpoints.last):
+            if runner.restored:
+                log.info("resumed from %s at step %d", checkpoints.location(runner.restored), start)
+            writer = MetricWriter(store.logs_dir if res.is_chief else None)
+            cadence = Cadence(cfg, runner, writer, checkpoints, agree=runner.agree_to_stop)
+            steps_run, spent = cadence.run()
+            with runner.errors(checkpoints.resume_point):
                 metrics = runner.evaluate(checkpoints.last)
             rate = steps_run * cfg.batch_size / spent if spent > 0 else 0.0
             metrics["train_examples_per_second"] = rate
@@ -76,9 +78,8 @@ def run(cfg: TrainConfig, res: Resolution, runners: ModuleType, timeout: float) 
         finally:
             store.close()
     final = int(metrics["step"])
-    return TrainResult.of_run(
-        cfg, start, final, steps_run, t_start, rate, metrics, checkpoints.last
-    )
+    last = checkpoints.location(checkpoints.last)
+    return TrainResult.of_run(cfg, start, final, steps_run, t_start, rate, metrics, last)
 
 
 class MetricWriter:
@@ -131,12 +132,38 @@ class Checkpoints:
         self.saved_step = _step_of(runner.restored)
         self._wrote_config = False
 
+    def location(self, prefix: str) -> str:
+        """Where the user finds the checkpoint ``prefix`` (a local path: for a ``gs://``
+        model dir, in the local mirror): in the model dir they named; "" for ""."""
+        return storage.join(self.store.remote_dir, os.path.basename(prefix)) if prefix else ""
+
+    def resume_point(self) -> str:
+        """The newest checkpoint of the model dir, as the user named it ("" when there is
+        none), for messages saying where a rerun resumes. The chief knows: it commits them.
+        Any other task reads the checkpoint state in the model dir (the chief may be gone),
+        and says it does not know when it cannot."""
+        if self.chief:
+            return self.location(self.last)
+        state = storage.join(self.store.remote_dir, "checkpoint")
+        try:
+            if not storage.exists(state):
+                return ""
+            newest = re.search(r'^model_checkpoint_path: "([^"]+)"', storage.read_text(state), re.M)
+        except Exception:  # only a hint: the failure being reported must not be hidden
+            newest = None
+        if not newest:
+            return (
+                f"the newest checkpoint in {self.store.remote_dir} (this task could not read "
+                "which one that is)"
+            )
+        return self.location(newest.group(1))
+
     def save(self, step: int) -> None:
         """Checkpoint ``step`` (every task calls it: a save may run collectives)."""
         if self.chief and not self._wrote_config:
             compat.write_model_config(self.model_dir, self.config)
             self._wrote_config = True
-        with self.runner.errors(self.last):
+        with self.runner.errors(self.resume_point):
             path = self.runner.save(step)
         if self.chief:
             self.store.commit(path)
@@ -148,8 +175,13 @@ class Cadence:
     """The loop: chunks of steps up to the next log or checkpoint boundary, then what is due
     there. A boundary is reached when the step is at or past it (a ps runner may overshoot)."""
 
-    def __init__(self, cfg: TrainConfig, runner: Runner, writer: MetricWriter, checkpoints):
+    def __init__(
+        self, cfg: TrainConfig, runner: Runner, writer: MetricWriter, checkpoints, agree=None
+    ):
+        """``agree(requested) -> bool``: whether to stop after a chunk, given whether SIGTERM
+        reached this task (``Runner.agree_to_stop``; default: this task decides alone)."""
         self.cfg, self.runner, self.writer, self.checkpoints = cfg, runner, writer, checkpoints
+        self._agree = agree or (lambda requested: requested)
         self._preempted = threading.Event()
 
     def run(self) -> tuple[int, float]:
@@ -168,7 +200,7 @@ class Cadence:
             while self.step < self.target:
                 # Each pass under the runner's error translation: a peer may fail in a step,
                 # in reading the step counter or learning rate (PS: on the ps), or in a save.
-                with runner.errors(self.checkpoints.last):
+                with runner.errors(self.checkpoints.resume_point):
                     self._chunk()
             if self.checkpoints.saved_step != self.step:
                 self._save(self.step)  # nothing to train (target reached): still save
@@ -202,13 +234,16 @@ class Cadence:
         if step >= self.next_ckpt or step >= target:
             self._save(step)
             self.next_ckpt = _next(step, cfg.checkpoint_every)
-        if self._preempted.is_set():
+        here = self._preempted.is_set()
+        if self._agree(here):
             if self.checkpoints.saved_step != step:
                 self._save(step)
-            raise RetryableError(
-                f"stopped by SIGTERM (preemption) at step {step}; checkpoint "
-                f"{self.checkpoints.last or '(none)'} saved: run again to resume"
-            )
+            why = "by SIGTERM (preemption)" if here else "with the cluster (a peer got SIGTERM)"
+            if self.checkpoints.chief:
+                saved = f"checkpoint {self.checkpoints.location(self.checkpoints.last)} saved"
+            else:  # the chief commits the checkpoint this task's save took part in
+                saved = f"checkpoint of step {step} saved by the chief"
+            raise RetryableError(f"stopped {why} at step {step}; {saved}: run again to resume")
 
     def _save(self, step: int) -> None:
         self.writer.flush()  # the summaries up to a checkpoint survive with it
@@ -217,8 +252,9 @@ class Cadence:
     @contextlib.contextmanager
     def _sigterm(self):
         # Kubernetes preempts with SIGTERM and a grace period: finish the running chunk, save,
-        # exit 138 (retryable). Not where a save needs peers that may already be gone (MWMS):
-        # there the last periodic checkpoint is the resume point.
+        # exit 138 (retryable). Under MWMS the tasks first agree to stop at the same step (a
+        # save needs every worker); a peer already gone fails that agreement at once, and the
+        # error (138) names the newest checkpoint.
         main = threading.current_thread() is threading.main_thread()
         if not self.runner.saves_on_sigterm or not main:
             yield

@@ -23,7 +23,7 @@ from tfpipes.errors import RetryableError, UserError, first_line
 from tfpipes.strategy import Resolution
 from tfpipes.training.config import TrainConfig, precision_policy
 from tfpipes.training.data import TrainingData
-from tfpipes.training.runner import Runner
+from tfpipes.training.runner import ResumeFrom, Runner, resume_point
 from tfpipes.training.tf_settings import configure_tensorflow
 from tfpipes.training.trainer import Trainer
 
@@ -102,7 +102,7 @@ class DefaultRunner(Runner):
             mixed_precision=conn.precision,
         )
         self.chunk = cfg.steps_per_loop
-        self.saves_on_sigterm = res.kind != "multi_worker"
+        self._agreement = _stop_agreement(strategy) if res.kind == "multi_worker" else None
         replicas = strategy.num_replicas_in_sync
         # One replica per input pipeline: each task feeds its replica itself, from memory
         # (--cache) or a plain tf.data iterator. Several local replicas need a distributed
@@ -179,6 +179,16 @@ class DefaultRunner(Runner):
     def save(self, step: int) -> str:
         return self.manager.save(checkpoint_number=step)
 
+    def agree_to_stop(self, requested: bool) -> bool:
+        """Under MWMS every worker stops where any got SIGTERM: one all-reduce per chunk, at
+        the same step on each (the chunks are the same), so the save that follows runs on all
+        of them. A peer already gone fails the all-reduce: see :meth:`errors`."""
+        if self._agreement is None:
+            return requested
+        import tensorflow as tf
+
+        return float(self._agreement(tf.constant(1.0 if requested else 0.0))) > 0
+
     def evaluate(self, checkpoint: str) -> dict:
         """Every worker evaluates the model it trained (MWMS: they are the same)."""
         from tfpipes.input_pipeline import make_dataset
@@ -192,7 +202,7 @@ class DefaultRunner(Runner):
         return metrics
 
     @contextlib.contextmanager
-    def errors(self, resume_from: str) -> Iterator[None]:
+    def errors(self, resume_from: ResumeFrom) -> Iterator[None]:
         """TensorFlow's errors from a step or a save, as the user-facing errors they mean
         (under MWMS a save runs collectives too: a peer may be gone)."""
         import tensorflow as tf
@@ -214,11 +224,26 @@ class DefaultRunner(Runner):
             tf.errors.AbortedError,
             tf.errors.CancelledError,
         ) as e:
-            resume = resume_from or "the start (no checkpoint yet)"
             raise RetryableError(
                 f"a peer of the cluster became unreachable ({type(e).__name__}: "
-                f"{first_line(e)}); run again to resume from {resume}"
+                f"{first_line(e)}); run again to resume from {resume_point(resume_from)}"
             ) from None
+
+
+def _stop_agreement(strategy):
+    """A compiled function: the sum over every worker of a float flag (an all-reduce in the
+    replica context, the collective MWMS runs for gradients)."""
+    import tensorflow as tf
+
+    @tf.function
+    def agree(flag):
+        def replica_fn():
+            ctx = tf.distribute.get_replica_context()
+            return ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(flag))
+
+        return strategy.experimental_local_results(strategy.run(replica_fn))[0]
+
+    return agree
 
 
 def cache_device(manifest) -> str:

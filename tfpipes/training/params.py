@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from tfpipes.errors import UserError
 from tfpipes.training.config import TrainConfig
 
 PATHS = ("data", "model_dir")  # where, not how: required, and never a pipeline parameter
@@ -56,9 +59,61 @@ class Param(NamedTuple):
         return repr(float(value)) if self.kfp_type is float else str(value)
 
     def parse(self, value: Any) -> Any:
-        """A front door's value as the field's: text through the field's parser."""
+        """A front door's value as the field's: text through the field's parser (or as a
+        number, for a number field), anything else checked against the field's type. UserError
+        naming the flag for a value of another type (a list for ``--train-steps``), an integer
+        beyond int64, a float that is not finite, or text with control characters."""
         parse = self.field.metadata["parse"]
-        return parse(value) if parse and isinstance(value, str) else value
+        if parse and isinstance(value, str):
+            return parse(value)
+        return _typed(self, value)
+
+
+def _typed(p: Param, value: Any) -> Any:
+    # The field's type: the default's (None: a tristate switch, or a required path).
+    if p.default is not None:
+        want = type(p.default)
+    else:
+        want = bool if p.kind == "tristate" else str
+    if value is None and p.kind == "tristate":
+        return None
+    text = value.strip() if isinstance(value, str) else None
+    if want is bool:
+        if isinstance(value, bool):
+            return value
+        if text is not None and text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        expected = "true or false"
+    elif want is int:
+        try:
+            number = int(text) if text is not None else value
+        except ValueError:
+            number = None
+        if isinstance(number, int) and not isinstance(number, bool) and -(2**63) <= number < 2**63:
+            return number
+        expected = "an integer (int64)"
+    elif want is float:
+        try:
+            number = float(text) if text is not None else value
+        except ValueError:
+            number = None
+        if isinstance(number, (int, float)) and not isinstance(number, bool):
+            if math.isfinite(number):
+                return float(number)
+        expected = "a finite number"
+    elif want is tuple:
+        if isinstance(value, (list, tuple)) and all(
+            isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2**31 for v in value
+        ):
+            return tuple(value)
+        expected = "a list of integers"
+    else:
+        if isinstance(value, str) and value.isprintable():
+            return value
+        expected = "text without control characters"
+    shown = json.dumps(value, default=repr)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise UserError(f"{p.flag} {shown}: expected {expected}")
 
 
 def _param(f: dataclasses.Field) -> Param:

@@ -36,7 +36,7 @@ from tfpipes.training import step as step_lib
 from tfpipes.training import worker_data
 from tfpipes.training.config import TrainConfig
 from tfpipes.training.data import TrainingData
-from tfpipes.training.runner import Runner
+from tfpipes.training.runner import ResumeFrom, Runner
 
 log = logging.getLogger("tfpipes.ps_train")
 
@@ -280,14 +280,17 @@ class PSRunner(Runner):
         return metrics
 
     @contextlib.contextmanager
-    def errors(self, resume_from: str) -> Iterator[None]:
+    def errors(self, resume_from: ResumeFrom) -> Iterator[None]:
         """A failed op as a RetryableError naming the parameter servers that went away."""
         import tensorflow as tf
 
         try:
             yield
         except tf.errors.OpError as e:
-            raise _failure(self.res, e, self.manager.latest_checkpoint) from None
+            # The controller's resume point names the model dir the user gave (gs://, not the
+            # local mirror); before the cadence starts, the manager's is all there is.
+            resume = resume_from() if callable(resume_from) else resume_from
+            raise _failure(self.res, e, resume or self.manager.latest_checkpoint) from None
 
 
 def _is_sharded(variable) -> bool:

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+
+#: What a runner's messages say a rerun resumes from: a checkpoint, or a function that finds
+#: the newest one when a message needs it (the controller's ``Checkpoints.resume_point``).
+ResumeFrom = str | Callable[[], str]
 
 
 class Runner(abc.ABC):
@@ -29,8 +33,8 @@ class Runner(abc.ABC):
     #: most steps per :meth:`train` call (None: as many as the controller asks, to the next
     #: log or checkpoint boundary)
     chunk: int | None = None
-    #: whether SIGTERM may be answered with a checkpoint (MWMS: no, a save needs every
-    #: worker, which may already be gone)
+    #: whether SIGTERM may be answered with a checkpoint (under MWMS a save needs every
+    #: worker: :meth:`agree_to_stop` makes them all stop, and save, at the same step)
     saves_on_sigterm: bool = True
 
     @property
@@ -57,13 +61,26 @@ class Runner(abc.ABC):
         """Eval metrics of the trained model (``checkpoint``: the newest one saved), with
         ``step``: the step they were measured at."""
 
+    def agree_to_stop(self, requested: bool) -> bool:
+        """Whether training stops after this chunk, given whether SIGTERM reached this task
+        (``requested``). The controller calls it after every chunk, on every task that runs
+        the cadence; a runner whose tasks must stop together (a save runs collectives) makes
+        them agree. Default: this task decides alone."""
+        return requested
+
     def log_suffix(self) -> str:
         """Extra text for the next log line (e.g. which workers ran the steps since the last)."""
         return ""
 
     @contextlib.contextmanager
-    def errors(self, resume_from: str) -> Iterator[None]:
+    def errors(self, resume_from: ResumeFrom) -> Iterator[None]:
         """Turn TensorFlow's errors from a step, save or eval into user-facing ones;
-        ``resume_from``: the newest checkpoint ("" if none), for messages that say where a
-        rerun resumes."""
+        ``resume_from``: the newest checkpoint ("" if none), or a function returning it, for
+        messages that say where a rerun resumes (see :func:`resume_point`)."""
         yield
+
+
+def resume_point(resume_from: ResumeFrom) -> str:
+    """The text after "run again to resume from": the checkpoint, or the start."""
+    text = resume_from() if callable(resume_from) else resume_from
+    return text or "the start (no checkpoint yet)"
