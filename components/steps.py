@@ -186,6 +186,9 @@ def export_op(
         r = export(
             ExportConfig(
                 model_dir=model.metadata.get("model_dir") or model.path,
+                # The model the pipeline's parameters named (the train step records it): a
+                # model dir never chooses which user module is imported.
+                model=model.metadata.get("model", ""),
                 export_base=exported.path,
                 version=int(version or 0),
                 data=examples.path,

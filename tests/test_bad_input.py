@@ -27,7 +27,17 @@ def test_a_schema_override_that_is_a_directory_or_not_utf8(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "text", ["[1, 2]", '{"features": [1], "label": {}, "task": "x"}', '{"features": "ab"}', "7"]
+    "text",
+    [
+        "[1, 2]",
+        '{"features": [1], "label": {}, "task": "x"}',
+        '{"features": "ab"}',
+        "7",
+        '{"features": [], "label": {"name": [], "dtype": "int64"}, "task": "classification"}',
+        '{"features": [], "label": {"name": null, "dtype": "int64"}, "task": "classification"}',
+        '{"features": [{"name": "a", "dtype": "int64", "shape": "x"}], "label": '
+        '{"name": "y", "dtype": "int64"}, "task": "classification"}',
+    ],
 )
 def test_a_schema_of_another_shape(text):
     with pytest.raises(UserError, match="not a tfpipes schema") as e:

@@ -51,6 +51,15 @@ class Feature:
 
     @classmethod
     def from_dict(cls, d: dict) -> Feature:
+        """A feature from its JSON object; ValueError when a field has the wrong type."""
+        for key in ("name", "dtype"):
+            if not isinstance(d[key], str) or not d[key]:
+                raise ValueError(f"feature {key} {d[key]!r}: expected a non-empty string")
+        shape = d.get("shape", ())
+        if not isinstance(shape, (list, tuple)) or not all(
+            isinstance(n, int) and not isinstance(n, bool) for n in shape
+        ):
+            raise ValueError(f"feature {d['name']!r}: shape {shape!r} is not a list of integers")
         return cls(
             d["name"],
             d["dtype"],

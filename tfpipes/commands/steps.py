@@ -87,7 +87,7 @@ def register(sub) -> None:
             "split writes <model-dir>/metrics.json; TensorBoard logs go to <model-dir>/logs.\n\n"
             "models: linear (regression: MSE; classification: logistic), mlp (--hidden 64,32),\n"
             "        or your own package.module:build_fn(num_outputs) returning a Keras layer,\n"
-            "        model or list of layers (imported from PYTHONPATH or the current dir).\n\n"
+            "        model or list of layers (from PYTHONPATH or an installed package).\n\n"
             "example:\n  tfpipes train --data out/data --model-dir out/model --model mlp "
             "--train-steps 2000"
         ),
@@ -110,6 +110,12 @@ def register(sub) -> None:
         ),
     )
     e.add_argument("--model-dir", required=True, help="model directory written by `tfpipes train`")
+    e.add_argument(
+        "--model",
+        default="",
+        help="the package.module:build_fn the model dir was trained with (required for a user "
+        "model: a model dir does not choose what is imported; built-in models need nothing)",
+    )
     e.add_argument("--export-base", required=True, help="<base> of <base>/<version>/")
     e.add_argument("--version", type=int, default=0, help="version number (default: now, epoch s)")
     e.add_argument("--data", default="", help="data set whose eval split verifies the export")
@@ -195,6 +201,7 @@ def _export(args) -> int:
     r = export(
         ExportConfig(
             model_dir=args.model_dir,
+            model=args.model,
             export_base=args.export_base,
             version=args.version,
             data=args.data,
