@@ -324,26 +324,32 @@ def writable_for_containers(dirs: list[str]):
     """While the steps run, let the container user write ``dirs`` (and everything in them).
 
     A non-root host user runs the containers as itself: nothing to do. Root runs them as the
-    image's user, so the trees are handed to it for the run and given back to root after,
-    whatever happened: outputs end up owned by whoever ran the pipeline.
+    image's user, so the trees are handed to it for the run and given back after, whatever
+    happened: what existed to its owner before, what the steps made to root, as with the
+    subprocess runner.
     """
     uid, gid = container_user()
     if os.getuid() != 0 or (uid, gid) == (0, 0):
         yield
         return
-    _chown_tree(dirs, uid, gid)
+    owners = {path: (st.st_uid, st.st_gid) for path, st in _walk(dirs)}
+    for path in owners:
+        os.lchown(path, uid, gid)
     try:
         yield
     finally:
-        _chown_tree(dirs, os.getuid(), os.getgid())
+        for path, _ in _walk(dirs):
+            os.lchown(path, *owners.get(path, (os.getuid(), os.getgid())))
 
 
-def _chown_tree(dirs: list[str], uid: int, gid: int) -> None:
+def _walk(dirs: list[str]):
+    """(path, lstat) of each of ``dirs`` and everything under them, symlinks not followed."""
     for top in dirs:
-        os.chown(top, uid, gid)
+        yield top, os.lstat(top)
         for root, subdirs, files in os.walk(top):
             for name in subdirs + files:
-                os.lchown(os.path.join(root, name), uid, gid)
+                path = os.path.join(root, name)
+                yield path, os.lstat(path)
 
 
 def run_local(params: dict, pipeline_root: str, runner: str = "subprocess") -> dict[str, str]:

@@ -118,7 +118,7 @@ def test_image_keeps_tensorflow_quiet(tfpipes_image):
 # Run by a step's container: who it is, what it sees, what it may write.
 PROBE = """
 import os, sys
-src, warm, out, hidden = sys.argv[1:5]
+src, warm, out, hidden, published = sys.argv[1:6]
 print("uid", os.getuid(), "gid", os.getgid())
 print("interfaces", sorted(l.split(":")[0].strip() for l in open("/proc/net/dev").readlines()[2:]))
 print("source", open(src).read().strip())
@@ -133,6 +133,7 @@ for name, path in (("source", src), ("warm", os.path.join(warm, "new"))):
         print(name, "not writable:", e.strerror)
 with open(os.path.join(out, "written-by-step"), "w") as f:
     f.write("ok")
+os.mkdir(os.path.join(published, "2"))  # a new version beside one of another owner
 print("output written")
 """
 
@@ -161,13 +162,22 @@ def test_step_containers_run_unprivileged_with_exactly_the_named_paths(tfpipes_i
     os.chmod(warm, 0o777)
     outputs = tmp_path / "outputs"  # exists; the checkpoint dir inside it does not
     outputs.mkdir()
+    # An existing output dir of someone else's: handed to the step's user for the run, then
+    # given back to its owner.
+    published = outputs / "published"
+    published.mkdir()
+    (published / "1").mkdir()
+    other = 4242 if os.getuid() == 0 else os.getuid()
+    if os.getuid() == 0:
+        for path in (published, published / "1"):
+            os.chown(path, other, other)
     params = absolute_local_paths(
         {
             "source": str(inputs / "data.csv"),
             "warm_start_from": str(warm),
             "checkpoint_dir": str(outputs / "ckpt" / "run1"),
-            "publish_base": "gs://bucket/models",
-            "cache_index": "",
+            "publish_base": str(published),
+            "cache_index": "gs://bucket/index",
         }
     )
     options = docker_run_options(params)
@@ -177,11 +187,13 @@ def test_step_containers_run_unprivileged_with_exactly_the_named_paths(tfpipes_i
         (str(inputs / "data.csv"), True),
         (str(warm), True),
         (ckpt, False),
+        (str(published), False),
     }
     assert {(m["Source"], m["ReadOnly"]) for m in options["mounts"]} == expected
     assert options["network_mode"] == "none"
     client = docker.from_env()
     argv = ["python3", "-c", PROBE, params["source"], str(warm), ckpt, str(inputs / "secret.txt")]
+    argv += [str(published)]
     with writable_for_containers([m["Source"] for m in options["mounts"] if not m["ReadOnly"]]):
         container = client.containers.run(tfpipes_image, argv, detach=True, **options)
         try:
@@ -208,6 +220,8 @@ def test_step_containers_run_unprivileged_with_exactly_the_named_paths(tfpipes_i
     written = os.path.join(ckpt, "written-by-step")
     assert open(written).read() == "ok"
     assert (os.stat(written).st_uid, os.stat(ckpt).st_uid) == (os.getuid(), os.getuid())
+    assert os.stat(os.path.join(published, "2")).st_uid == os.getuid()
+    assert {os.stat(p).st_uid for p in (published, published / "1")} == {other}
     assert open(inputs / "data.csv").read() == "a,label"
 
 
