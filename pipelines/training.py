@@ -5,6 +5,7 @@ compile-time :class:`PipelineOptions`; sizes that change per run (CPU and memory
 pipeline parameters.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -208,53 +209,177 @@ def parse_toleration(text: str) -> dict:
     return {k: v for k, v in tol.items() if v is not None}
 
 
+# The tfpipes image's user (docker/Dockerfile: `useradd --uid 1000 ... tfpipes`).
+IMAGE_UID = IMAGE_GID = 1000
+# Parameters that name local paths a step reads, and those it writes.
+INPUT_PATH_PARAMS = ("source", "warm_start_from")
+OUTPUT_PATH_PARAMS = ("checkpoint_dir", "publish_base", "cache_index")
+LATEST_PREFIX = "latest:"
+
+
+def _local(path: str) -> bool:
+    return bool(path) and not path.startswith("gs://")
+
+
+def absolute_local_paths(params: dict) -> dict:
+    """``params`` with every local path parameter made absolute (``latest:`` kept in front).
+
+    A relative path means the caller's directory; a step in a container has another one.
+    """
+    out = dict(params)
+    for key in INPUT_PATH_PARAMS + OUTPUT_PATH_PARAMS:
+        value = out.get(key) or ""
+        prefix = LATEST_PREFIX if value.startswith(LATEST_PREFIX) else ""
+        path = value[len(prefix) :]
+        if _local(path):
+            out[key] = prefix + os.path.abspath(path.removeprefix("file://"))
+    return out
+
+
+def container_user() -> tuple[int, int]:
+    """The uid and gid the step containers run as: the host user's, so that outputs stay
+    theirs, except that root runs them as the image's own non-root user."""
+    if os.getuid() == 0:
+        return IMAGE_UID, IMAGE_GID
+    return os.getuid(), os.getgid()
+
+
+def _input_mount_source(path: str) -> str | None:
+    """What to bind-mount for a local input path: the file or directory itself; for a glob,
+    the directory its pattern starts in; for a checkpoint prefix, its directory."""
+    if os.path.exists(path):
+        return path
+    if any(c in path for c in "*?["):
+        head = path
+        while any(c in head for c in "*?["):
+            head = os.path.dirname(head)
+        return head if os.path.isdir(head) else None
+    folder = os.path.dirname(path)
+    return folder if os.path.isdir(folder) else None
+
+
+def output_dirs(params: dict) -> list[str]:
+    """The local output directories the steps write (absolute), created here if missing.
+
+    Raises UserError naming the parameter when one exists and is not a directory.
+    """
+    from tfpipes.errors import UserError
+
+    dirs = []
+    for key in OUTPUT_PATH_PARAMS:
+        path = params.get(key) or ""
+        if not _local(path):
+            continue
+        path = os.path.abspath(path)
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise UserError(f"{key} {path} is not a directory")
+        os.makedirs(path, exist_ok=True)
+        dirs.append(path)
+    return dirs
+
+
 def docker_run_options(params: dict) -> dict:
     """Arguments for kfp.local's DockerRunner (passed on to docker's ``containers.run``).
 
-    No network at all; the host's user, so outputs in the pipeline root stay writable and
-    owned by whoever ran it; local input paths bind-mounted read-only at the same place (the
-    runner mounts only the pipeline root).
+    Least privilege: no network at all; never root (:func:`container_user`); exactly the
+    local paths the steps need are bind-mounted at the same place (the runner itself mounts
+    only the pipeline root, read-write): each input (``source``, ``warm_start_from``)
+    read-only, each output directory (``checkpoint_dir``, ``publish_base``, ``cache_index``;
+    created first, never its parent) read-write. An input inside an output is covered by the
+    output's mount. ``params`` must hold absolute paths (:func:`absolute_local_paths`).
     """
     import docker.types
 
-    mounts = []
-    for key in ("source", "checkpoint_dir", "publish_base", "cache_index"):
-        path = params.get(key) or ""
-        if path and not path.startswith("gs://"):
-            path = os.path.abspath(path)
-            folder = path if os.path.isdir(path) else os.path.dirname(path)
-            if key != "source":
-                os.makedirs(folder, exist_ok=True)
-            mounts.append(
-                docker.types.Mount(
-                    target=folder, source=folder, type="bind", read_only=key == "source"
-                )
-            )
+    from tfpipes.tf_log import QUIET_TF_LOG_LEVEL, TF_LOG_ENV
+
+    writable = output_dirs(params)
+    readable = []
+    for key in INPUT_PATH_PARAMS:
+        path = (params.get(key) or "").removeprefix(LATEST_PREFIX)
+        source = _input_mount_source(path) if _local(path) else None
+        if source and source not in readable:
+            readable.append(source)
+    mounts = [
+        docker.types.Mount(target=d, source=d, type="bind", read_only=False) for d in writable
+    ]
+    mounts += [
+        docker.types.Mount(target=p, source=p, type="bind", read_only=True)
+        for p in readable
+        if not any(p == d or p.startswith(d + os.sep) for d in writable)
+    ]
+    uid, gid = container_user()
     return {
         "network_mode": "none",
-        "user": f"{os.getuid()}:{os.getgid()}",
+        "user": f"{uid}:{gid}",
         "mounts": mounts,
-        "environment": {"HOME": "/tmp"},
+        "environment": {
+            "HOME": "/tmp",
+            TF_LOG_ENV: os.environ.get(TF_LOG_ENV, QUIET_TF_LOG_LEVEL),
+        },
     }
+
+
+@contextlib.contextmanager
+def writable_for_containers(dirs: list[str]):
+    """While the steps run, let the container user write ``dirs`` (and everything in them).
+
+    A non-root host user runs the containers as itself: nothing to do. Root runs them as the
+    image's user, so the trees are handed to it for the run and given back after, whatever
+    happened: what existed to its owner before, what the steps made to root, as with the
+    subprocess runner.
+    """
+    uid, gid = container_user()
+    if os.getuid() != 0 or (uid, gid) == (0, 0):
+        yield
+        return
+    owners = {path: (st.st_uid, st.st_gid) for path, st in _walk(dirs)}
+    for path in owners:
+        os.lchown(path, uid, gid)
+    try:
+        yield
+    finally:
+        for path, _ in _walk(dirs):
+            os.lchown(path, *owners.get(path, (os.getuid(), os.getgid())))
+
+
+def _walk(dirs: list[str]):
+    """(path, lstat) of each of ``dirs`` and everything under them, symlinks not followed."""
+    for top in dirs:
+        yield top, os.lstat(top)
+        for root, subdirs, files in os.walk(top):
+            for name in subdirs + files:
+                path = os.path.join(root, name)
+                yield path, os.lstat(path)
 
 
 def run_local(params: dict, pipeline_root: str, runner: str = "subprocess") -> dict[str, str]:
     """Run the whole pipeline with kfp.local; returns {output name: local artifact path}.
 
     runner: ``subprocess`` (this Python environment; nothing installed at run time) or
-    ``docker`` (each component in the tfpipes image).
+    ``docker`` (each component in the tfpipes image, see :func:`docker_run_options`). Local
+    paths in ``params`` are made absolute. Every step gets this process's
+    ``TF_CPP_MIN_LOG_LEVEL``, or 2 (quiet) when it has none.
     """
     from kfp import local
 
+    from tfpipes.tf_log import QUIET_TF_LOG_LEVEL, TF_LOG_ENV
+
+    params = absolute_local_paths(params)
+    pipeline_root = os.path.abspath(pipeline_root)
     os.makedirs(pipeline_root, exist_ok=True)
+    writable: list[str] = []
     if runner == "subprocess":
         cfg = local.SubprocessRunner(use_venv=False)
     elif runner == "docker":
-        cfg = local.DockerRunner(**docker_run_options(params))
+        options = docker_run_options(params)
+        writable = [pipeline_root] + [m["Source"] for m in options["mounts"] if not m["ReadOnly"]]
+        cfg = local.DockerRunner(**options)
     else:
         raise ValueError(f"unknown runner {runner!r}")
-    local.init(runner=cfg, pipeline_root=os.path.abspath(pipeline_root), raise_on_error=True)
-    with warnings.catch_warnings():
+    local.init(runner=cfg, pipeline_root=pipeline_root, raise_on_error=True)
+    # The subprocess runner's steps inherit this environment.
+    os.environ.setdefault(TF_LOG_ENV, QUIET_TF_LOG_LEVEL)
+    with writable_for_containers(writable), warnings.catch_warnings():
         # The subprocess runner warns about any base image without "python" in its name.
         warnings.simplefilter("ignore", RuntimeWarning)
         task = training_pipeline(**params)

@@ -67,7 +67,7 @@ MWMS_SCRIPT = textwrap.dedent(
 PS_SCRIPT = textwrap.dedent(
     """
     import os
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    print("TF_CPP_MIN_LOG_LEVEL", os.environ.get("TF_CPP_MIN_LOG_LEVEL"), flush=True)
     import tensorflow as tf
 
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
@@ -382,9 +382,21 @@ def test_runs_from_a_thread_without_signal_handlers():
     assert results and results[0].exit_code == 0
 
 
+# TensorFlow's C++ INFO and WARNING lines (errors do show at level 2): absl's "WARNING: All log
+# messages before absl::InitializeLog()", glog-style "I0000 00:00:... file.cc:123] ...",
+# cpu_feature_guard's second line, oneDNN's.
+TF_NOTICE = re.compile(
+    r"absl::InitializeLog|^[IW]\d{4} \d\d:\d\d:\d\d|To enable the following instructions"
+    r"|oneDNN|cpu_feature_guard"
+)
+
+
 @pytest.mark.cluster
 @pytest.mark.timeout(60)
-def test_parameter_server_job_ends_with_the_chief(tmp_path):
+def test_parameter_server_job_ends_with_the_chief(tmp_path, monkeypatch):
+    # Whether TensorFlow prints notices depends on the CPU: with the variable unset here (TF's
+    # own default is 0, everything), the launcher's level must be what keeps them out.
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
     script = tmp_path / "ps.py"
     script.write_text(PS_SCRIPT)
     out = Capture()
@@ -392,8 +404,221 @@ def test_parameter_server_job_ends_with_the_chief(tmp_path):
         lambda t, i: [PY, str(script)], workers=1, ps=1, chief=True, timeout=50, grace=2.0, out=out
     )
     assert result.exit_code == 0, out
-    assert out.of("chief:0") == ["total 5 on /job:ps/replica:0/task:0/device:CPU:0"], out
+    chief = out.of("chief:0")
+    assert chief[0] == "TF_CPP_MIN_LOG_LEVEL 2", out
+    assert "total 5 on /job:ps/replica:0/task:0/device:CPU:0" in chief, out
+    notices = [line for line in out.lines if TF_NOTICE.search(line.split("] ", 1)[-1])]
+    assert not notices, out
     # The worker and the ps never exit by themselves: the launcher ended them.
     assert "[local-cluster] chief:0 finished" in out.lines
     assert not any("before the job finished" in line for line in out.lines), out
     assert_reaped(result.pids.values())
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("flags", "level"), [((), "2"), (("-v",), "2"), (("-vv",), "0")])
+def test_cli_sets_the_tasks_tensorflow_log_level_by_verbosity(flags, level, monkeypatch):
+    # The user's own TF_CPP_MIN_LOG_LEVEL=0 does not make a plain run loud; -vv does.
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    script = "import os; print('level', os.environ['TF_CPP_MIN_LOG_LEVEL'])"
+    proc = run_cli(
+        *flags, "local-cluster", "--workers", "1", "--full-command", "--", PY, "-c", script
+    )
+    stdout, stderr = proc.communicate(timeout=25)
+    assert proc.returncode == 0, stderr
+    assert f"[worker:0] level {level}" in stdout.splitlines(), stdout
+
+
+def test_tf_log_level_keeps_a_quieter_choice():
+    from tfpipes.tf_log import tf_log_level
+
+    assert [tf_log_level(0, v) for v in (None, "0", "1", "2", "3", "x")] == list("222232")
+    assert tf_log_level(2, "3") == "0"
+
+
+# --- the network: the cluster's servers are reachable only from inside it ------------------
+
+# ps and worker: a real TensorFlow gRPC server (it listens on every interface). The chief
+# waits for the test to have probed the servers, then proves that it, inside, reaches them.
+SERVER_PROBE_SCRIPT = textwrap.dedent(
+    """
+    import json, os, socket, sys, time
+    import tensorflow as tf
+
+    cfg = json.loads(os.environ["TF_CONFIG"])
+    task = cfg["task"]
+    if task["type"] != "chief":
+        tf.distribute.Server(
+            tf.train.ClusterSpec(cfg["cluster"]), job_name=task["type"],
+            task_index=task["index"], protocol="grpc", start=True,
+        )
+        print("serving", flush=True)
+        time.sleep(300)
+    deadline = time.monotonic() + 40
+    while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    host, port = cfg["cluster"]["ps"][0].rsplit(":", 1)
+    socket.create_connection((host, int(port)), timeout=5).close()
+    print("chief reached ps:0", flush=True)
+    """
+)
+
+
+def non_loopback_ipv4() -> str | None:
+    """This machine's address on an interface other than lo that is up, or None."""
+    import fcntl
+    import socket
+    import struct
+
+    from tfpipes.cluster.private_network import up_interfaces
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for name in up_interfaces():
+            try:
+                req = struct.pack("256s", name.encode()[:15])
+                return socket.inet_ntoa(fcntl.ioctl(s, 0x8915, req)[20:24])  # SIOCGIFADDR
+            except OSError:
+                continue
+    return None
+
+
+def reachable(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("allow_network", [False, True])
+def test_servers_are_reachable_only_from_inside_the_cluster(tmp_path, allow_network):
+    """A ps server started by local-cluster is not reachable from this machine's own network
+    (neither its non-loopback address nor 127.0.0.1) while the chief reaches it; with
+    allow_network it is reachable from outside, which shows the probe would see exposure."""
+    script = tmp_path / "probe.py"
+    script.write_text(SERVER_PROBE_SCRIPT)
+    probed = tmp_path / "probed"
+    outside = non_loopback_ipv4()
+    seen: dict[str, bool] = {}
+    ports: dict[str, int] = {}
+
+    def on_line(line: str) -> None:
+        m = re.fullmatch(r"\[local-cluster\] started (\S+) \(pid \d+\) at 127\.0\.0\.1:(\d+)", line)
+        if m:
+            ports[m.group(1)] = int(m.group(2))
+        if line == "[ps:0] serving":
+            for host in filter(None, ("127.0.0.1", outside)):
+                seen[host] = reachable(host, ports["ps:0"])
+            probed.touch()
+
+    out = Capture(on_line)
+    result = run_cluster(
+        lambda t, i: [PY, str(script), str(probed)],
+        workers=1,
+        ps=1,
+        chief=True,
+        timeout=70,
+        grace=1.0,
+        out=out,
+        allow_network=allow_network,
+    )
+    assert result.exit_code == 0, out
+    assert "chief reached ps:0" in out.of("chief:0"), out
+    if allow_network:
+        assert "[local-cluster] network: this machine's" in str(out)
+        assert seen and all(seen.values()), (seen, str(out))
+    else:
+        assert "[local-cluster] network: a private namespace with only loopback" in out.lines
+        assert seen and not any(seen.values()), (seen, str(out))
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(30)
+def test_tasks_see_only_loopback_and_reach_a_loopback_storage_emulator(monkeypatch):
+    """Inside the namespace: no interface but lo; a STORAGE_EMULATOR_HOST on the host's
+    127.0.0.1 (fake GCS in the tests) still answers, through the launcher's relay."""
+    import http.server
+
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"hello from the host"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
+        script = (
+            "import os, urllib.request\n"
+            "names = [l.split(':')[0].strip() for l in open('/proc/net/dev').readlines()[2:]]\n"
+            "print('interfaces', names)\n"
+            "print(urllib.request.urlopen(os.environ['STORAGE_EMULATOR_HOST']).read().decode())"
+        )
+        out = Capture()
+        result = run_cluster(lambda t, i: [PY, "-c", script], workers=2, timeout=20, out=out)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.exit_code == 0, out
+    for task in ("worker:0", "worker:1"):
+        assert out.of(task) == ["interfaces ['lo']", "hello from the host"], out
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(30)
+def test_without_root_it_refuses_to_expose_the_servers(tmp_path):
+    """Unprivileged (as root, the test drops to uid 1000) no namespace can be made: with
+    another interface up, local-cluster refuses (exit 2, one line) unless --allow-network;
+    with none up there is nothing to expose, and it runs."""
+    from tfpipes.cluster.private_network import up_interfaces
+
+    drop = ["setpriv", "--reuid", "1000", "--regid", "1000", "--clear-groups"]
+    drop = drop if os.getuid() == 0 else []
+
+    # The launcher needs nothing beyond the standard library; a venv's python may link into
+    # a home directory uid 1000 cannot enter, so take the first interpreter that uid 1000 can
+    # start, and that can start itself (as the launcher starts the tasks).
+    def usable(c: str) -> bool:
+        inner = "import sys; sys.exit(sys.version_info < (3, 10))"
+        check = (
+            f"import subprocess, sys; sys.exit(subprocess.run([{c!r}, '-c', {inner!r}]).returncode)"
+        )
+        return subprocess.run([*drop, c, "-c", check], capture_output=True).returncode == 0
+
+    py = next((c for c in (PY, "/usr/bin/python3") if usable(c)), None)
+    assert py, "no Python 3.10+ that uid 1000 can run"
+    runs = {}
+    for extra in ((), ("--allow-network",)):
+        runs[extra] = subprocess.run(
+            [*drop, py, "-m", "tfpipes.cli", "local-cluster", *extra, "--workers", "1",
+             "--full-command", "--", py, "-c", "print('ran')"],
+            cwd="/",
+            env=dict(os.environ, PYTHONPATH=str(REPO), HOME=str(tmp_path)),
+            capture_output=True,
+            text=True,
+            timeout=25,
+        )  # fmt: skip
+    allowed = runs[("--allow-network",)]
+    assert allowed.returncode == 0, allowed
+    assert "[worker:0] ran" in allowed.stdout
+    plain = runs[()]
+    if not up_interfaces():
+        assert plain.returncode == 0, plain
+        assert "network: this machine's, which has no interface but lo up" in plain.stdout
+        return
+    assert plain.returncode == 2, plain
+    assert "ran" not in plain.stdout and "Traceback" not in plain.stderr
+    (line,) = plain.stderr.strip().splitlines()
+    assert "cannot make a private network namespace" in line and "--allow-network" in line

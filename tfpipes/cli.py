@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 
 from tfpipes import __version__
 from tfpipes.errors import exit_on_error
+from tfpipes.tf_log import set_tf_log_level
 
 # Order is the order shown in --help.
 COMMAND_MODULES = [
@@ -48,11 +48,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def leading_verbosity(argv: list[str]) -> int:
+    """How many ``-v`` the options before the command give (``-v -v``, ``-vv``, ``--verbose``)."""
+    count = 0
+    for arg in argv:
+        if not arg.startswith("-") or arg == "--":
+            break
+        if arg == "--verbose":
+            count += 1
+        elif arg.startswith("-") and not arg.startswith("--") and set(arg[1:]) == {"v"}:
+            count += len(arg) - 1
+    return count
+
+
 def configure_logging(verbose: int) -> None:
-    """Quiet by default: our INFO lines only; TensorFlow's C++ and Python chatter only with -vv."""
-    if verbose < 2:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")
+    """Quiet by default: our INFO lines only; TensorFlow's C++ and Python chatter only with -vv.
+
+    ``TF_CPP_MIN_LOG_LEVEL`` is set here for this process and, through the environment, for
+    every process it starts (tfpipes.tf_log); :func:`main` calls this before parsing, since
+    parsing some commands' flags imports TensorFlow.
+    """
+    set_tf_log_level(verbose)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s" if verbose else "%(message)s",
@@ -63,12 +79,13 @@ def configure_logging(verbose: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    configure_logging(leading_verbosity(argv))
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    configure_logging(args.verbose)
     try:
         with exit_on_error(f"tfpipes {args.command}"):
             return int(args.handler(args) or 0)

@@ -33,10 +33,22 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from tfpipes.cluster.private_network import (
+    NetworkIsolationError,
+    PrivateNetwork,
+    loopback_relay_targets,
+    open_private_network,
+    up_interfaces,
+)
 from tfpipes.errors import EXIT_TIMEOUT
+from tfpipes.tf_log import QUIET_TF_LOG_LEVEL, TF_LOG_ENV
 
 TASK_TYPES = ("chief", "worker", "ps")
 LAUNCHER = "local-cluster"
+HOST_NETWORK_NOTE = (
+    "this machine's (--allow-network): the TensorFlow servers accept connections from other "
+    "machines"
+)
 
 
 @dataclass(frozen=True)
@@ -228,6 +240,7 @@ def run_cluster(
     grace: float = 5.0,
     out: TextIO | None = None,
     cwd: str | os.PathLike | None = None,
+    allow_network: bool = False,
 ) -> ClusterResult:
     """Run the cluster until it succeeds, a task fails, or ``timeout`` seconds pass.
 
@@ -235,6 +248,16 @@ def run_cluster(
     launcher's environment plus ``env``, ``TF_CONFIG`` and ``PYTHONUNBUFFERED=1``, its stdout and
     stderr merged and written to ``out`` (default ``sys.stdout``) line by line as
     ``[worker:0] ...``. Launcher notes go there too as ``[local-cluster] ...``.
+    ``TF_CPP_MIN_LOG_LEVEL`` is the launcher's (or ``env``'s), 2 when neither sets it: the tasks'
+    TensorFlow C++ notices stay quiet unless asked for.
+
+    Network: TensorFlow's servers listen on every interface, unauthenticated, so the tasks run
+    in a private network namespace with only loopback (:mod:`tfpipes.cluster.private_network`;
+    a loopback ``STORAGE_EMULATOR_HOST`` is relayed into it). Where no namespace can be made (not
+    root), they run in this machine's network only if no interface but ``lo`` is up, or
+    ``allow_network``; otherwise :class:`NetworkIsolationError` (a UserError) is raised before
+    anything starts. ``allow_network`` runs them in this machine's network in any case (to reach
+    gs://), where other machines can reach their servers.
 
     Returns a :class:`ClusterResult`; never leaves a process behind (see the module docstring).
     Raises ``ValueError`` on an impossible shape and ``OSError`` if a command cannot be started;
@@ -248,12 +271,13 @@ def run_cluster(
     ps_mode = ps > 0
     finishing = {t for t in tasks if t.type == "chief" or (t.type == "worker" and not ps_mode)}
 
-    sockets = reserve_ports(len(tasks))
-    addresses = {t: f"127.0.0.1:{s.getsockname()[1]}" for t, s in zip(tasks, sockets)}
-    cluster = cluster_spec(addresses)
     base_env = dict(os.environ)
     base_env.update(env or {})
     base_env["PYTHONUNBUFFERED"] = "1"
+    base_env.setdefault(TF_LOG_ENV, QUIET_TF_LOG_LEVEL)
+    network, sockets, where = _open_network(len(tasks), base_env, allow_network)
+    addresses = {t: f"127.0.0.1:{s.getsockname()[1]}" for t, s in zip(tasks, sockets)}
+    cluster = cluster_spec(addresses)
 
     procs: dict[Task, subprocess.Popen] = {}
     exited: queue.Queue[tuple[Task, int]] = queue.Queue()
@@ -264,6 +288,8 @@ def run_cluster(
         for s in sockets:
             s.close()
         preexec = _die_with_parent_fn()
+        if network is not None:
+            preexec = _chain(network.preexec, preexec)
         # Spawn everything before starting threads: preexec_fn runs between fork and exec,
         # where another thread holding a lock could deadlock the child.
         for task in tasks:
@@ -281,6 +307,9 @@ def run_cluster(
             with _LIVE_LOCK:
                 _LIVE[proc.pid] = proc
             procs[task] = proc
+        if network is not None:
+            network.start_relays()
+        printer.line(LAUNCHER, f"network: {where}")
         for task, proc in procs.items():
             printer.line(LAUNCHER, f"started {task.name} (pid {proc.pid}) at {addresses[task]}")
             threads.append(_start(printer.pump, task.name, proc.stdout))
@@ -290,10 +319,44 @@ def run_cluster(
         for s in sockets:
             s.close()
         _stop_all(procs, grace, printer)
+        if network is not None:
+            network.close()
         _restore_signal_handlers(previous_handlers)
         for thread in threads:
             # A grandchild that escaped its group could hold the pipe open: do not wait forever.
             thread.join(timeout=1.0)
+
+
+def _open_network(
+    count: int, env: Mapping[str, str], allow_network: bool
+) -> tuple[PrivateNetwork | None, list[socket.socket], str]:
+    """The namespace the tasks run in (None: this machine's), ``count`` reserved ports in it,
+    and a few words saying which, for the launcher's log (see :func:`run_cluster`)."""
+    if allow_network:
+        return None, reserve_ports(count), HOST_NETWORK_NOTE
+    try:
+        network, sockets = open_private_network(
+            lambda: reserve_ports(count), loopback_relay_targets(dict(env))
+        )
+    except NetworkIsolationError as e:
+        others = up_interfaces()
+        if others:
+            raise NetworkIsolationError(
+                f"{e}, and {', '.join(others)} is up: the TensorFlow servers would be reachable "
+                "from other machines; run as root, or pass --allow-network to accept that"
+            ) from None
+        return None, reserve_ports(count), "this machine's, which has no interface but lo up"
+    return network, sockets, "a private namespace with only loopback"
+
+
+def _chain(*fns: Callable[[], None] | None) -> Callable[[], None]:
+    steps = [f for f in fns if f is not None]
+
+    def run() -> None:
+        for f in steps:
+            f()
+
+    return run
 
 
 def _start(target: Callable, *args) -> threading.Thread:

@@ -35,6 +35,13 @@ Examples:
   tfpipes local-cluster --workers 2 --ps 1 -- --data out/data --model-dir out/model
   tfpipes local-cluster --workers 2 --full-command -- python my_script.py
 
+Network: TensorFlow's servers listen on every interface and accept anyone. The tasks run in
+a private network namespace whose only interface is loopback, so nothing outside the cluster
+can reach them (a local STORAGE_EMULATOR_HOST is relayed in). That needs root; without it
+local-cluster refuses to start while another interface is up, unless --allow-network.
+--allow-network runs the tasks in this machine's network (needed for gs:// on real GCS),
+where other machines can reach their servers.
+
 Exit code: 0 when the chief (or, without --ps, every worker) exits 0; otherwise the failed
 task's code (128+N if killed by signal N), 124 on --timeout. See docs/distributed.md."""
 
@@ -122,6 +129,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--full-command",
         action="store_true",
         help="run the arguments after -- as the whole command instead of `tfpipes train ...`",
+    )
+    local.add_argument(
+        "--allow-network",
+        action="store_true",
+        help="run the tasks in this machine's network (to reach gs://): their TensorFlow "
+        "servers are then reachable from other machines, unauthenticated",
     )
     local.add_argument("args", nargs="*", metavar="-- ARGS", help="arguments for `tfpipes train`")
     local.set_defaults(handler=run_local_cluster)
@@ -253,6 +266,13 @@ def run_local_cluster(args: argparse.Namespace) -> int:
         raise UserError(f"--timeout must be > 0, got {args.timeout:g}")
     if args.grace < 0:
         raise UserError(f"--grace must be >= 0, got {args.grace:g}")
+    needs_network = _gcs_outside_loopback(args.args)
+    if needs_network and not args.allow_network:
+        raise UserError(
+            f"{needs_network} needs the network, and the tasks run in a private "
+            "namespace with only loopback: pass --allow-network (their TensorFlow servers are "
+            "then reachable from other machines)"
+        )
     env = {}
     if args.full_command:
         if not args.args:
@@ -275,6 +295,7 @@ def run_local_cluster(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             env=env,
             grace=args.grace,
+            allow_network=args.allow_network,
         )
     except FileNotFoundError as e:
         raise UserError(f"cannot start the task command: {e}") from None
@@ -284,3 +305,12 @@ def run_local_cluster(args: argparse.Namespace) -> int:
     if result.exit_code != 0:
         print(f"tfpipes local-cluster: {result.message}", file=sys.stderr)
     return result.exit_code
+
+
+def _gcs_outside_loopback(argv: list[str]) -> str:
+    """The first gs:// argument, when storage is real GCS (not a loopback emulator); else ""."""
+    from tfpipes.cluster.private_network import loopback_relay_targets
+
+    if loopback_relay_targets(dict(os.environ)):
+        return ""
+    return next((a for a in argv if "gs://" in a), "")

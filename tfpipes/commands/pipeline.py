@@ -107,7 +107,9 @@ def register(sub) -> None:
         help="run the whole pipeline on this machine with kfp.local",
         description="Run preprocess -> train -> export with kfp.local and print where each\n"
         "artifact landed. --runner subprocess uses this Python environment; --runner docker\n"
-        "runs each component in the tfpipes image.\n\n"
+        "runs each component in the tfpipes image with no network, never as root (as root on\n"
+        "the host: as the image's user, uid 1000), and only the paths it names mounted: the\n"
+        "inputs read-only, the output directories (created if missing) read-write.\n\n"
         "example:\n  tfpipes run-local --source data.csv --label label --train-steps 500",
         formatter_class=fmt,
     )
