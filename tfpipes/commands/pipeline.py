@@ -6,8 +6,6 @@ import argparse
 import logging
 import os
 
-from tfpipes.commands.late_flags import add_late_flags
-
 log = logging.getLogger("tfpipes")
 
 PIPELINE_PARAMS = (
@@ -117,7 +115,7 @@ def register(sub) -> None:
     r.add_argument("--label", required=True, help="name of the label column")
     r.add_argument("--pipeline-root", default="tfpipes-local", help="where artifacts go")
     r.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess")
-    add_late_flags(r, _add_pipeline_params)  # without TensorFlow for --help
+    _add_pipeline_params(r)
     r.set_defaults(handler=_run_local)
 
     d = sub.add_parser(

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 
-from tfpipes.commands.late_flags import add_late_flags
-
 log = logging.getLogger("tfpipes")
 
 
@@ -92,7 +90,7 @@ def register(sub) -> None:
             "--train-steps 2000"
         ),
     )
-    add_late_flags(t, _add_train_flags)  # TrainConfig's fields, without TensorFlow for --help
+    _add_train_flags(t)  # TrainConfig's fields (the parameter surface imports no TensorFlow)
     t.set_defaults(handler=_train)
 
     e = sub.add_parser(
