@@ -14,7 +14,7 @@ fi
 #   the full `tensorflow`, which would clash with `tensorflow-cpu`: install it without its
 #   dependencies, at the installed TensorFlow's minor version (the protos must match it).
 if ! .venv/bin/python -c "import tensorflow_serving.apis.prediction_log_pb2" 2>/dev/null; then
-  tf_version=$(.venv/bin/python -c "import importlib.metadata as m, tensorflow as _
+  tf_version=$(.venv/bin/python -c "import importlib.metadata as m
 print(next(d.version for d in m.distributions() if d.metadata['Name'].lower().replace('_', '-')
            in ('tensorflow-cpu', 'tensorflow', 'tensorflow-macos')))" 2>/dev/null)
   .venv/bin/python -m pip install -q --no-deps "tensorflow-serving-api~=${tf_version%.*}.0"
