@@ -16,7 +16,7 @@ ships only the function's source).
 import os
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
 from tfpipes import __version__
 
@@ -109,7 +109,7 @@ def train_op(
     examples: Input[Dataset],
     model: Output[Model],
     metrics: Output[Metrics],
-    report: Output[Markdown],
+    report: Output[HTML],
     model_name: str = "mlp",
     hidden: str = "64,32",
     optimizer: str = "",
@@ -130,7 +130,8 @@ def train_op(
     gs://: a retried or preempted pod resumes from there) or, when empty, straight to the
     ``model`` artifact's object-storage URI while training (never only into the artifact's
     local path, which KFP uploads after the container exits: a preempted pod would lose it).
-    ``report`` links the TensorBoard logs (KFP v2 has no TensorBoard view of its own)."""
+    ``report``: an HTML page (the KFP UI shows it) with the run's loss and eval curves, read
+    from its TensorBoard logs, and the final metrics."""
     from tfpipes import layout
     from tfpipes.errors import exit_on_error
     from tfpipes.training import train
@@ -152,17 +153,13 @@ def train_op(
 
     with open(metrics.path, "w") as f:
         json.dump(r.metrics, f, indent=2)
-    rows = "".join(
-        f"| {k} | {v:.6g} |\n" for k, v in r.metrics.items() if isinstance(v, (int, float))
-    )
-    with open(report.path, "w") as f:
+    from tfpipes.training.report import training_report
+
+    with exit_on_error("train"), open(report.path, "w") as f:
         f.write(
-            f"# Training: {model_name}, step {r.start_step} -> {r.final_step}\n\n"
-            f"Model directory: `{model_dir}` (checkpoints, `model_config.json`, "
-            f"`metrics.json`)\n\n"
-            f"TensorBoard (loss, learning rate, examples/s, eval metrics):\n\n"
-            f"```\ntensorboard --logdir {r.logs}\n```\n\n"
-            f"| metric | value |\n|---|---|\n{rows}"
+            training_report(
+                f"Training: {model_name}", model_dir, r.metrics, r.logs, r.start_step, r.final_step
+            )
         )
     print(f"train: step {r.final_step}, {r.examples_per_second:.0f} examples/s -> {model_dir}")
 

@@ -7,8 +7,12 @@ every way it can go wrong into one line that says what to change:
   as a new version of the pipeline of that name; runs that version in an experiment (created if
   missing); follows a run to its end; and creates, lists, enables, disables, deletes and
   re-points recurring runs ("schedules", triggers from :mod:`tfpipes_pipelines.schedule_syntax`).
-  Schedules always refer to an uploaded pipeline *version*: KFP freezes a spec submitted inline
-  into the recurring run, and it could never be moved to a new version.
+  Schedules always refer to an uploaded pipeline, never an inline spec (KFP freezes that into
+  the recurring run, and it could never be moved): to one *version* of it, or, with
+  ``follow_latest``, to the pipeline alone, so that every run uses its latest version at the
+  time (the API server's "pipeline id and no version id", KFP >= 2.5). ``kfp.Client`` refuses
+  that reference, so recurring runs are created through the session's own REST client
+  (kfp_server_api, the client kfp.Client wraps: the same token, redirect and timeout rules).
 - KFP has no call to change a recurring run, so :meth:`KfpSession.update_schedule` creates the
   replacement first and deletes the old one second: a failure in between leaves two schedules
   (and says so), never none.
@@ -103,6 +107,11 @@ class Schedule:
     no_catchup: bool
     description: str
     service_account: str
+
+    @property
+    def follows_latest(self) -> bool:
+        """Whether each run uses the pipeline's latest version (a pipeline and no version)."""
+        return bool(self.pipeline_id) and not self.version_id
 
     @classmethod
     def from_api(cls, rr: Any) -> Schedule:
@@ -432,8 +441,11 @@ class KfpSession:
         experiment_id: str | None = None,
         pipeline_name: str | None = None,
         description: str | None = None,
+        follow_latest: bool = False,
     ) -> tuple[Schedule, UploadedVersion]:
-        """Upload a version of ``package`` and create a recurring run of it called ``name``.
+        """Upload a version of ``package`` and create a recurring run of it called ``name``;
+        with ``follow_latest``, a recurring run of the pipeline that always runs its latest
+        version (the one uploaded here until a newer one is).
 
         The arguments get SCHEDULE_TIME_MACRO for SCHEDULE_TIME_PARAMETER (see the module doc).
         UserError if a schedule of that name exists (names are how this tool finds schedules).
@@ -459,6 +471,7 @@ class KfpSession:
             enabled=True,
             description=description,
             service_account=None,
+            follow_latest=follow_latest,
         )
         return schedule, version
 
@@ -474,23 +487,38 @@ class KfpSession:
         enabled: bool,
         description: str | None,
         service_account: str | None,
+        follow_latest: bool = False,
     ) -> Schedule:
-        with self._api(f"creating schedule {name!r}"):
-            rr = self.client.create_recurring_run(
-                experiment_id=experiment_id,
-                job_name=name,
-                description=description or None,
-                start_time=trigger.start_time,
-                end_time=trigger.end_time,
-                interval_second=trigger.interval_second,
-                cron_expression=trigger.cron,
-                max_concurrency=max_concurrency,
-                no_catchup=no_catchup,
-                params=arguments,
+        # The body kfp.Client.create_recurring_run sends, but built here: kfp.Client (2.17)
+        # refuses a pipeline reference without a version, which follow_latest needs.
+        api = kfp_server_api
+        times = {"start_time": trigger.start_time, "end_time": trigger.end_time}
+        body = api.V2beta1RecurringRun(
+            display_name=name,
+            description=description or None,
+            experiment_id=experiment_id,
+            mode=api.RecurringRunMode.ENABLE if enabled else api.RecurringRunMode.DISABLE,
+            pipeline_version_reference=api.V2beta1PipelineVersionReference(
                 pipeline_id=version.pipeline_id,
-                version_id=version.version_id,
-                enabled=enabled,
-                service_account=service_account or None,
+                pipeline_version_id=None if follow_latest else version.version_id,
+            ),
+            runtime_config=api.V2beta1RuntimeConfig(parameters=arguments),
+            trigger=api.V2beta1Trigger(
+                cron_schedule=api.V2beta1CronSchedule(cron=trigger.cron, **times)
+            )
+            if trigger.cron is not None
+            else api.V2beta1Trigger(
+                periodic_schedule=api.V2beta1PeriodicSchedule(
+                    interval_second=trigger.interval_second, **times
+                )
+            ),
+            max_concurrency=max_concurrency,
+            no_catchup=no_catchup,
+            service_account=service_account or None,
+        )
+        with self._api(f"creating schedule {name!r}"):
+            rr = self.client._recurring_run_api.recurring_run_service_create_recurring_run(
+                recurring_run=body
             )
         return Schedule.from_api(rr)
 
@@ -515,7 +543,8 @@ class KfpSession:
     ) -> tuple[Schedule, Schedule, UploadedVersion, list[str]]:
         """Point a schedule at a new version of its pipeline, built from ``package``.
 
-        Keeps its name, trigger, experiment, concurrency, catch-up, enabled state and arguments;
+        Keeps its name, trigger, experiment, concurrency, catch-up, enabled state, arguments
+        and whether it follows the latest version;
         ``pairs`` (``k=v``) override arguments; arguments the new pipeline no longer declares
         are dropped (and returned). Returns (old, new, version, dropped).
         """
@@ -543,6 +572,7 @@ class KfpSession:
             enabled=old.enabled,
             description=old.description,
             service_account=old.service_account,
+            follow_latest=old.follows_latest,
         )
         try:
             with self._api(f"deleting the old schedule {old.schedule_id}"):

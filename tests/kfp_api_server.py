@@ -708,6 +708,10 @@ class KfpState:
             rr["namespace"] = self.experiments[exp_id]["namespace"]
         if stored_trigger:
             rr["trigger"] = stored_trigger
+        if ref and not (body.get("pipeline_version_reference") or {}).get("pipeline_version_id"):
+            # A pipeline without a version: the recurring run follows the latest version at
+            # each run (KFP >= 2.5, kubeflow/pipelines#11560), so only the pipeline is stored.
+            ref = {"pipeline_id": ref["pipeline_id"]}
         if ref:
             rr["pipeline_version_reference"] = ref
         else:

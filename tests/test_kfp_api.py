@@ -478,6 +478,55 @@ def test_schedule_list_disable_enable_update_delete(kfp_server, package, package
     assert "no schedule named or with ID 'nightly'" in one_line_error(err)
 
 
+def test_schedule_follow_latest_runs_whatever_version_is_newest(
+    kfp_server, package, package_v2, capsys
+):
+    kfp_server.require_token("s3cret")  # the REST request keeps the session's token rules
+    code, out, err = schedule(
+        capsys, kfp_server, "create", "--package", package, "--name", "latest", "--token",
+        "s3cret", "--cron", "0 3 * * *", "--param", "source=s", "--follow-latest",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "schedule latest " in out
+    assert "pipeline tiny-train, following its latest version (now tiny-train)" in out
+
+    (request,) = kfp_server.requests_to("/recurringruns")
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    assert request.status == 200 and headers["authorization"] == "Bearer s3cret"
+    (pipeline_id,) = kfp_server.state.pipelines
+    assert request.body["pipeline_version_reference"] == {"pipeline_id": pipeline_id}
+    assert "pipeline_spec" not in request.body
+    assert request.body["runtime_config"]["parameters"] == {
+        "source": "s",
+        "model_version": "[[ScheduledTime]]",
+    }
+    (rr,) = kfp_server.state.recurring_runs.values()
+    assert rr["pipeline_version_reference"] == {"pipeline_id": pipeline_id}  # no version pinned
+
+    # New code reaches the schedule without touching it: a submit uploads a newer version.
+    code, _, err = submit(
+        capsys, kfp_server, package_v2, "--param", "source=s", "--token", "s3cret"
+    )
+    assert code == 0, err
+    assert len(kfp_server.state.versions) == 2
+    assert kfp_server.state.recurring_runs[rr["recurring_run_id"]] == rr
+
+    code, out, err = schedule(capsys, kfp_server, "list", "--token", "s3cret")
+    assert code == 0, err
+    assert re.search(
+        rf"enabled\s+cron 0 0 3 \* \* \*\s+latest\s+latest of pipeline {pipeline_id}", out
+    )
+
+    # update keeps it following (and still never pins a version).
+    code, out, err = schedule(
+        capsys, kfp_server, "update", "latest", "--package", package_v2, "--token", "s3cret"
+    )
+    assert code == 0, err
+    (new,) = kfp_server.state.recurring_runs.values()
+    assert new["pipeline_version_reference"] == {"pipeline_id": pipeline_id}
+    assert not kfp_server.contract_violations
+
+
 def test_schedule_create_refuses_a_name_in_use(kfp_server, package, capsys):
     argv = ["--package", package, "--name", "n", "--every", "1h", "--param", "source=s"]
     assert schedule(capsys, kfp_server, "create", *argv)[0] == 0

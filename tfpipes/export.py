@@ -184,6 +184,9 @@ def export(cfg: ExportConfig) -> ExportResult:
                         f"export verification failed: output {name!r} of the SavedModel differs "
                         f"from the checkpoint model's; nothing was published to {final}"
                     )
+        from tfpipes.warmup import write_warmup_requests  # TF Serving replays them on load
+
+        write_warmup_requests(tmp, records, features)
     log.debug("verified %d examples, max abs diff %.3g", len(records), worst)
     return ExportResult(final, version, latest, len(records), worst, ("serving_default", "predict"))
 

@@ -47,12 +47,16 @@ _SCHEDULE_EPILOG = f"""\
 Examples:
   tfpipes schedule create --host URL --name nightly --cron "0 3 * * *" --param source=gs://b/d.csv
   tfpipes schedule create --host URL --name retrain --every 6h --no-catchup
+  tfpipes schedule create --host URL --name latest --cron "0 3 * * *" --follow-latest
   tfpipes schedule list --host URL
   tfpipes schedule update --host URL nightly        # re-point it to a new pipeline version
   tfpipes schedule disable --host URL nightly
 
-Schedules run an uploaded pipeline version. A 5-field cron is read as standard cron (minute
-first; times in the scheduler's zone, UTC by default); 6 fields put seconds first, as KFP does.
+Schedules run an uploaded pipeline version; with --follow-latest, whichever version of the
+pipeline is the latest when a run starts (so `tfpipes submit` of new code moves the schedule).
+A 5-field cron is read as standard cron (minute first; times in the scheduler's zone, UTC by
+default); 6 fields put seconds first, as KFP does.
+
 If the pipeline has a string parameter model_version, each scheduled run gets its scheduled
 time there (KFP's [[ScheduledTime]]: YYYYMMDDhhmmss, UTC).
 
@@ -180,6 +184,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--start-time", metavar="ISO", help="first possible run (no zone: UTC)")
     create.add_argument("--end-time", metavar="ISO", help="no runs after this (no zone: UTC)")
     create.add_argument("--description", help="description shown in the KFP UI")
+    create.add_argument(
+        "--follow-latest",
+        action="store_true",
+        help="each run uses the pipeline's latest version at the time (versions uploaded later"
+        " by `tfpipes submit` or anyone else included), not the one uploaded now (KFP >= 2.5)",
+    )
     create.set_defaults(handler=_schedule_create)
 
     listing = actions.add_parser("list", parents=[connection], help="list schedules")
@@ -325,10 +335,16 @@ def _schedule_create(args: argparse.Namespace) -> int:
                 experiment_id=args.experiment_id,
                 pipeline_name=args.pipeline_name,
                 description=args.description,
+                follow_latest=args.follow_latest,
             )
+    which = (
+        f"following its latest version (now {version.version_name})"
+        if schedule.follows_latest
+        else f"version {version.version_name}"
+    )
     print(
         f"schedule {schedule.name} {schedule.schedule_id}: {schedule.trigger.describe()},"
-        f" pipeline {version.pipeline_name} version {version.version_name}"
+        f" pipeline {version.pipeline_name}, {which}"
     )
     return 0
 
@@ -343,7 +359,7 @@ def _schedule_list(args: argparse.Namespace) -> int:
             "enabled" if s.enabled else "disabled",
             s.trigger.describe(),
             s.name,
-            s.version_id or "(frozen spec)",
+            _version_column(s),
         )
         for s in sorted(schedules, key=lambda s: s.name)
     ]
@@ -351,6 +367,12 @@ def _schedule_list(args: argparse.Namespace) -> int:
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
     return 0
+
+
+def _version_column(s) -> str:
+    if s.follows_latest:
+        return f"latest of pipeline {s.pipeline_id}"
+    return s.version_id or "(frozen spec)"
 
 
 def _schedule_toggle_or_delete(args: argparse.Namespace) -> int:
