@@ -40,10 +40,10 @@ window.addEventListener("load", () => {
 
 
 def chromium() -> str:
-    """The browser's path; fails the test (it is not skipped) when scripts/setup.sh has not
+    """The browser's path; fails the test (it is not skipped) when scripts/test-tools.sh has not
     installed it."""
     exe = shutil.which("chromium")
-    assert exe, "chromium is not installed; run scripts/setup.sh (apt-get install chromium)"
+    assert exe, "chromium is not installed; run scripts/test-tools.sh (apt-get install chromium)"
     return exe
 
 

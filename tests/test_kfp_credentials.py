@@ -120,7 +120,6 @@ def sent_token(exchanges_headers) -> bool:
 # redirects
 
 
-@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 def _submit_refused(capsys, host: str, package: str) -> str:
     """`tfpipes submit` with the sentinel token to ``host``: exit 2; returns its stderr."""
     code, _, err = run_cli(
@@ -131,6 +130,7 @@ def _submit_refused(capsys, host: str, package: str) -> str:
     return err
 
 
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 def test_the_health_check_never_follows_a_redirect_to_another_origin(
     recorders, package, capsys, status
 ):

@@ -1,6 +1,6 @@
 """TF Serving warmup requests: every export writes ``assets.extra/tf_serving_warmup_requests``,
 which parses with TF Serving's own protos (``tensorflow-serving-api``, installed with --no-deps
-by scripts/setup.sh) and whose requests run against the exported signatures."""
+by scripts/test-tools.sh) and whose requests run against the exported signatures."""
 
 import os
 
@@ -14,7 +14,7 @@ def _serving_protos():
     try:
         from tensorflow_serving.apis import prediction_log_pb2
     except ImportError:
-        pytest.fail("tensorflow-serving-api is not installed; run scripts/setup.sh")
+        pytest.fail("tensorflow-serving-api is not installed; run scripts/test-tools.sh")
     return prediction_log_pb2
 
 
