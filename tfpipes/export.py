@@ -3,12 +3,19 @@
 The SavedModel goes to ``<base>/<version>/`` with two signatures:
 
 * ``serving_default``: ``examples`` (serialized ``tf.train.Example`` strings) -> outputs;
-* ``predict``: one tensor per raw feature -> the same outputs.
+* ``predict``: one tensor per raw feature -> the same outputs. A missing value is sent as the
+  dtype's missing value (``input_pipeline.MISSING``): NaN for a float32 feature, the smallest
+  int64 (-9223372036854775808) for an int64 one, the empty string for a string one.
+
+A serialized Example that lacks a feature is a missing value too: the model imputes and
+encodes it exactly as in training (``models.FeatureEncoder``).
 
 Outputs are ``logits``, ``probabilities`` and ``class_ids`` (plus ``classes`` for string
 labels) for classification, ``predictions`` for regression. Before publishing, the SavedModel
 is reloaded from its staging place and both signatures must reproduce the checkpoint model's
-outputs on the eval split; only then is the version directory committed.
+outputs on the eval split, and on the same rows with one feature removed from each (a
+missing cell in every row, each feature missing in some); only then is the version directory
+committed.
 """
 
 from __future__ import annotations
@@ -61,7 +68,7 @@ def _serving_module(model, schema):
     from tfpipes.input_pipeline import feature_spec
     from tfpipes.layout import tf_dtype
 
-    spec = feature_spec(schema, with_label=False)
+    spec = feature_spec(schema, with_label=False, missing=True)
     vocab = list(schema.label_vocabulary)
 
     class ServingModule(tf.Module):
@@ -247,5 +254,24 @@ def _verification_batch(cfg: ExportConfig, schema, make_dataset, manifest_lib):
             )
     if not records:
         raise UserError(f"{cfg.data}: no examples to verify the export with")
-    parsed = tf.io.parse_example(tf.constant(records), feature_spec(schema, with_label=False))
+    records = records + _with_missing_cells(records, schema)
+    spec = feature_spec(schema, with_label=False, missing=True)
+    parsed = tf.io.parse_example(tf.constant(records), spec)
     return records, dict(parsed)
+
+
+def _with_missing_cells(records: list[bytes], schema) -> list[bytes]:
+    """The same rows with feature ``i mod n`` removed from row ``i``: every feature missing
+    in some rows, whether the data set had missing values or not."""
+    import tensorflow as tf
+
+    names = schema.feature_names
+    out = []
+    for i, record in enumerate(records):
+        example = tf.train.Example.FromString(record)
+        feature = example.features.feature
+        name = names[i % len(names)]
+        if name in feature:
+            del feature[name]
+        out.append(example.SerializeToString())
+    return out

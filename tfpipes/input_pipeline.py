@@ -2,8 +2,11 @@
 
 Files are listed from the manifest (never by globbing, so a stray file cannot sneak in). Every
 batch is ``(packed features, target)``: the features of one dtype stacked into one
-``[batch, k]`` tensor (``packed_key``), which ``models.FeatureEncoder`` reads directly. Two
-ways to feed training, both deterministic for a given seed:
+``[batch, k]`` tensor (``packed_key``), which ``models.FeatureEncoder`` reads directly. A
+feature absent from a record (a missing value, schema.json v2) parses as its dtype's
+:data:`MISSING` value, which the encoder imputes; so both input modes, every strategy and the
+exported model see missing values the same way. Two ways to feed training, both
+deterministic for a given seed:
 
 - streaming (the default): a parallel deterministic interleave over the shards, a shuffle of
   the serialized records, ``batch`` and then one vectorized ``tf.io.parse_example`` per batch,
@@ -19,6 +22,7 @@ ways to feed training, both deterministic for a given seed:
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 import tensorflow as tf
@@ -35,13 +39,39 @@ CACHE_MEMORY_FRACTION = 0.5
 LOAD_BATCH = 8192
 
 
-def feature_spec(schema: Schema, with_label: bool = True) -> dict:
-    """``tf.io.parse_example`` spec for the schema's features (and label)."""
-    spec = {f.name: tf.io.FixedLenFeature(f.shape, tf_dtype(f.dtype)) for f in schema.features}
+# What parsing puts in place of an absent feature (a missing value, schema.json v2), per
+# dtype. The model's FeatureEncoder treats these values as missing wherever they come from, so
+# a raw ``predict`` request says "missing" with them too: NaN; the smallest int64 (pandas'
+# NaT); the empty string. Preprocess never writes them as values (NaN/inf cells are an error
+# unless declared missing; an empty cell is missing).
+MISSING = {"float32": math.nan, "int64": -(2**63), "string": ""}
+
+
+def accepts_missing(schema: Schema) -> bool:
+    """Whether the data set's records may lack features: a v2 schema (with kinds). A v1
+    data set has every feature in every record, and a record without one is an error."""
+    return any(f.kind for f in (*schema.features, schema.label))
+
+
+def feature_spec(schema: Schema, with_label: bool = True, missing: bool | None = None) -> dict:
+    """``tf.io.parse_example`` spec for the schema's features (and label).
+
+    missing: an absent feature parses as its dtype's :data:`MISSING` value (default: when
+    :func:`accepts_missing`; serving always). The label is always required: preprocess drops
+    the rows without one.
+    """
+    if missing is None:
+        missing = accepts_missing(schema)
+
+    def spec(f, optional):
+        if optional:
+            return tf.io.FixedLenFeature(f.shape, tf_dtype(f.dtype), MISSING[f.dtype])
+        return tf.io.FixedLenFeature(f.shape, tf_dtype(f.dtype))
+
+    out = {f.name: spec(f, missing) for f in schema.features}
     if with_label:
-        lab = schema.label
-        spec[lab.name] = tf.io.FixedLenFeature(lab.shape, tf_dtype(lab.dtype))
-    return spec
+        out[schema.label.name] = spec(schema.label, False)
+    return out
 
 
 def label_transform(schema: Schema):

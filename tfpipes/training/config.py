@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # tfpipes.models imports TensorFlow; the parameters must not 
     from tfpipes.models import ModelSpec
 
 OPTIMIZERS = ("sgd", "adam", "adagrad", "rmsprop")
+IMPUTE = ("mean", "median")  # tfpipes.models.IMPUTE (that module imports TensorFlow)
+CLASS_WEIGHTS = ("", "balanced")
 PRECISIONS = ("auto", "float16", "bfloat16")
 
 _REQUIRED = dataclasses.MISSING
@@ -204,6 +206,19 @@ class TrainConfig:
         "or latest:<export base> (its newest version)",
         pipeline="warm_start_from",
     )
+    impute: str = param(
+        "mean",
+        "what a missing numeric, boolean or timestamp value becomes: mean | median ({default})",
+        check=lambda v: None if v in IMPUTE else f"{v!r}: choose one of {', '.join(IMPUTE)}",
+    )
+    class_weights: str = param(
+        "",
+        "balanced: weigh each class's loss by rows / (classes * its rows in the train split's "
+        "label histogram); default: every row alike",
+        check=lambda v: (
+            None if v in CLASS_WEIGHTS else f"{v!r}: choose balanced (or leave it unset)"
+        ),
+    )
     peer_timeout: float = param(
         0.0,
         "how long a distributed task waits for the others in TF_CONFIG before it exits "
@@ -225,7 +240,7 @@ class TrainConfig:
     def model_spec(self) -> ModelSpec:
         from tfpipes.models import ModelSpec
 
-        return ModelSpec(self.model, tuple(self.hidden), self.dropout)
+        return ModelSpec(self.model, tuple(self.hidden), self.dropout, self.impute)
 
     def resolved_optimizer(self) -> tuple[str, float]:
         opt = self.optimizer or ("sgd" if self.model == "linear" else "adam")

@@ -68,6 +68,7 @@ def run(cfg: TrainConfig, res: Resolution, runners: ModuleType, timeout: float) 
                 metrics = runner.evaluate(checkpoints.last)
             rate = steps_run * cfg.batch_size / spent if spent > 0 else 0.0
             metrics["train_examples_per_second"] = rate
+            metrics.update(_label_balance(cfg, data))
             if res.is_chief:
                 writer.eval(metrics)
                 storage.write_text(
@@ -80,6 +81,26 @@ def run(cfg: TrainConfig, res: Resolution, runners: ModuleType, timeout: float) 
     final = int(metrics["step"])
     last = checkpoints.location(checkpoints.last)
     return TrainResult.of_run(cfg, start, final, steps_run, t_start, rate, metrics, last)
+
+
+def _label_balance(cfg: TrainConfig, data: TrainingData) -> dict:
+    """The class imbalance a classification run reports (``metrics.json``): the label
+    histogram of the data set's stats and, with ``--class-weights``, the weights used."""
+    from tfpipes.training.step import class_weights, label_histogram
+
+    counts = label_histogram(data.schema, data.stats)
+    if not counts:
+        return {}
+    total = sum(counts) or 1
+    log.info(
+        "labels: %s",
+        ", ".join(f"class {i}: {c} ({100 * c / total:.1f}%)" for i, c in enumerate(counts)),
+    )
+    out: dict = {"label_histogram": counts}
+    weights = class_weights(cfg.class_weights, data.schema, data.stats)
+    if weights:
+        out["class_weights"] = weights
+    return out
 
 
 class MetricWriter:

@@ -24,6 +24,7 @@ from tfpipes.strategy import Resolution
 from tfpipes.training.config import TrainConfig, precision_policy
 from tfpipes.training.data import TrainingData
 from tfpipes.training.runner import ResumeFrom, Runner, resume_point
+from tfpipes.training.step import class_weights
 from tfpipes.training.tf_settings import configure_tensorflow
 from tfpipes.training.trainer import Trainer
 
@@ -100,6 +101,7 @@ class DefaultRunner(Runner):
             lr,
             cfg.batch_size,
             mixed_precision=conn.precision,
+            class_weights=class_weights(cfg.class_weights, data.schema, data.stats),
         )
         self.chunk = cfg.steps_per_loop
         self._agreement = _stop_agreement(strategy) if res.kind == "multi_worker" else None

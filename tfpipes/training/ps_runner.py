@@ -92,7 +92,9 @@ class PSTrainer:
     variables the gradients are taken with respect to, in the same order.
     """
 
-    def __init__(self, strategy, spec, schema, stats, opt_name: str, lr: float, batch: int):
+    def __init__(
+        self, strategy, spec, schema, stats, opt_name: str, lr: float, batch: int, weights=None
+    ):
         import keras
         import tensorflow as tf
 
@@ -101,6 +103,7 @@ class PSTrainer:
         self.strategy = strategy
         self.batch = batch
         self.classification = schema.task == "classification"
+        self.class_weights = None if weights is None else tf.constant(weights)
         with strategy.scope():
             self.model = build_model(spec, schema, stats)
             self.optimizer = step_lib.make_optimizer(opt_name, lr)
@@ -136,7 +139,9 @@ class PSTrainer:
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
-            loss = step_lib.replica_loss(self.model, self.classification, batch, self.batch)
+            loss = step_lib.replica_loss(
+                self.model, self.classification, batch, self.batch, self.class_weights
+            )
         grads = tape.gradient(loss, self.sources)
         self.optimizer.apply_gradients(zip(grads, self.targets))
         return loss
@@ -178,8 +183,9 @@ class PSRunner(Runner):
             worker_root = worker_data.worker_data_dir(cfg.data, manifest_text)
         opt_name, lr = cfg.resolved_optimizer()
         keras.utils.set_random_seed(cfg.seed)
+        weights = step_lib.class_weights(cfg.class_weights, data.schema, data.stats)
         self.trainer = trainer = PSTrainer(
-            strategy, cfg.model_spec, data.schema, data.stats, opt_name, lr, cfg.batch_size
+            strategy, cfg.model_spec, data.schema, data.stats, opt_name, lr, cfg.batch_size, weights
         )
         _log_placement(trainer)
         ckpt = tf.train.Checkpoint(

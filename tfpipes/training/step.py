@@ -7,6 +7,8 @@ regularization term, the averaging over the global batch) reaches every strategy
 
 from __future__ import annotations
 
+from tfpipes.errors import UserError
+
 
 def make_optimizer(name: str, lr: float):
     """A Keras optimizer by ``TrainConfig.optimizer`` name (sgd, adam, adagrad, rmsprop)."""
@@ -31,21 +33,56 @@ def per_example_loss(classification: bool, y, out):
     return tf.square(tf.squeeze(out, axis=-1) - y)
 
 
-def replica_loss(model, classification: bool, batch, global_batch: int):
+def label_histogram(schema, stats: dict) -> list[int]:
+    """Rows per class id (``stats.json``'s label ``histogram``: class -> count, by label
+    vocabulary entry for string labels, else by the integer label); [] when the stats have
+    none or the task is regression."""
+    hist = stats.get("label", {}).get("histogram")
+    if schema.task != "classification" or not isinstance(hist, dict):
+        return []
+    counts = [0] * schema.num_classes
+    vocab = {v: i for i, v in enumerate(schema.label_vocabulary)}
+    for key, count in hist.items():
+        cls = vocab[key] if vocab else int(key)
+        if 0 <= cls < len(counts):
+            counts[cls] = int(count)
+    return counts
+
+
+def class_weights(mode: str, schema, stats: dict) -> list[float] | None:
+    """Per-class loss weights for ``TrainConfig.class_weights``: None (every row alike) or,
+    "balanced", rows / (classes * rows of the class), from the label histogram (scikit-learn's
+    ``class_weight="balanced"``), so every class weighs the same in the loss; a class with no
+    rows gets weight 1. UserError when the data set has no label histogram."""
+    if not mode:
+        return None
+    counts = label_histogram(schema, stats)
+    if not counts or not sum(counts):
+        raise UserError(
+            f"--class-weights {mode}: needs a classification data set whose stats.json has a "
+            "label histogram"
+        )
+    total, k = sum(counts), len(counts)
+    return [total / (k * c) if c else 1.0 for c in counts]
+
+
+def replica_loss(model, classification: bool, batch, global_batch: int, class_weights=None):
     """Run ``model`` forward on one replica's ``(features, target)`` (call it inside the
     caller's ``GradientTape``); return that replica's share of the global mean loss, float32.
 
     The model's regularization losses are cast to float32 before they are summed: under a
     mixed precision policy a layer reports them in its compute dtype (bfloat16, float16), and
-    adding those to the float32 data loss fails.
+    adding those to the float32 data loss fails. ``class_weights``: a float32 ``[classes]``
+    tensor scaling each example's loss by its class's weight (see :func:`class_weights`).
     """
     import tensorflow as tf
 
     features, y = batch
     out = model(features, training=True)
-    loss = tf.nn.compute_average_loss(
-        per_example_loss(classification, y, out), global_batch_size=global_batch
-    )
+    per_example = per_example_loss(classification, y, out)
+    if class_weights is not None:
+        per_example *= tf.gather(class_weights, y)
+    loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
     if model.losses:
         loss += tf.nn.scale_regularization_loss(
             tf.add_n([tf.cast(x, tf.float32) for x in model.losses])

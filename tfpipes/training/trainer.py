@@ -20,6 +20,7 @@ class Trainer:
     ``batch`` is the global batch size. ``mixed_precision`` (see :func:`precision_policy`):
     the body computes in float16 or bfloat16 with float32 weights; with float16 the loss is
     scaled against underflow (``LossScaleOptimizer``, its scale saved with the optimizer).
+    ``class_weights``: per-class loss weights (``step.class_weights``), or None.
     """
 
     def __init__(
@@ -33,6 +34,7 @@ class Trainer:
         batch,
         *,
         mixed_precision: bool | str = False,
+        class_weights: list[float] | None = None,
     ):
         import keras
         import tensorflow as tf
@@ -43,6 +45,7 @@ class Trainer:
         self.schema = schema
         self.global_batch = batch
         self.classification = schema.task == "classification"
+        self.class_weights = None if class_weights is None else tf.constant(class_weights)
         gpu = bool(tf.config.list_logical_devices("GPU"))
         compute = precision_policy(mixed_precision, gpu)
         policy = f"mixed_{compute}" if compute else None
@@ -68,7 +71,9 @@ class Trainer:
 
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
-            loss = step_lib.replica_loss(self.model, self.classification, batch, self.global_batch)
+            loss = step_lib.replica_loss(
+                self.model, self.classification, batch, self.global_batch, self.class_weights
+            )
             scaled = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(grads, variables))
