@@ -27,15 +27,27 @@ def test_caching_resources_and_placement(tmp_path):
     )
     spec, platform = _compiled(tmp_path, opts)
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"fingerprint-op", "preprocess-op", "train-op", "export-op"}
+    # issue 15: a data check before training, the gate, and publishing only when blessed
+    assert set(tasks) == {
+        "fingerprint-op",
+        "preprocess-op",
+        "check-data-op",
+        "train-op",
+        "export-op",
+        "evaluate-op",
+        "condition-1",
+    }
     caching = {
         name: t.get("cachingOptions", {}).get("enableCache", False) for name, t in tasks.items()
     }
     assert caching == {
         "fingerprint-op": False,
         "preprocess-op": True,
+        "check-data-op": False,
         "train-op": False,
         "export-op": False,
+        "evaluate-op": False,
+        "condition-1": False,
     }
     # preprocess's cache key includes the content key computed from the data
     pre_inputs = tasks["preprocess-op"]["inputs"]["parameters"]
