@@ -124,11 +124,13 @@ def publish_op(
     gate: str = "",
     data_check: str = "",
     warm_start_from: str = "",
-    image: str = IMAGE,
+    image: str = "",
 ) -> str:
     """Publish the exported version to ``publish_base``/<version>/ with its lineage (the data
     set, the parent version, tfpipes' version and ``image``, the training configuration, the
-    gate's metrics and both verdicts) and the data set's schema and statistics. Returns the
+    gate's metrics and both verdicts) and the data set's schema and statistics (``image``: the
+    pipeline passes the image it was compiled for; a default here would not reach the
+    container, which runs this function's source alone). Returns the
     version directory. A version that exists is never replaced (exit 2)."""
     import json
 

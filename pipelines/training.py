@@ -15,6 +15,7 @@ from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Dataset, Metrics, Model
 from tfpipes_components import export_op, fingerprint_op, preprocess_op, train_op
 from tfpipes_components.retrain import check_data_op, evaluate_op, publish_op
+from tfpipes_components.steps import IMAGE
 
 PIPELINE_NAME = "tfpipes-training"
 GCS_KEY_MOUNT = "/var/secrets/google"
@@ -138,7 +139,7 @@ def gated_publish_step(options, pre, tr, chk, model_version, publish_base, gate,
             publish_base=publish_base,
             require=gate["require"],
             force=gate["force"],
-            data_check=chk.output,
+            data_check=chk.outputs["Output"],
         ),
         options,
     )
@@ -151,8 +152,9 @@ def gated_publish_step(options, pre, tr, chk, model_version, publish_base, gate,
                 model=tr.outputs["model"],
                 publish_base=publish_base,
                 gate=ev.outputs["verdict"],
-                data_check=chk.output,
+                data_check=chk.outputs["Output"],
                 warm_start_from=gate["warm_start_from"],
+                image=IMAGE,
             ),
             options,
         )
