@@ -8,8 +8,6 @@ data check, a challenger not blessed) leaves its record under ``<publish_base>/_
 (the step's own artifacts are lost with a failed KFP task), so ``tfpipes models list`` shows it.
 """
 
-from typing import NamedTuple
-
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
 from tfpipes_components.steps import IMAGE
@@ -71,15 +69,15 @@ def evaluate_op(
     require: str = "",
     force: bool = False,
     data_check: str = "",
-) -> NamedTuple("GateOutputs", blessed=bool, verdict=str):
+) -> str:
     """The gate: the exported challenger and the newest version under ``publish_base`` (the
     champion) on the eval split of ``examples``; ``require``: the rules (tfpipes.gate).
-    Returns ``blessed`` (the pipeline publishes only then) and the verdict as JSON. The report,
-    both metric sets and the reason are written for every run; a run not blessed is recorded
-    under ``publish_base``."""
+    Returns ``blessed`` or ``not blessed`` (the pipeline publishes only on the first; one plain
+    output, as kfp.local's condition evaluator resolves only a task's ``Output``); the verdict
+    is the JSON content of ``gate_metrics``. The report, both metric sets and the reason are
+    written for every run; a run not blessed is recorded under ``publish_base``."""
     import json
     import os
-    from collections import namedtuple
 
     from tfpipes import lineage, storage
     from tfpipes.errors import exit_on_error
@@ -92,7 +90,8 @@ def evaluate_op(
     )
 
     with exit_on_error("evaluate"):
-        saved = storage.join(exported.path, str(exported.metadata["version"]))
+        # KFP hands numbers in metadata back as floats (1 -> 1.0)
+        saved = storage.join(exported.path, str(int(exported.metadata["version"])))
         rules = parse_rules(require, flag="require")
         challenger = evaluate_saved_model(saved, examples.path)
         version, champion = champion_metrics(publish_base, examples.path)
@@ -111,8 +110,7 @@ def evaluate_op(
             record = {"outcome": "not blessed", "reason": g.reason, "data": examples.uri}
             check = json.loads(data_check) if data_check else {}
             lineage.record_run(publish_base, {**record, "gate": g.to_dict(), "data_check": check})
-    out = namedtuple("GateOutputs", ["blessed", "verdict"])
-    return out(g.blessed, json.dumps(g.to_dict(), sort_keys=True))
+    return "blessed" if g.blessed else "not blessed"
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -120,8 +118,8 @@ def publish_op(
     exported: Input[Model],
     examples: Input[Dataset],
     model: Input[Model],
+    gate: Input[Metrics],
     publish_base: str,
-    gate: str = "",
     data_check: str = "",
     warm_start_from: str = "",
     image: str = "",
@@ -141,9 +139,9 @@ def publish_op(
         print("publish: no publish_base; the export stays in its artifact")
         return ""
     with exit_on_error("publish"):
-        version = int(exported.metadata["version"])
+        version = int(exported.metadata["version"])  # a float in KFP's metadata
         saved = storage.join(exported.path, str(version))
-        verdict = json.loads(gate) if gate else {}
+        verdict = layout.read_json_object(gate.path, "gate verdict")
         model_dir = model.metadata.get("model_dir") or layout.resolve_model_dir(model.path)
         config = layout.read_json_object(
             storage.join(model_dir, layout.MODEL_CONFIG), "model config"
@@ -159,7 +157,7 @@ def publish_op(
             parent=parent,
             image=image,
             training={k: config.get(k) for k in ("model", "optimizer", "run") if k in config}
-            | {"step": model.metadata.get("step")},
+            | {"step": int(model.metadata.get("step") or 0)},
             metrics=verdict.get("challenger", {}),
             data_check=json.loads(data_check) if data_check else {},
             gate=verdict,

@@ -144,14 +144,14 @@ def gated_publish_step(options, pre, tr, chk, model_version, publish_base, gate,
         options,
     )
     ev.set_caching_options(False)
-    with dsl.If(ev.outputs["blessed"] == True, name="blessed"):  # noqa: E712 (a KFP condition)
+    with dsl.If(ev.outputs["Output"] == "blessed", name="blessed"):
         pub = with_credentials(
             publish_op(
                 exported=ex.outputs["exported"],
                 examples=pre.outputs["examples"],
                 model=tr.outputs["model"],
                 publish_base=publish_base,
-                gate=ev.outputs["verdict"],
+                gate=ev.outputs["gate_metrics"],
                 data_check=chk.outputs["Output"],
                 warm_start_from=gate["warm_start_from"],
                 image=IMAGE,

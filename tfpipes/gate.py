@@ -16,7 +16,7 @@ import dataclasses
 import operator
 import re
 
-from tfpipes.errors import UserError
+from tfpipes.errors import UserError, first_line
 
 OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 _RULE = re.compile(
@@ -145,10 +145,12 @@ def evaluate_saved_model(saved_model: str, data: str, batch_size: int = 256) -> 
     ``saved_model`` (local or gs://, a ``tfpipes export``) on the eval split of the data set
     ``data``, computed as training computes them. UserError when either is not what it should
     be (no SavedModel, another schema, no eval rows)."""
+    import os
+
     import tensorflow as tf
 
     from tfpipes import layout, storage
-    from tfpipes.input_pipeline import make_dataset
+    from tfpipes.input_pipeline import feature_spec, label_transform
     from tfpipes.manifest import verify_dataset
     from tfpipes.schema import load_schema
     from tfpipes.training.step import evaluate
@@ -157,27 +159,37 @@ def evaluate_saved_model(saved_model: str, data: str, batch_size: int = 256) -> 
         raise UserError(f"{saved_model}: no SavedModel ({layout.SAVED_MODEL_PB})")
     schema = load_schema(data)
     classification = schema.task != "regression"
+    label = schema.label.name
+    label_spec = {label: feature_spec(schema)[label]}
+    to_target = label_transform(schema)
     with storage.local_dir(saved_model) as sm, storage.local_dir(data) as root:
         loaded = tf.saved_model.load(sm)
-        if "predict" not in loaded.signatures:
-            raise UserError(f"{saved_model}: has no 'predict' signature; export it with tfpipes")
-        predict = loaded.signatures["predict"]
-        wanted = set(predict.structured_input_signature[1])
-        have = set(schema.feature_names)
-        if wanted != have:
-            raise UserError(
-                f"{saved_model}: takes features {sorted(wanted)}, the data set {data} has "
-                f"{sorted(have)}"
-            )
+        if "serving_default" not in loaded.signatures:
+            raise UserError(f"{saved_model}: has no 'serving_default' signature")
+        serve = loaded.signatures["serving_default"]
 
-        def model(features, training=False):
-            out = predict(**features)
+        # The serialized Examples go to the SavedModel as TF Serving would send them: it parses
+        # the features itself, so a model with another schema fails here, not silently.
+        def model(records, training=False):
+            out = serve(examples=records)
             if classification:
                 return out["logits"]
             return tf.expand_dims(out["predictions"], -1)
 
-        ds = make_dataset(root, verify_dataset(root), "eval", schema, batch_size, training=False)
-        metrics = evaluate(model, classification, ds)
+        m = verify_dataset(root)
+        files = [os.path.join(root, p) for p in m.shard_paths("eval")]
+        if not files:
+            raise UserError(f"{data}: the data set has no eval split")
+        ds = tf.data.TFRecordDataset(files, compression_type=m.compression or None)
+        ds = ds.batch(batch_size).map(
+            lambda r: (r, to_target(tf.io.parse_example(r, label_spec)[label]))
+        )
+        try:
+            metrics = evaluate(model, classification, ds)
+        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
+            raise UserError(
+                f"{saved_model}: cannot be evaluated on {data} ({first_line(e)})"
+            ) from None
     if not metrics.get("examples"):
         raise UserError(f"{data}: the eval split is empty; nothing to evaluate on")
     return metrics
