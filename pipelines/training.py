@@ -15,6 +15,8 @@ from typing import NamedTuple
 from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Dataset, Metrics, Model
 from tfpipes_components import export_op, fingerprint_op, preprocess_op, train_op
+from tfpipes_components.retrain import check_data_op, evaluate_op, publish_op
+from tfpipes_components.steps import IMAGE
 
 PIPELINE_NAME = "tfpipes-training"
 GCS_KEY_MOUNT = "/var/secrets/google"
@@ -106,6 +108,66 @@ def export_step(options, pre, tr, model_version, publish_base, outputs):
     )
 
 
+def check_step(options, pre, publish_base, thresholds: dict):
+    """The data check of ``pre``'s data set against the published model's (never cached: what
+    is published changes between runs); training waits for it."""
+    chk = with_credentials(
+        check_data_op(examples=pre.outputs["examples"], publish_base=publish_base, **thresholds),
+        options,
+    )
+    chk.set_caching_options(False)
+    return chk
+
+
+def gated_publish_step(options, pre, tr, chk, model_version, publish_base, gate, outputs):
+    """export (into its artifact only) -> the gate -> publish with lineage, only when blessed
+    (``dsl.If``); ``gate``: the evaluate step's ``require``, ``force`` and the warm-start
+    source (the published lineage's parent). Returns the pipeline's ``outputs`` tuple."""
+    ex = with_credentials(
+        export_op(
+            model=tr.outputs["model"],
+            examples=pre.outputs["examples"],
+            version=model_version,
+            publish_base="",  # published below, only when blessed
+        ),
+        options,
+    )
+    ex.set_caching_options(False)
+    ev = with_credentials(
+        evaluate_op(
+            exported=ex.outputs["exported"],
+            examples=pre.outputs["examples"],
+            publish_base=publish_base,
+            require=gate["require"],
+            force=gate["force"],
+            data_check=chk.outputs["Output"],
+        ),
+        options,
+    )
+    ev.set_caching_options(False)
+    with dsl.If(ev.outputs["Output"] == "blessed", name="blessed"):
+        pub = with_credentials(
+            publish_op(
+                exported=ex.outputs["exported"],
+                examples=pre.outputs["examples"],
+                model=tr.outputs["model"],
+                publish_base=publish_base,
+                gate=ev.outputs["gate_metrics"],
+                data_check=chk.outputs["Output"],
+                warm_start_from=gate["warm_start_from"],
+                image=IMAGE,
+            ),
+            options,
+        )
+        pub.set_caching_options(False)
+    return outputs(
+        examples=pre.outputs["examples"],
+        model=tr.outputs["model"],
+        metrics=tr.outputs["metrics"],
+        exported=ex.outputs["exported"],
+    )
+
+
 def build_pipeline(options: PipelineOptions = PipelineOptions()):
     """The pipeline function for ``options`` (a ``@dsl.pipeline``)."""
 
@@ -148,6 +210,14 @@ def build_pipeline(options: PipelineOptions = PipelineOptions()):
         cache_index: str = "",
         train_cpu_request: str = "1",
         train_memory_request: str = "2Gi",
+        numeric_js: float = 0.1,
+        categorical_linf: float = 0.1,
+        missing_rise: float = 0.05,
+        label_shift: float = 0.1,
+        feature_thresholds: str = "",
+        on_drift: str = "warn",
+        require: str = "",
+        force_publish: bool = False,
     ) -> TrainingOutputs:
         """The training parameters (``model_name`` to ``warm_start_from``) are ``tfpipes
         train``'s, the same in both pipelines (``tests/test_params.py`` checks them against
@@ -157,8 +227,25 @@ def build_pipeline(options: PipelineOptions = PipelineOptions()):
         ``cache_index``: a folder (gs://...) where preprocess outputs are indexed by content.
         ``warm_start_from``: a model dir, checkpoint or SavedModel to start from; recurring
         retrains pass ``latest:<publish_base>`` (the newest published version, if any).
+        ``numeric_js`` to ``on_drift``: the data check's thresholds (``tfpipes check-data``);
+        ``require``: the gate's rules, ``force_publish``: publish even if not blessed (recorded
+        as forced), as ``tfpipes evaluate`` (docs/retrain.md). Publishing to ``publish_base``
+        happens only when the gate blesses the model.
         """
         pre = data_steps(options, source, label, eval_fraction, num_shards, cache_index)
+        chk = check_step(
+            options,
+            pre,
+            publish_base,
+            dict(
+                numeric_js=numeric_js,
+                categorical_linf=categorical_linf,
+                missing_rise=missing_rise,
+                label_shift=label_shift,
+                feature_thresholds=feature_thresholds,
+                on_drift=on_drift,
+            ),
+        )
         tr = platform(
             train_op(
                 examples=pre.outputs["examples"],
@@ -183,7 +270,11 @@ def build_pipeline(options: PipelineOptions = PipelineOptions()):
         # Training is not cached: the same inputs may be retrained on purpose (a new seed, a
         # checkpoint directory that moved on); KFP's cache key would not see that.
         tr.set_caching_options(False)
-        return export_step(options, pre, tr, model_version, publish_base, TrainingOutputs)
+        tr.after(chk)
+        gate = {"require": require, "force": force_publish, "warm_start_from": warm_start_from}
+        return gated_publish_step(
+            options, pre, tr, chk, model_version, publish_base, gate, TrainingOutputs
+        )
 
     return training_pipeline
 

@@ -27,15 +27,27 @@ def test_caching_resources_and_placement(tmp_path):
     )
     spec, platform = _compiled(tmp_path, opts)
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"fingerprint-op", "preprocess-op", "train-op", "export-op"}
+    # issue 15: a data check before training, the gate, and publishing only when blessed
+    assert set(tasks) == {
+        "fingerprint-op",
+        "preprocess-op",
+        "check-data-op",
+        "train-op",
+        "export-op",
+        "evaluate-op",
+        "condition-1",
+    }
     caching = {
         name: t.get("cachingOptions", {}).get("enableCache", False) for name, t in tasks.items()
     }
     assert caching == {
         "fingerprint-op": False,
         "preprocess-op": True,
+        "check-data-op": False,
         "train-op": False,
         "export-op": False,
+        "evaluate-op": False,
+        "condition-1": False,
     }
     # preprocess's cache key includes the content key computed from the data
     pre_inputs = tasks["preprocess-op"]["inputs"]["parameters"]
@@ -140,7 +152,8 @@ def test_every_step_runs_as_kfp_ships_it(tmp_path, distributed):
     path = str(tmp_path / "p.yaml")
     assert main(["compile", *(["--distributed"] if distributed else []), "-o", path]) == 0
     executors = yaml.safe_load(open(path))["deploymentSpec"]["executors"]
-    assert len(executors) == 4
+    # issue 15: the training pipeline adds check-data, evaluate and publish
+    assert len(executors) == (4 if distributed else 7)
     for name, executor in executors.items():
         (program,) = [a for a in executor["container"]["command"] if "\ndef " in a]
         source = tmp_path / f"{name}.py"

@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "tfpipes.commands.pipeline",  # compile, run-local, demo
     "tfpipes.commands.cluster",  # tfjob, local-cluster
     "tfpipes.commands.cluster_api",  # submit, schedule
+    "tfpipes.commands.models",  # check-data, evaluate, models list|show|rollback
 ]
 
 
