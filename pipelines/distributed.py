@@ -21,8 +21,9 @@ from kfp.dsl import Dataset, Metrics, Model
 from tfpipes_components.tfjob_op import IMAGE, tfjob_train_op
 from tfpipes_pipelines.training import (
     PipelineOptions,
+    check_step,
     data_steps,
-    export_step,
+    gated_publish_step,
     with_credentials,
 )
 
@@ -85,17 +86,39 @@ def build_distributed_pipeline(options: PipelineOptions = PipelineOptions()):
         publish_base: str = "",
         cache_index: str = "",
         timeout_seconds: int = 86400,
+        numeric_js: float = 0.1,
+        categorical_linf: float = 0.1,
+        missing_rise: float = 0.05,
+        label_shift: float = 0.1,
+        feature_thresholds: str = "",
+        on_drift: str = "warn",
+        require: str = "",
+        force_publish: bool = False,
     ) -> DistributedOutputs:
         """``launcher``: ``auto``, ``tfjob``, ``trainjob``, ``jobset`` or ``job`` (see
         ``docs/kfp-cluster.md``). ``workers``/``ps``/``chief``: the job's shape (``ps > 0``:
         ParameterServerStrategy with a chief; else MultiWorkerMirroredStrategy). ``num_shards``
         must be at least the number of workers. ``model_dir``: durable storage all pods reach
         (default: the model artifact's URI). ``timeout_seconds``: the job is deleted and the
-        step fails after it.
+        step fails after it. ``numeric_js`` to ``force_publish``: the data check and the gate, as
+        in the single-pod pipeline (publishing happens only when the gate blesses the model).
         The training parameters (``model_name`` to ``warm_start_from``) are those of the
         single-pod pipeline (``tests/test_params.py`` checks both against TrainConfig).
         """
         pre = data_steps(options, source, label, eval_fraction, num_shards, cache_index)
+        chk = check_step(
+            options,
+            pre,
+            publish_base,
+            dict(
+                numeric_js=numeric_js,
+                categorical_linf=categorical_linf,
+                missing_rise=missing_rise,
+                label_shift=label_shift,
+                feature_thresholds=feature_thresholds,
+                on_drift=on_drift,
+            ),
+        )
         tr = platform(
             tfjob_train_op(
                 examples=pre.outputs["examples"],
@@ -132,7 +155,11 @@ def build_distributed_pipeline(options: PipelineOptions = PipelineOptions()):
         tr.set_cpu_request("100m")
         tr.set_memory_request("256Mi")
         tr.set_caching_options(False)
-        return export_step(options, pre, tr, model_version, publish_base, DistributedOutputs)
+        tr.after(chk)
+        gate = {"require": require, "force": force_publish, "warm_start_from": warm_start_from}
+        return gated_publish_step(
+            options, pre, tr, chk, model_version, publish_base, gate, DistributedOutputs
+        )
 
     return distributed_pipeline
 

@@ -88,26 +88,6 @@ def data_steps(options, source, label, eval_fraction, num_shards, cache_index):
     return pre
 
 
-def export_step(options, pre, tr, model_version, publish_base, outputs):
-    """export after ``tr`` (never cached), and the pipeline's ``outputs`` tuple of artifacts."""
-    ex = with_credentials(
-        export_op(
-            model=tr.outputs["model"],
-            examples=pre.outputs["examples"],
-            version=model_version,
-            publish_base=publish_base,
-        ),
-        options,
-    )
-    ex.set_caching_options(False)
-    return outputs(
-        examples=pre.outputs["examples"],
-        model=tr.outputs["model"],
-        metrics=tr.outputs["metrics"],
-        exported=ex.outputs["exported"],
-    )
-
-
 def check_step(options, pre, publish_base, thresholds: dict):
     """The data check of ``pre``'s data set against the published model's (never cached: what
     is published changes between runs); training waits for it."""

@@ -152,8 +152,8 @@ def test_every_step_runs_as_kfp_ships_it(tmp_path, distributed):
     path = str(tmp_path / "p.yaml")
     assert main(["compile", *(["--distributed"] if distributed else []), "-o", path]) == 0
     executors = yaml.safe_load(open(path))["deploymentSpec"]["executors"]
-    # issue 15: the training pipeline adds check-data, evaluate and publish
-    assert len(executors) == (4 if distributed else 7)
+    # issue 15: both pipelines add check-data, evaluate and publish
+    assert len(executors) == 7
     for name, executor in executors.items():
         (program,) = [a for a in executor["container"]["command"] if "\ndef " in a]
         source = tmp_path / f"{name}.py"

@@ -316,7 +316,15 @@ def test_distributed_pipeline_compiles_with_the_tfjob_step(tmp_path):
     docs = list(yaml.safe_load_all(open(path)))
     spec = docs[0]
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"fingerprint-op", "preprocess-op", "tfjob-train-op", "export-op"}
+    assert set(tasks) == {  # issue 15: the data check before training, the gate before publishing
+        "fingerprint-op",
+        "preprocess-op",
+        "check-data-op",
+        "tfjob-train-op",
+        "export-op",
+        "evaluate-op",
+        "condition-1",
+    }
     train = tasks["tfjob-train-op"]
     assert train["inputs"]["artifacts"]["examples"]["taskOutputArtifact"]["producerTask"] == (
         "preprocess-op"
