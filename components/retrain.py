@@ -9,14 +9,14 @@ data check, a challenger not blessed) leaves its record under ``<publish_base>/_
 """
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 from tfpipes_components.steps import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def check_data_op(
     examples: Input[Dataset],
-    report: Output[Markdown],
+    report: Output[HTML],
     drift: Output[Metrics],
     publish_base: str = "",
     numeric_js: float = 0.1,
@@ -31,9 +31,10 @@ def check_data_op(
     change, or drift with ``on_drift`` ``fail``, fails the step (exit 2) before training."""
     import json
 
-    from tfpipes import lineage
-    from tfpipes.datacheck import Thresholds, check_dataset, parse_per_feature, report_markdown
+    from tfpipes import layout, lineage
+    from tfpipes.datacheck import Thresholds, check_dataset, parse_per_feature
     from tfpipes.errors import UserError, exit_on_error
+    from tfpipes.retrain_reports import data_check_page
 
     with exit_on_error("check-data"):
         th = Thresholds(
@@ -45,8 +46,13 @@ def check_data_op(
             on_drift=on_drift,
         )
         r = check_dataset(examples.path, publish_base, th)
-        with open(report.path, "w") as f:
-            f.write(report_markdown(r, examples.uri))
+        newest = lineage.newest_version(publish_base) if publish_base else None
+        ref = lineage.reference_documents(publish_base, newest) if newest is not None else None
+        page = data_check_page(
+            r, examples.uri, ref[1] if ref else {}, layout.read_stats(examples.path)
+        )
+        with open(report.path, "w", encoding="utf-8") as f:
+            f.write(page)
         for k, v in r.metrics().items():
             drift.log_metric(k, v)
         with open(drift.path, "w") as f:
@@ -63,7 +69,7 @@ def check_data_op(
 def evaluate_op(
     exported: Input[Model],
     examples: Input[Dataset],
-    report: Output[Markdown],
+    report: Output[HTML],
     gate_metrics: Output[Metrics],
     publish_base: str = "",
     require: str = "",
@@ -86,8 +92,8 @@ def evaluate_op(
         evaluate_saved_model,
         judge,
         parse_rules,
-        report_markdown,
     )
+    from tfpipes.retrain_reports import gate_page
 
     with exit_on_error("evaluate"):
         # KFP hands numbers in metadata back as floats (1 -> 1.0)
@@ -96,8 +102,8 @@ def evaluate_op(
         challenger = evaluate_saved_model(saved, examples.path)
         version, champion = champion_metrics(publish_base, examples.path)
         g = judge(challenger, champion, rules, version, force)
-        with open(report.path, "w") as f:
-            f.write(report_markdown(g, os.path.basename(saved)))
+        with open(report.path, "w", encoding="utf-8") as f:
+            f.write(gate_page(g, os.path.basename(saved)))
         for k, v in challenger.items():
             gate_metrics.log_metric(f"challenger.{k}", v)
         for k, v in champion.items():

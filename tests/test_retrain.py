@@ -271,3 +271,38 @@ def test_three_retrains_a_broken_fourth_and_a_rollback_on_one_publish_base(tmp_p
     assert not np.array_equal(out["3"], out["2"])
     p = run_tfpipes("models", "rollback", "--base", base, "--to", "9", cwd=d)
     assert p.returncode == 2 and "--to 9: not a published version" in p.stderr
+
+
+def test_the_data_check_and_gate_reports_render_their_charts_in_chromium(tmp_path):
+    from tests.chromium import render
+    from tfpipes.gate import GateResult
+    from tfpipes.retrain_reports import data_check_page, gate_page
+
+    ref = _docs(_dataset(tmp_path, "ref", 2000, seed=1))
+    shifted = _docs(_dataset(tmp_path, "shifted", 2000, seed=3, change=_shift("x3", 1.5)))
+    r = check_data(*ref, *shifted, Thresholds())
+    assert [f.feature for f in r.drifting] == ["x3"]
+    pages = {
+        "check.html": data_check_page(r, "gs://b/new", ref[1], shifted[1]),
+        "gate.html": gate_page(
+            GateResult(
+                blessed=False,
+                forced=False,
+                reason="accuracy 0.61 < champion - 0.002",
+                challenger={"accuracy": 0.61, "loss": 0.9, "examples": 400},
+                champion={"accuracy": 0.93, "loss": 0.2, "examples": 400},
+                champion_version=2,
+                checks=("accuracy>=champion-0.002: 0.61 < 0.928",),
+            ),
+            "3",
+        ),
+    }
+    for name, text in pages.items():
+        (tmp_path / name).write_text(text)
+    charts, console = render(str(tmp_path / "check.html"))
+    assert console == [] and [c["kind"] for c in charts] == ["histogram"]
+    assert charts[0]["shown"] and charts[0]["series"] == ["old", "new"] and charts[0]["bars"] > 5
+    assert "x3: js" in pages["check.html"]
+    charts, console = render(str(tmp_path / "gate.html"))
+    assert console == [] and [c["kind"] for c in charts] == ["metrics"]
+    assert charts[0]["bars"] == 4 and charts[0]["series"] == ["challenger", "champion"]
