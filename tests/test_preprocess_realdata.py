@@ -372,3 +372,17 @@ def test_the_preprocess_component_takes_the_missing_value_and_label_options(tmp_
     assert stats["features"]["x"]["missing"] == 10 and stats["missing_label_rows"] == 1
     assert json.loads((tmp_path / "ds" / layout.SCHEMA).read_text())["task"] == "regression"
     assert out.metadata["missing_label_rows"] == 1
+
+
+def test_a_csv_with_100000_columns_is_refused_in_one_line_at_once(tmp_path):
+    import time
+
+    src = tmp_path / "wide.csv"
+    names = [f"c{i}" for i in range(100_000)] + ["label"]
+    src.write_text(",".join(names) + "\n" + ",".join(["1"] * len(names)) + "\n")
+    t = time.monotonic()
+    with pytest.raises(UserError) as e:
+        preprocess(PreprocessConfig(str(src), str(tmp_path / "out"), "label", progress=False))
+    assert time.monotonic() - t < 60  # refused before any per-column work
+    assert str(e.value) == f"{src}: 100,001 columns; at most 10,000 are supported"
+    assert not (tmp_path / "out").exists()

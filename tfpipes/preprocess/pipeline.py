@@ -33,6 +33,8 @@ from tfpipes.preprocess.statistics import SAMPLE_VALUES, Stats
 from tfpipes.preprocess.worker import process_block
 from tfpipes.schema import load_overrides
 
+MAX_COLUMNS = 10_000  # the widest table preprocess accepts
+
 log = logging.getLogger("tfpipes.preprocess")
 
 
@@ -56,10 +58,15 @@ def preprocess(cfg: PreprocessConfig) -> PreprocessResult:
         first = open_input(files[0], cfg.block_size)
         stack.callback(first.close)
         header = first.header
-        if cfg.label not in header:
+        if len(header) > MAX_COLUMNS:
+            # Per-column costs (inference, statistics, encoding) make a very wide table slow
+            # and memory-hungry (100,000 columns: minutes and GBs for a few rows): refuse it.
             raise UserError(
-                f"{files[0]}: no label column {cfg.label!r}; columns are: {', '.join(header)}"
+                f"{files[0]}: {len(header):,} columns; at most {MAX_COLUMNS:,} are supported"
             )
+        if cfg.label not in header:
+            shown = ", ".join(header[:20]) + (", ..." if len(header) > 20 else "")
+            raise UserError(f"{files[0]}: no label column {cfg.label!r}; columns are: {shown}")
         if len(header) < 2:
             raise UserError(f"{files[0]}: only the label column; at least one feature is needed")
     unknown = sorted(set(overrides) - set(header))
