@@ -8,11 +8,17 @@ and ``missing``. Numeric, timestamp and boolean features add ``mean``, ``std``, 
 ``histogram`` (10 fixed bins between min and max). Quantiles and histogram come from a
 deterministic sample of at most ``SAMPLE_VALUES`` rows (rows chosen by a hash of their place
 in the input, so the result does not depend on the worker count): exact up to that many rows,
-scaled to the exact count beyond. Categorical and id features add ``unique`` (exact up to
-``EXACT_UNIQUE`` distinct values, then a k-minimum-values estimate with ``unique_approximate``)
-and ``top``: ``[value, count]`` pairs, most frequent first (ties by value), at most ``TOP_K``
-(counts exact while the column has at most ``EXACT_UNIQUE`` distinct values, lower bounds
-after). The label keeps its ``histogram`` (class -> count) for classification.
+scaled to the exact count beyond. The share sampled depends on the rows parsed in all (the
+rows of every block as read, before dropping bad or unlabeled ones), known only at the end:
+each block sends every value with its row's hash, and the fold keeps those under the share
+the rows so far allow, which can only shrink — so memory stays at about ``SAMPLE_VALUES``
+values a column, and the end keeps the same rows a known share would have.
+
+Categorical and id features add ``unique`` (exact up to ``EXACT_UNIQUE`` distinct values,
+then a k-minimum-values estimate with ``unique_approximate``) and ``top``: ``[value, count]``
+pairs, most frequent first (ties by value), at most ``TOP_K`` (counts exact while the column
+has at most ``EXACT_UNIQUE`` distinct values, lower bounds after). The label keeps its
+``histogram`` (class -> count) for classification.
 """
 
 from __future__ import annotations
@@ -37,12 +43,16 @@ def is_categorical(plan: Plan, name: str) -> bool:
     return kind in ("categorical", "id") or (not kind and plan.types[name] == "string")
 
 
-def sample_mask(block: Block, n: int, rate: float) -> np.ndarray | None:
-    """The block's rows in the statistics sample (None: all): a hash of each row's place."""
-    if rate >= 1.0:
-        return None
+def row_hashes(block: Block, n: int) -> np.ndarray:
+    """The hash of each row's place that picks the statistics sample (uint64)."""
     key = (np.uint64(block.first) << np.uint64(24)) + np.arange(n, dtype=np.uint64)
-    return _mix(key) < np.uint64(int(rate * 2.0**64))
+    return _mix(key)
+
+
+def sample_threshold(rows: int) -> int | None:
+    """Rows whose hash is below this are in the sample of ``rows`` parsed rows (None: all)."""
+    rate = min(1.0, SAMPLE_VALUES / max(rows, 1))
+    return None if rate >= 1.0 else int(rate * 2.0**64)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -64,7 +74,7 @@ def block_stats(plan: Plan, block: Block, cols: dict, present: dict, n: int) -> 
     """One block's summary per column (see :class:`Stats`) and its label histogram."""
     import pyarrow.compute as pc
 
-    sel = sample_mask(block, n, plan.sample_rate)
+    h = row_hashes(block, n)
     out: dict = {"n": n, "num": {}, "cat": {}, "hist": None}
     for name in plan.header:
         v, p = cols[name], present.get(name)
@@ -79,15 +89,14 @@ def block_stats(plan: Plan, block: Block, cols: dict, present: dict, n: int) -> 
             out["cat"][name] = (missing, vals, counts, _hashes(vals))
             continue
         a = np.asarray(v, dtype=np.float64)
-        s = sel
+        hp = h
         if p is not None:
-            a = a[p]
-            s = None if sel is None else sel[p]
+            a, hp = a[p], h[p]
         c = len(a)
         mean = float(a.mean()) if c else 0.0
         m2 = float(np.square(a - mean).sum()) if c else 0.0
         lo, hi = (float(a.min()), float(a.max())) if c else (math.inf, -math.inf)
-        out["num"][name] = (missing, c, mean, m2, lo, hi, a if s is None else a[s])
+        out["num"][name] = (missing, c, mean, m2, lo, hi, a, hp)
     lab = cols[plan.label]
     if plan.types[plan.label] == "int64":
         vals, counts = np.unique(lab, return_counts=True)
@@ -103,9 +112,12 @@ class _Numeric:
         self.missing = self.count = 0
         self.mean = self.m2 = 0.0
         self.lo, self.hi = math.inf, -math.inf
-        self.samples: list[np.ndarray] = []
+        self.samples: list[np.ndarray] = []  # values in input order ...
+        self.hashes: list[np.ndarray] = []  # ... and their rows' hashes
+        self.kept = 0
 
-    def merge(self, missing, c, mean, m2, lo, hi, sample) -> None:
+    def merge(self, missing, c, mean, m2, lo, hi, sample, hashes, limit: int | None) -> None:
+        """Fold one block's figures; ``limit``: the sample threshold for the rows so far."""
         self.missing += missing
         if c:  # Chan et al.'s parallel update: stable for large offsets such as epoch seconds
             total = self.count + c
@@ -115,8 +127,22 @@ class _Numeric:
             self.count = total
             self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
         self.samples.append(sample)
+        self.hashes.append(hashes)
+        self.kept += len(sample)
+        if limit is not None and self.kept > 2 * SAMPLE_VALUES:
+            self._keep_under(limit)
 
-    def to_dict(self, kind: str) -> dict:
+    def _keep_under(self, limit: int | None) -> None:
+        if limit is None or not self.samples:
+            return
+        h = np.concatenate(self.hashes)
+        sel = h < np.uint64(limit)
+        self.samples, self.hashes = [np.concatenate(self.samples)[sel]], [h[sel]]
+        self.kept = len(self.hashes[0])
+
+    def to_dict(self, kind: str, limit: int | None = None) -> dict:
+        """The feature's ``stats.json`` entry; ``limit``: the final sample threshold."""
+        self._keep_under(limit)
         d = {"kind": kind, "count": self.count, "missing": self.missing}
         if not self.count:
             d.update(mean=0.0, std=0.0, min=0.0, max=0.0, median=0.0, unique=0)
@@ -190,6 +216,7 @@ class Stats:
         self.plan = plan
         self.label = plan.label
         self.n = 0
+        self.parsed = 0  # rows read, before dropping bad or unlabeled ones: sets the sample
         self.missing_label = 0
         self.cols = {
             h: _Categorical() if is_categorical(plan, h) else _Numeric() for h in plan.header
@@ -198,8 +225,9 @@ class Stats:
 
     def merge(self, part: dict) -> None:
         self.n += part["n"]
+        limit = sample_threshold(self.parsed)
         for k, args in part["num"].items():
-            self.cols[k].merge(*args)
+            self.cols[k].merge(*args, limit)
         for k, args in part["cat"].items():
             self.cols[k].merge(*args)
         if part["hist"] is not None:
@@ -209,11 +237,24 @@ class Stats:
     def unique(self, name: str) -> int:
         """Distinct present values of a column (approximate past the exact limits)."""
         col = self.cols[name]
-        return col.unique() if isinstance(col, _Categorical) else col.to_dict("")["unique"]
+        if isinstance(col, _Categorical):
+            return col.unique()
+        return col.to_dict("", sample_threshold(self.parsed))["unique"]
+
+    @property
+    def sampled(self) -> bool:
+        """Whether quantiles and histograms come from a sample rather than every row."""
+        return sample_threshold(self.parsed) is not None
 
     def to_dict(self, train_rows: int, eval_rows: int, vocab: list, skipped: int, kinds) -> dict:
         """The ``stats.json`` document; ``kinds``: column -> its schema kind."""
-        feats = {k: col.to_dict(kinds[k]) for k, col in self.cols.items()}
+        limit = sample_threshold(self.parsed)
+        feats = {
+            k: col.to_dict(kinds[k])
+            if isinstance(col, _Categorical)
+            else col.to_dict(kinds[k], limit)
+            for k, col in self.cols.items()
+        }
         for f in feats.values():
             if f["kind"] not in ("categorical", "id"):
                 del f["unique"]  # the table shows it; stats.json keeps it for categories

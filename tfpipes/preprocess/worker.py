@@ -25,11 +25,14 @@ def process_block(plan: Plan, block: Block) -> BlockResult:
     except BadBlock as e:
         return BlockResult(error=str(e))
     cols, present = c.values, c.present
+    parsed = len(cols[plan.label])
     if c.keep is not None:
         cols = {k: filter_rows(v, c.keep) for k, v in cols.items()}
         present = {k: None if v is None else v[c.keep] for k, v in present.items()}
     n = len(cols[plan.label])
-    result = BlockResult(rows=n, skipped=c.skipped, skip_note=c.note, missing_label=c.missing_label)
+    result = BlockResult(
+        rows=n, skipped=c.skipped, skip_note=c.note, missing_label=c.missing_label, parsed=parsed
+    )
     if n == 0:
         return result
     result.stats = block_stats(plan, block, cols, present, n)
