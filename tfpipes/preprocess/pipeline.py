@@ -41,7 +41,7 @@ from tfpipes.preprocess.inputs import is_parquet, source_files
 from tfpipes.preprocess.parallel import OrderedRunner, default_workers
 from tfpipes.preprocess.parquet_reader import ParquetInput
 from tfpipes.preprocess.shard_writer import SplitWriter
-from tfpipes.preprocess.statistics import Stats
+from tfpipes.preprocess.statistics import Stats, sample_threshold
 from tfpipes.preprocess.worker import process_block
 from tfpipes.schema import load_overrides
 
@@ -257,7 +257,10 @@ class _Run:
         for block in inp.blocks():
             if not block.parquet and not block.data.strip(b"\r\n"):
                 continue  # blank lines: no rows
-            for res in self.runner.submit(self.plan, block):
+            # The sample threshold of the rows handled so far can only be above the final one:
+            # the worker drops the values past it, which keeps results in flight small.
+            limit = sample_threshold(self.stats.parsed)
+            for res in self.runner.submit(self.plan, block, limit):
                 self._handle(res)
             done = inp.tap.bytes if isinstance(inp, CsvInput) else 0
             self.bar.update_to(before + done, rows=self.rows)

@@ -70,11 +70,16 @@ def _hashes(values: list) -> np.ndarray:
     return np.frombuffer(b"".join(digest), dtype=np.uint64).copy()
 
 
-def block_stats(plan: Plan, block: Block, cols: dict, present: dict, n: int) -> dict:
-    """One block's summary per column (see :class:`Stats`) and its label histogram."""
+def block_stats(
+    plan: Plan, block: Block, cols: dict, present: dict, n: int, limit: int | None = None
+) -> dict:
+    """One block's summary per column (see :class:`Stats`) and its label histogram; the
+    numeric values sent for the sample are those whose row hash is under ``limit`` (a bound
+    at or above the final threshold; None: all)."""
     import pyarrow.compute as pc
 
     h = row_hashes(block, n)
+    keep = None if limit is None else h < np.uint64(limit)
     out: dict = {"n": n, "num": {}, "cat": {}, "hist": None}
     for name in plan.header:
         v, p = cols[name], present.get(name)
@@ -88,15 +93,25 @@ def block_stats(plan: Plan, block: Block, cols: dict, present: dict, n: int) -> 
                 vals, counts = vc.field("values").to_pylist(), vc.field("counts").to_pylist()
             out["cat"][name] = (missing, vals, counts, _hashes(vals))
             continue
-        a = np.asarray(v, dtype=np.float64)
-        hp = h
+        raw = np.asarray(v)  # the sample keeps this dtype (float32: half of float64's bytes)
+        hp, k = h, keep
         if p is not None:
-            a, hp = a[p], h[p]
+            raw, hp = raw[p], h[p]
+            k = None if keep is None else keep[p]
+        a = raw.astype(np.float64)
         c = len(a)
         mean = float(a.mean()) if c else 0.0
         m2 = float(np.square(a - mean).sum()) if c else 0.0
         lo, hi = (float(a.min()), float(a.max())) if c else (math.inf, -math.inf)
-        out["num"][name] = (missing, c, mean, m2, lo, hi, a, hp)
+        out["num"][name] = (
+            missing,
+            c,
+            mean,
+            m2,
+            lo,
+            hi,
+            *((raw, hp) if k is None else (raw[k], hp[k])),
+        )
     lab = cols[plan.label]
     if plan.types[plan.label] == "int64":
         vals, counts = np.unique(lab, return_counts=True)
@@ -126,19 +141,25 @@ class _Numeric:
             self.m2 += m2 + delta * delta * self.count * c / total
             self.count = total
             self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+        if limit is not None:  # rows past the share the rows so far allow never come back
+            sel = hashes < np.uint64(limit)
+            sample, hashes = sample[sel], hashes[sel]
         self.samples.append(sample)
         self.hashes.append(hashes)
         self.kept += len(sample)
-        if limit is not None and self.kept > 2 * SAMPLE_VALUES:
-            self._keep_under(limit)
+        if limit is not None and self.kept > SAMPLE_VALUES + SAMPLE_VALUES // 16:
+            self._keep_under(limit)  # earlier blocks kept a larger share: bound the memory
 
     def _keep_under(self, limit: int | None) -> None:
         if limit is None or not self.samples:
             return
-        h = np.concatenate(self.hashes)
-        sel = h < np.uint64(limit)
-        self.samples, self.hashes = [np.concatenate(self.samples)[sel]], [h[sel]]
-        self.kept = len(self.hashes[0])
+        # Block by block, not one concatenation: small arrays come and go on the heap, where
+        # large ones repeatedly freed and reallocated fragment it and resident memory grows.
+        lim = np.uint64(limit)
+        pairs = [(v[h < lim], h[h < lim]) for v, h in zip(self.samples, self.hashes)]
+        pairs = [(v, h) for v, h in pairs if len(h)]
+        self.samples, self.hashes = [v for v, _ in pairs], [h for _, h in pairs]
+        self.kept = sum(len(h) for h in self.hashes)
 
     def to_dict(self, kind: str, limit: int | None = None) -> dict:
         """The feature's ``stats.json`` entry; ``limit``: the final sample threshold."""
@@ -149,7 +170,7 @@ class _Numeric:
             d["quantiles"] = [0.0] * len(QUANTILES)
             d["histogram"] = {"edges": [0.0] * 11, "counts": [0] * 10}
             return d
-        s = np.concatenate(self.samples)
+        s = np.concatenate(self.samples).astype(np.float64)
         q = np.quantile(s, QUANTILES) if len(s) else np.full(len(QUANTILES), self.mean)
         q[0], q[-1] = self.lo, self.hi
         edges = np.linspace(self.lo, self.hi, 11)
