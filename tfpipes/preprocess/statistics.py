@@ -80,7 +80,10 @@ def block_stats(
 
     h = row_hashes(block, n)
     keep = None if limit is None else h < np.uint64(limit)
+    # The sampled rows' hashes once for the block; each column sends its values on those rows
+    # and which of them it has (a byte a row instead of eight: results in flight stay small).
     out: dict = {"n": n, "num": {}, "cat": {}, "hist": None}
+    out["hashes"] = h if keep is None else h[keep]
     for name in plan.header:
         v, p = cols[name], present.get(name)
         missing = 0 if p is None else int(n - p.sum())
@@ -94,11 +97,11 @@ def block_stats(
             out["cat"][name] = (missing, vals, counts, _hashes(vals))
             continue
         raw = np.asarray(v)  # the sample keeps this dtype (float32: half of float64's bytes)
-        hp, k = h, keep
-        if p is not None:
-            raw, hp = raw[p], h[p]
-            k = None if keep is None else keep[p]
-        a = raw.astype(np.float64)
+        a = (raw if p is None else raw[p]).astype(np.float64)
+        if keep is None:
+            sample, on = (raw if p is None else raw[p]), p
+        else:
+            sample, on = raw[keep if p is None else keep & p], (None if p is None else p[keep])
         c = len(a)
         mean = float(a.mean()) if c else 0.0
         m2 = float(np.square(a - mean).sum()) if c else 0.0
@@ -110,7 +113,8 @@ def block_stats(
             m2,
             lo,
             hi,
-            *((raw, hp) if k is None else (raw[k], hp[k])),
+            sample,
+            on,
         )
     lab = cols[plan.label]
     if plan.types[plan.label] == "int64":
@@ -127,12 +131,9 @@ class _Numeric:
         self.missing = self.count = 0
         self.mean = self.m2 = 0.0
         self.lo, self.hi = math.inf, -math.inf
-        self.samples: list[np.ndarray] = []  # values in input order ...
-        self.hashes: list[np.ndarray] = []  # ... and their rows' hashes
-        self.kept = 0
 
-    def merge(self, missing, c, mean, m2, lo, hi, sample, hashes, limit: int | None) -> None:
-        """Fold one block's figures; ``limit``: the sample threshold for the rows so far."""
+    def merge(self, missing, c, mean, m2, lo, hi) -> None:
+        """Fold one block's figures (the sample values are :class:`_RowSample`'s)."""
         self.missing += missing
         if c:  # Chan et al.'s parallel update: stable for large offsets such as epoch seconds
             total = self.count + c
@@ -141,36 +142,15 @@ class _Numeric:
             self.m2 += m2 + delta * delta * self.count * c / total
             self.count = total
             self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
-        if limit is not None:  # rows past the share the rows so far allow never come back
-            sel = hashes < np.uint64(limit)
-            sample, hashes = sample[sel], hashes[sel]
-        self.samples.append(sample)
-        self.hashes.append(hashes)
-        self.kept += len(sample)
-        if limit is not None and self.kept > SAMPLE_VALUES + SAMPLE_VALUES // 16:
-            self._keep_under(limit)  # earlier blocks kept a larger share: bound the memory
 
-    def _keep_under(self, limit: int | None) -> None:
-        if limit is None or not self.samples:
-            return
-        # Block by block, not one concatenation: small arrays come and go on the heap, where
-        # large ones repeatedly freed and reallocated fragment it and resident memory grows.
-        lim = np.uint64(limit)
-        pairs = [(v[h < lim], h[h < lim]) for v, h in zip(self.samples, self.hashes)]
-        pairs = [(v, h) for v, h in pairs if len(h)]
-        self.samples, self.hashes = [v for v, _ in pairs], [h for _, h in pairs]
-        self.kept = sum(len(h) for h in self.hashes)
-
-    def to_dict(self, kind: str, limit: int | None = None) -> dict:
-        """The feature's ``stats.json`` entry; ``limit``: the final sample threshold."""
-        self._keep_under(limit)
+    def to_dict(self, kind: str, s: np.ndarray) -> dict:
+        """The feature's ``stats.json`` entry; ``s``: its sample values (float64)."""
         d = {"kind": kind, "count": self.count, "missing": self.missing}
         if not self.count:
             d.update(mean=0.0, std=0.0, min=0.0, max=0.0, median=0.0, unique=0)
             d["quantiles"] = [0.0] * len(QUANTILES)
             d["histogram"] = {"edges": [0.0] * 11, "counts": [0] * 10}
             return d
-        s = np.concatenate(self.samples).astype(np.float64)
         q = np.quantile(s, QUANTILES) if len(s) else np.full(len(QUANTILES), self.mean)
         q[0], q[-1] = self.lo, self.hi
         edges = np.linspace(self.lo, self.hi, 11)
@@ -230,6 +210,50 @@ class _Categorical:
         return d
 
 
+class _RowSample:
+    """The statistics sample as it is folded: per block, its sampled rows' hashes once and
+    each numeric column's values on those rows (with which rows it has), dropping the rows
+    that fall past the threshold as it shrinks. About ``SAMPLE_VALUES`` rows are kept."""
+
+    def __init__(self) -> None:
+        self.blocks: list[tuple[np.ndarray, dict]] = []
+        self.kept = 0
+
+    def add(self, rows: np.ndarray, columns: dict, limit: int | None) -> None:
+        """One block: ``rows`` the hashes, ``columns`` name -> (values, present mask or None)."""
+        self.blocks.append((rows, columns))
+        self.kept += len(rows)
+        if limit is not None and self.kept > SAMPLE_VALUES + SAMPLE_VALUES // 16:
+            self.keep_under(limit)  # earlier blocks kept a larger share: bound the memory
+
+    def keep_under(self, limit: int | None) -> None:
+        if limit is None:
+            return
+        # Block by block, not one concatenation: large arrays freed and reallocated again and
+        # again fragment the heap and resident memory grows with the input.
+        lim = np.uint64(limit)
+        blocks = []
+        for rows, columns in self.blocks:
+            sel = rows < lim
+            if sel.any():
+                blocks.append((rows[sel], {k: _take(*vo, sel) for k, vo in columns.items()}))
+        self.blocks = blocks
+        self.kept = sum(len(rows) for rows, _ in blocks)
+
+    def values(self, name: str, limit: int | None) -> np.ndarray:
+        """The column's sample (float64, input order) under the final threshold ``limit``."""
+        self.keep_under(limit)
+        parts = [columns[name][0] for _, columns in self.blocks]
+        return np.concatenate([np.zeros(0), *parts]).astype(np.float64)
+
+
+def _take(values: np.ndarray, on: np.ndarray | None, sel: np.ndarray):
+    """(values, present) of the rows ``sel`` picks, ``values`` being those of the present."""
+    if on is None:
+        return values[sel], None
+    return values[sel[on]], on[sel]
+
+
 class Stats:
     """Statistics folded block by block, in input order."""
 
@@ -243,12 +267,19 @@ class Stats:
             h: _Categorical() if is_categorical(plan, h) else _Numeric() for h in plan.header
         }
         self.label_hist: dict = {}
+        self.sample = _RowSample()
 
     def merge(self, part: dict) -> None:
         self.n += part["n"]
         limit = sample_threshold(self.parsed)
-        for k, args in part["num"].items():
-            self.cols[k].merge(*args, limit)
+        rows, columns = part["hashes"], {}
+        for k, (*figures, sample, on) in part["num"].items():
+            self.cols[k].merge(*figures)
+            columns[k] = (sample, on)
+        if limit is not None:  # rows past the share the rows so far allow never come back
+            sel = rows < np.uint64(limit)
+            rows, columns = rows[sel], {k: _take(*vo, sel) for k, vo in columns.items()}
+        self.sample.add(rows, columns, limit)
         for k, args in part["cat"].items():
             self.cols[k].merge(*args)
         if part["hist"] is not None:
@@ -260,7 +291,7 @@ class Stats:
         col = self.cols[name]
         if isinstance(col, _Categorical):
             return col.unique()
-        return col.to_dict("", sample_threshold(self.parsed))["unique"]
+        return col.to_dict("", self.sample.values(name, sample_threshold(self.parsed)))["unique"]
 
     @property
     def sampled(self) -> bool:
@@ -273,7 +304,7 @@ class Stats:
         feats = {
             k: col.to_dict(kinds[k])
             if isinstance(col, _Categorical)
-            else col.to_dict(kinds[k], limit)
+            else col.to_dict(kinds[k], self.sample.values(k, limit))
             for k, col in self.cols.items()
         }
         for f in feats.values():
