@@ -129,3 +129,60 @@ def test_statistics_sample_is_the_same_when_the_row_count_comes_late(tmp_path, m
     _same_output(a, b)
     stats = json.loads((a / "stats.json").read_text())["features"]["b"]
     assert sum(stats["histogram"]["counts"]) == 6000
+
+
+def test_statistics_sample_is_the_rows_under_the_final_threshold(tmp_path, monkeypatch):
+    """With missing cells, the kept values are exactly the present ones of the rows whose
+    hash is under the threshold of the final row count (computed here from the blocks)."""
+    import numpy as np
+
+    from tfpipes.preprocess import statistics
+
+    monkeypatch.setattr(statistics, "SAMPLE_VALUES", 700)
+    rng = np.random.default_rng(3)
+    vals = rng.normal(size=6000).round(4)
+    rows = [(i, "" if i % 4 == 0 else vals[i], "w", i % 3) for i in range(6000)]
+    src = tmp_path / "d.csv"
+    _write(src, rows)
+    _, a = _run(tmp_path, src, "a", monkeypatch, HEAD)
+    limit = np.uint64(statistics.sample_threshold(6000))
+    expect, i = [], 0
+    for block in pipeline.open_input(str(src), BLOCK).blocks():
+        n = block.data.count(b"\n")
+        keep = statistics.row_hashes(block, n) < limit
+        expect += [float(np.float32(vals[j])) for j in range(i, i + n) if keep[j - i] and j % 4]
+        i += n
+    assert i == 6000 and 0 < len(expect) < 4500
+    b = json.loads((a / "stats.json").read_text())["features"]["b"]
+    assert b["median"] == float(np.quantile(np.array(expect), 0.5))
+    assert (
+        b["quantiles"][1:-1] == [float(x) for x in np.quantile(expect, statistics.QUANTILES)][1:-1]
+    )
+
+
+def test_row_sample_keeps_exactly_the_rows_under_the_final_threshold():
+    """The fold filters each block with the threshold of the rows so far (never below the
+    final one) and prunes only past a bound; the values asked for at the end are those of
+    the rows under the final threshold, in input order, missing cells left out."""
+    import numpy as np
+
+    from tfpipes.preprocess import statistics
+
+    rng = np.random.default_rng(5)
+    sample = statistics._RowSample()
+    rows_so_far, every = 0, []
+    for _ in range(60):
+        n = 6_000
+        rows_so_far += n
+        h = rng.integers(0, 2**63, size=n, dtype=np.uint64) * np.uint64(2)
+        v = rng.normal(size=n).astype(np.float32)
+        on = rng.random(n) > 0.2
+        every.append((h, v, on))
+        limit = statistics.sample_threshold(rows_so_far)
+        keep = np.ones(n, bool) if limit is None else h < np.uint64(limit)
+        sample.add(h[keep], {"x": (v[on & keep], on[keep])}, limit)
+    final = np.uint64(statistics.sample_threshold(rows_so_far))
+    expect = np.concatenate([v[on & (h < final)] for h, v, on in every]).astype(np.float64)
+    assert sample.kept > 0
+    assert np.array_equal(sample.values("x", int(final)), expect)
+    assert len(expect) < len(np.concatenate([v[on] for _, v, on in every])) / 2
