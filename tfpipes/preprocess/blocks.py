@@ -37,7 +37,6 @@ class Plan:
     formats: dict = dataclasses.field(default_factory=dict)  # timestamp column -> strptime format
     na_values: tuple[str, ...] = ()  # cells that are missing values
     on_missing_label: str = "drop"
-    sample_rate: float = 1.0  # share of rows whose values the quantiles and histograms use
 
     def kind(self, name: str) -> str:
         return self.kinds.get(name, "")
@@ -52,6 +51,7 @@ class BlockResult:
     rows: int = 0
     skipped: int = 0
     missing_label: int = 0  # rows dropped for a missing label
+    parsed: int = 0  # rows read, before dropping bad or unlabeled ones
     skip_note: str | None = None
     stats: dict | None = None
     splits: dict | None = None  # split -> encoding.Chunks

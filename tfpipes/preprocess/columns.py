@@ -107,7 +107,7 @@ def column_table(schema: Schema, stats: Stats) -> str:
         pct = f"{100.0 * col.missing / total:.1f}%" if total else "-"
         uniq = stats.unique(f.name)
         approx = getattr(col, "approximate", False) or (
-            not hasattr(col, "approximate") and stats.plan.sample_rate < 1.0
+            not hasattr(col, "approximate") and stats.sampled
         )
         name = f.name + (" (label)" if f is schema.label else "")
         kind = f.kind + (f" {f.format}" if f.format else "")

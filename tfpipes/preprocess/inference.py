@@ -1,6 +1,8 @@
-"""Column types and kinds from the whole input: the first pass over every CSV block.
+"""Column types and kinds from the whole input: the first pass, a sample of every CSV block.
 
-Each block is parsed by Arrow with type inference (missing tokens are nulls, so an empty cell
+Each block's head (its first ``SAMPLE_BYTES``, cut at a row end the way blocks are cut), and
+the tail of a file's last block (its rows from the last ``SAMPLE_BYTES``; a short last block
+whole), is parsed by Arrow with type inference (missing tokens are nulls, so an empty cell
 never makes a column a string) and summarized per column as a *family* — null, int, float,
 boolean, timestamp or string — with its count of present values (:func:`profile_block`, on a
 worker). :class:`ColumnInference` folds the profiles in input order:
@@ -15,7 +17,12 @@ worker). :class:`ColumnInference` folds the profiles in input order:
   to keep such values as text). A value that breaks the type late is an error, never a silent
   string.
 
-The same pass counts the rows and collects the label's distinct values (for the task).
+The same pass collects the label's distinct values (for the task). A sample is enough because
+the main pass validates every value against the inferred type; where the whole input could
+have decided otherwise (a value the type rejects, present values in a column the sample saw
+empty, more label values than the sample's, a string decision the unsampled rows could have
+reversed — :attr:`ColumnInference.uncertain`), the pipeline runs this pass over every whole
+block and, if that changes the plan, writes the data set again with it.
 String columns are told apart as categorical or id after the main pass, from their statistics
 (``ID_MIN_UNIQUE`` distinct values and more than ``ID_MIN_FRACTION`` of the present values).
 """
@@ -28,8 +35,10 @@ import numpy as np
 
 from tfpipes.preprocess.blocks import Block
 from tfpipes.preprocess.cell_kinds import BOOL_WORDS
+from tfpipes.preprocess.csv_blocks import row_end
 from tfpipes.preprocess.validation import FLOAT_RE, INT_RE, NONFINITE_RE
 
+SAMPLE_BYTES = 256 << 10  # the head of each block the first pass parses (blocks are ~4 MB)
 LEAD_VALUES = 1_000  # a column numeric for this many present values stays numeric
 ID_MIN_UNIQUE = 1_000  # a string column with more distinct values than this ...
 ID_MIN_FRACTION = 0.5  # ... and more than this fraction of its present values is an id
@@ -49,6 +58,7 @@ class ScanPlan:
     header: tuple[str, ...]
     na_values: tuple[str, ...]
     label: str
+    sample_bytes: int = 0  # parse only the head of a block (0: all of it)
 
 
 @dataclasses.dataclass
@@ -60,6 +70,33 @@ class BlockProfile:
     columns: dict | None = None  # name -> (family, present, lead, lead_family)
     labels: list | None = None  # the label's distinct present values
     failed: bool = False  # Arrow could not read it: the main pass reports why
+    sampled: bool = False  # only the block's head was read
+
+
+def block_head(block: Block, nbytes: int) -> Block | None:
+    """The first rows of a CSV block, at most ``nbytes`` (cut after the last row end outside
+    quotes in them, as blocks are cut: ``\\n``, ``\\r\\n`` or a lone ``\\r``), or None when
+    the block is no longer or has no row end that early."""
+    data = block.data
+    if not nbytes or len(data) <= nbytes:
+        return None
+    end = row_end(data[:nbytes], ord(block.delimiter), eof=False)
+    if not end:
+        return None
+    return dataclasses.replace(block, data=data[:end])
+
+
+def block_tail(block: Block, nbytes: int) -> Block | None:
+    """The last rows of a CSV block, from the first row start in its last ``nbytes`` (found
+    with the quote scan from the block's start, as blocks are cut), or None when the block is
+    no longer than twice ``nbytes`` (its head and tail would overlap: read it whole)."""
+    data = block.data
+    if not nbytes or len(data) <= 2 * nbytes:
+        return None
+    start = row_end(data[: len(data) - nbytes], ord(block.delimiter), eof=False)
+    if not start:
+        return None
+    return dataclasses.replace(block, data=data[start:])
 
 
 def _family(arr) -> str:
@@ -103,11 +140,15 @@ def _leading_numbers(arr) -> tuple[int, str]:
 
 
 def profile_block(plan: ScanPlan, block: Block) -> BlockProfile:
-    """Arrow's inference on one CSV block, summarized per column (runs on a worker)."""
+    """Arrow's inference on one CSV block (its head when ``plan.sample_bytes`` is set),
+    summarized per column (runs on a worker)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pcsv
 
+    head = block_head(block, plan.sample_bytes)
+    sampled = head is not None
+    block = head or block
     try:
         table = pcsv.read_csv(
             pa.py_buffer(block.data),
@@ -137,7 +178,7 @@ def profile_block(plan: ScanPlan, block: Block) -> BlockProfile:
         cols[name] = (fam, present, lead, lead_fam)
     labels = pc.unique(table.column(plan.label).drop_null())
     labels = labels.slice(0, MAX_LABEL_VALUES).to_pylist()
-    return BlockProfile(rows=table.num_rows, columns=cols, labels=labels)
+    return BlockProfile(rows=table.num_rows, columns=cols, labels=labels, sampled=sampled)
 
 
 def widen(a: str, b: str) -> str | None:
@@ -161,11 +202,15 @@ class ColumnInference:
         self.present = {h: 0 for h in header}
         self.locked: set[str] = set()  # numeric for LEAD_VALUES values, then broken
         self.labels: set = set()
+        self.exact = True  # every row so far was read: the decisions are the whole input's
+        self.uncertain = False  # a string decision that rows not read could have reversed
 
     def merge(self, p: BlockProfile) -> None:
         if p.failed:
             return
         self.rows += p.rows
+        exact_before = self.exact
+        self.exact = self.exact and not p.sampled
         for name, (fam, present, lead, lead_fam) in p.columns.items():
             cur = self.family[name]
             if name in self.locked or cur == "string":
@@ -178,6 +223,8 @@ class ColumnInference:
                     self.family[name] = num
                     self.locked.add(name)
                 else:
+                    # Rows skipped before here may have held the numbers that would lock it.
+                    self.uncertain |= num in NUMERIC and not exact_before
                     self.family[name] = "string"
             self.present[name] += present
         if len(self.labels) < MAX_LABEL_VALUES:

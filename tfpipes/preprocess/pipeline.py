@@ -20,16 +20,28 @@ import time
 from tfpipes import layout, manifest, progress, storage
 from tfpipes.errors import UserError
 from tfpipes.preprocess.blocks import BlockResult, Plan
-from tfpipes.preprocess.columns import column_table, column_types, label_task, make_schema
+from tfpipes.preprocess.columns import (
+    MAX_INT_CLASSES,
+    column_table,
+    column_types,
+    label_task,
+    make_schema,
+)
 from tfpipes.preprocess.config import PreprocessConfig, PreprocessResult
 from tfpipes.preprocess.csv_blocks import CsvInput
 from tfpipes.preprocess.fingerprint import crc_hex, file_crc_hex, fingerprint
-from tfpipes.preprocess.inference import ColumnInference, ScanPlan, profile_block
+from tfpipes.preprocess.inference import (
+    SAMPLE_BYTES,
+    ColumnInference,
+    ScanPlan,
+    block_tail,
+    profile_block,
+)
 from tfpipes.preprocess.inputs import is_parquet, source_files
 from tfpipes.preprocess.parallel import OrderedRunner, default_workers
 from tfpipes.preprocess.parquet_reader import ParquetInput
 from tfpipes.preprocess.shard_writer import SplitWriter
-from tfpipes.preprocess.statistics import SAMPLE_VALUES, Stats
+from tfpipes.preprocess.statistics import Stats, sample_threshold
 from tfpipes.preprocess.worker import process_block
 from tfpipes.schema import load_overrides
 
@@ -41,9 +53,11 @@ log = logging.getLogger("tfpipes.preprocess")
 def preprocess(cfg: PreprocessConfig) -> PreprocessResult:
     """Read ``cfg.source``, write and commit the data set at ``cfg.output``.
 
-    Two passes over the input: the first infers every column's type and kind from all of it
-    (:mod:`.inference`), the second parses, validates, encodes and writes. Raises UserError for
-    bad input (naming file, line and column); nothing is committed then. Memory stays bounded
+    Two passes over the input: the first infers every column's type and kind from a sample of
+    every block (:mod:`.inference`; read whole when the rows written show it may decide
+    otherwise, and written again if it does), the second parses, validates, encodes and
+    writes. Raises UserError for bad input (naming file, line and column); nothing is
+    committed then. Memory stays bounded
     by a few blocks per worker whatever the input size.
     """
     cfg.validate()
@@ -72,7 +86,40 @@ def preprocess(cfg: PreprocessConfig) -> PreprocessResult:
     unknown = sorted(set(overrides) - set(header))
     if unknown:
         log.warning("--schema names columns not in the data, ignored: %s", unknown)
-    plan, task = _make_plan(cfg, files, header, overrides, workers)
+    inference = _scan(cfg, files, header, workers, sample=True)
+    plan, task = _make_plan(cfg, header, overrides, inference)
+    args = (cfg, files, overrides, workers, total_bytes)
+    try:
+        result = _write(*args, plan, task, inference)
+    except _BadInput:
+        if inference.exact:
+            raise
+        full = _full_plan(cfg, files, header, overrides, workers)
+        if full == (plan, task):
+            raise  # the whole input gives the same plan: the error stands
+        result = _write(*args, *full, None)
+    except _PlanChanged as e:
+        result = _write(*args, e.plan, e.task, None)
+    secs, cpu = time.monotonic() - t0, time.process_time() - cpu0
+    return dataclasses.replace(result, seconds=secs, workers=workers, cpu_seconds=cpu)
+
+
+class _BadInput(UserError):
+    """A block's bad input, found by the main pass (a plan from samples may explain it)."""
+
+
+class _PlanChanged(Exception):
+    """The whole input decides the columns otherwise than the sample did: write again."""
+
+    def __init__(self, plan: Plan, task: str) -> None:
+        super().__init__("the plan changed")
+        self.plan, self.task = plan, task
+
+
+def _write(cfg, files, overrides, workers, total_bytes, plan: Plan, task: str, inference):
+    """The main pass with ``plan``, committed. ``inference``: the sampled first pass the plan
+    came from (None: it came from the whole input); before committing, raises _PlanChanged
+    when the rows written show that the whole input decides otherwise."""
     stack = contextlib.ExitStack()
     with stack:
         runner = OrderedRunner(workers, process_block)
@@ -95,9 +142,31 @@ def preprocess(cfg: PreprocessConfig) -> PreprocessResult:
             finally:
                 runner.close()
                 run.close()
-            result = run.commit(files, overrides, task)
-    secs, cpu = time.monotonic() - t0, time.process_time() - cpu0
-    return dataclasses.replace(result, seconds=secs, workers=workers, cpu_seconds=cpu)
+            if inference is not None and _sample_may_mislead(run, inference, plan, task):
+                full = _full_plan(cfg, files, run.header, overrides, workers)
+                if full != (plan, task):
+                    raise _PlanChanged(*full)
+            return run.commit(files, overrides, task)
+
+
+def _sample_may_mislead(run: _Run, inference: ColumnInference, plan: Plan, task: str) -> bool:
+    """Whether the rows written leave room for the whole input to decide the columns
+    otherwise than the sampled first pass did (then the whole input is read to check)."""
+    if inference.exact:
+        return False
+    if inference.uncertain or run.skipped:  # a skipped value may be one the sample missed
+        return True
+    for name, fam in inference.family.items():
+        if fam == "null" and run.stats.cols[name].count:
+            return True  # values the sample never saw
+    fam = inference.family[plan.label]
+    return fam == "int" and task == "classification" and len(run.stats.label_hist) > MAX_INT_CLASSES
+
+
+def _full_plan(cfg, files, header, overrides, workers) -> tuple[Plan, str]:
+    """The plan from the first pass over every whole block (the sample's check)."""
+    log.info("preprocess: checking the column types against the whole input")
+    return _make_plan(cfg, header, overrides, _scan(cfg, files, header, workers, sample=False))
 
 
 def open_input(path: str, block_size: int) -> CsvInput | ParquetInput:
@@ -105,10 +174,13 @@ def open_input(path: str, block_size: int) -> CsvInput | ParquetInput:
     return ParquetInput(path) if is_parquet(path) else CsvInput(path, block_size)
 
 
-def _scan(cfg: PreprocessConfig, files: list[str], header: list[str], workers: int):
-    """The first pass: every file's header checked and its columns profiled, in input order."""
+def _scan(cfg: PreprocessConfig, files: list[str], header: list[str], workers: int, sample: bool):
+    """The first pass: every file's header checked and its columns profiled, in input order
+    (``sample``: the head of each CSV block and the tail of each file's last one)."""
     inference = ColumnInference(header, cfg.label)
-    scan_plan = ScanPlan(tuple(header), tuple(cfg.na_values), cfg.label)
+    na = tuple(cfg.na_values)
+    scan_plan = ScanPlan(tuple(header), na, cfg.label, SAMPLE_BYTES if sample else 0)
+    whole = ScanPlan(tuple(header), na, cfg.label)
     runner = OrderedRunner(workers, profile_block)
     try:
         for path in files:
@@ -121,9 +193,18 @@ def _scan(cfg: PreprocessConfig, files: list[str], header: list[str], workers: i
                 if isinstance(inp, ParquetInput):
                     inference.merge(inp.profile(cfg.label))
                     continue
-                for block in inp.blocks():
-                    for prof in runner.submit(scan_plan, block):
-                        inference.merge(prof)
+                last = None
+                for block in inp.blocks():  # one behind: the last block's tail is read too
+                    if last is not None:
+                        for prof in runner.submit(scan_plan, last):
+                            inference.merge(prof)
+                    last = block
+                tail = block_tail(last, scan_plan.sample_bytes) if last is not None else None
+                parts = [(scan_plan, last), (scan_plan, tail)] if tail else [(whole, last)]
+                for p, part in parts:
+                    if part is not None:
+                        for prof in runner.submit(p, part):
+                            inference.merge(prof)
                 for prof in runner.drain():
                     inference.merge(prof)
             finally:
@@ -133,8 +214,7 @@ def _scan(cfg: PreprocessConfig, files: list[str], header: list[str], workers: i
     return inference
 
 
-def _make_plan(cfg, files, header, overrides, workers) -> tuple[Plan, str]:
-    inference = _scan(cfg, files, header, workers)
+def _make_plan(cfg, header, overrides, inference: ColumnInference) -> tuple[Plan, str]:
     families = dict(inference.family)
     types, kinds, formats = column_types(families, overrides, cfg.label)
     forced = bool(overrides.get(cfg.label, {}).get("dtype"))
@@ -155,7 +235,6 @@ def _make_plan(cfg, files, header, overrides, workers) -> tuple[Plan, str]:
             formats=formats,
             na_values=tuple(cfg.na_values),
             on_missing_label=cfg.on_missing_label,
-            sample_rate=min(1.0, SAMPLE_VALUES / max(inference.rows, 1)),
         ),
         task,
     )
@@ -166,6 +245,7 @@ class _Run:
 
     def __init__(self, cfg, tmp, plan: Plan, runner: OrderedRunner, total_bytes: int) -> None:
         self.cfg, self.tmp, self.plan = cfg, tmp, plan
+        self.header = list(plan.header)
         self.runner = runner
         self.writers = {
             s: SplitWriter(tmp, s, cfg.num_shards, cfg.compression) for s in ("train", "eval")
@@ -184,7 +264,10 @@ class _Run:
         for block in inp.blocks():
             if not block.parquet and not block.data.strip(b"\r\n"):
                 continue  # blank lines: no rows
-            for res in self.runner.submit(self.plan, block):
+            # The sample threshold of the rows handled so far can only be above the final one:
+            # the worker drops the values past it, which keeps results in flight small.
+            limit = sample_threshold(self.stats.parsed)
+            for res in self.runner.submit(self.plan, block, limit):
                 self._handle(res)
             done = inp.tap.bytes if isinstance(inp, CsvInput) else 0
             self.bar.update_to(before + done, rows=self.rows)
@@ -202,7 +285,8 @@ class _Run:
 
     def _handle(self, res: BlockResult) -> None:
         if res.error:
-            raise UserError(res.error)
+            raise _BadInput(res.error)
+        self.stats.parsed += res.parsed
         self.skipped += res.skipped
         self.stats.missing_label += res.missing_label
         if res.skip_note and len(self.notes) < 5:

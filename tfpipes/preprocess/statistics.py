@@ -8,11 +8,17 @@ and ``missing``. Numeric, timestamp and boolean features add ``mean``, ``std``, 
 ``histogram`` (10 fixed bins between min and max). Quantiles and histogram come from a
 deterministic sample of at most ``SAMPLE_VALUES`` rows (rows chosen by a hash of their place
 in the input, so the result does not depend on the worker count): exact up to that many rows,
-scaled to the exact count beyond. Categorical and id features add ``unique`` (exact up to
-``EXACT_UNIQUE`` distinct values, then a k-minimum-values estimate with ``unique_approximate``)
-and ``top``: ``[value, count]`` pairs, most frequent first (ties by value), at most ``TOP_K``
-(counts exact while the column has at most ``EXACT_UNIQUE`` distinct values, lower bounds
-after). The label keeps its ``histogram`` (class -> count) for classification.
+scaled to the exact count beyond. The share sampled depends on the rows parsed in all (the
+rows of every block as read, before dropping bad or unlabeled ones), known only at the end:
+each block sends every value with its row's hash, and the fold keeps those under the share
+the rows so far allow, which can only shrink — so memory stays at about ``SAMPLE_VALUES``
+values a column, and the end keeps the same rows a known share would have.
+
+Categorical and id features add ``unique`` (exact up to ``EXACT_UNIQUE`` distinct values,
+then a k-minimum-values estimate with ``unique_approximate``) and ``top``: ``[value, count]``
+pairs, most frequent first (ties by value), at most ``TOP_K`` (counts exact while the column
+has at most ``EXACT_UNIQUE`` distinct values, lower bounds after). The label keeps its
+``histogram`` (class -> count) for classification.
 """
 
 from __future__ import annotations
@@ -37,12 +43,16 @@ def is_categorical(plan: Plan, name: str) -> bool:
     return kind in ("categorical", "id") or (not kind and plan.types[name] == "string")
 
 
-def sample_mask(block: Block, n: int, rate: float) -> np.ndarray | None:
-    """The block's rows in the statistics sample (None: all): a hash of each row's place."""
-    if rate >= 1.0:
-        return None
+def row_hashes(block: Block, n: int) -> np.ndarray:
+    """The hash of each row's place that picks the statistics sample (uint64)."""
     key = (np.uint64(block.first) << np.uint64(24)) + np.arange(n, dtype=np.uint64)
-    return _mix(key) < np.uint64(int(rate * 2.0**64))
+    return _mix(key)
+
+
+def sample_threshold(rows: int) -> int | None:
+    """Rows whose hash is below this are in the sample of ``rows`` parsed rows (None: all)."""
+    rate = min(1.0, SAMPLE_VALUES / max(rows, 1))
+    return None if rate >= 1.0 else int(rate * 2.0**64)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -60,12 +70,20 @@ def _hashes(values: list) -> np.ndarray:
     return np.frombuffer(b"".join(digest), dtype=np.uint64).copy()
 
 
-def block_stats(plan: Plan, block: Block, cols: dict, present: dict, n: int) -> dict:
-    """One block's summary per column (see :class:`Stats`) and its label histogram."""
+def block_stats(
+    plan: Plan, block: Block, cols: dict, present: dict, n: int, limit: int | None = None
+) -> dict:
+    """One block's summary per column (see :class:`Stats`) and its label histogram; the
+    numeric values sent for the sample are those whose row hash is under ``limit`` (a bound
+    at or above the final threshold; None: all)."""
     import pyarrow.compute as pc
 
-    sel = sample_mask(block, n, plan.sample_rate)
+    h = row_hashes(block, n)
+    keep = None if limit is None else h < np.uint64(limit)
+    # The sampled rows' hashes once for the block; each column sends its values on those rows
+    # and which of them it has (a byte a row instead of eight: results in flight stay small).
     out: dict = {"n": n, "num": {}, "cat": {}, "hist": None}
+    out["hashes"] = h if keep is None else h[keep]
     for name in plan.header:
         v, p = cols[name], present.get(name)
         missing = 0 if p is None else int(n - p.sum())
@@ -78,16 +96,26 @@ def block_stats(plan: Plan, block: Block, cols: dict, present: dict, n: int) -> 
                 vals, counts = vc.field("values").to_pylist(), vc.field("counts").to_pylist()
             out["cat"][name] = (missing, vals, counts, _hashes(vals))
             continue
-        a = np.asarray(v, dtype=np.float64)
-        s = sel
-        if p is not None:
-            a = a[p]
-            s = None if sel is None else sel[p]
+        raw = np.asarray(v)  # the sample keeps this dtype (float32: half of float64's bytes)
+        a = (raw if p is None else raw[p]).astype(np.float64)
+        if keep is None:
+            sample, on = (raw if p is None else raw[p]), p
+        else:
+            sample, on = raw[keep if p is None else keep & p], (None if p is None else p[keep])
         c = len(a)
         mean = float(a.mean()) if c else 0.0
         m2 = float(np.square(a - mean).sum()) if c else 0.0
         lo, hi = (float(a.min()), float(a.max())) if c else (math.inf, -math.inf)
-        out["num"][name] = (missing, c, mean, m2, lo, hi, a if s is None else a[s])
+        out["num"][name] = (
+            missing,
+            c,
+            mean,
+            m2,
+            lo,
+            hi,
+            sample,
+            on,
+        )
     lab = cols[plan.label]
     if plan.types[plan.label] == "int64":
         vals, counts = np.unique(lab, return_counts=True)
@@ -103,9 +131,9 @@ class _Numeric:
         self.missing = self.count = 0
         self.mean = self.m2 = 0.0
         self.lo, self.hi = math.inf, -math.inf
-        self.samples: list[np.ndarray] = []
 
-    def merge(self, missing, c, mean, m2, lo, hi, sample) -> None:
+    def merge(self, missing, c, mean, m2, lo, hi) -> None:
+        """Fold one block's figures (the sample values are :class:`_RowSample`'s)."""
         self.missing += missing
         if c:  # Chan et al.'s parallel update: stable for large offsets such as epoch seconds
             total = self.count + c
@@ -114,16 +142,15 @@ class _Numeric:
             self.m2 += m2 + delta * delta * self.count * c / total
             self.count = total
             self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
-        self.samples.append(sample)
 
-    def to_dict(self, kind: str) -> dict:
+    def to_dict(self, kind: str, s: np.ndarray) -> dict:
+        """The feature's ``stats.json`` entry; ``s``: its sample values (float64)."""
         d = {"kind": kind, "count": self.count, "missing": self.missing}
         if not self.count:
             d.update(mean=0.0, std=0.0, min=0.0, max=0.0, median=0.0, unique=0)
             d["quantiles"] = [0.0] * len(QUANTILES)
             d["histogram"] = {"edges": [0.0] * 11, "counts": [0] * 10}
             return d
-        s = np.concatenate(self.samples)
         q = np.quantile(s, QUANTILES) if len(s) else np.full(len(QUANTILES), self.mean)
         q[0], q[-1] = self.lo, self.hi
         edges = np.linspace(self.lo, self.hi, 11)
@@ -183,6 +210,50 @@ class _Categorical:
         return d
 
 
+class _RowSample:
+    """The statistics sample as it is folded: per block, its sampled rows' hashes once and
+    each numeric column's values on those rows (with which rows it has), dropping the rows
+    that fall past the threshold as it shrinks. About ``SAMPLE_VALUES`` rows are kept."""
+
+    def __init__(self) -> None:
+        self.blocks: list[tuple[np.ndarray, dict]] = []
+        self.kept = 0
+
+    def add(self, rows: np.ndarray, columns: dict, limit: int | None) -> None:
+        """One block: ``rows`` the hashes, ``columns`` name -> (values, present mask or None)."""
+        self.blocks.append((rows, columns))
+        self.kept += len(rows)
+        if limit is not None and self.kept > SAMPLE_VALUES + SAMPLE_VALUES // 16:
+            self.keep_under(limit)  # earlier blocks kept a larger share: bound the memory
+
+    def keep_under(self, limit: int | None) -> None:
+        if limit is None:
+            return
+        # Block by block, not one concatenation: large arrays freed and reallocated again and
+        # again fragment the heap and resident memory grows with the input.
+        lim = np.uint64(limit)
+        blocks = []
+        for rows, columns in self.blocks:
+            sel = rows < lim
+            if sel.any():
+                blocks.append((rows[sel], {k: _take(*vo, sel) for k, vo in columns.items()}))
+        self.blocks = blocks
+        self.kept = sum(len(rows) for rows, _ in blocks)
+
+    def values(self, name: str, limit: int | None) -> np.ndarray:
+        """The column's sample (float64, input order) under the final threshold ``limit``."""
+        self.keep_under(limit)
+        parts = [columns[name][0] for _, columns in self.blocks]
+        return np.concatenate([np.zeros(0), *parts]).astype(np.float64)
+
+
+def _take(values: np.ndarray, on: np.ndarray | None, sel: np.ndarray):
+    """(values, present) of the rows ``sel`` picks, ``values`` being those of the present."""
+    if on is None:
+        return values[sel], None
+    return values[sel[on]], on[sel]
+
+
 class Stats:
     """Statistics folded block by block, in input order."""
 
@@ -190,16 +261,25 @@ class Stats:
         self.plan = plan
         self.label = plan.label
         self.n = 0
+        self.parsed = 0  # rows read, before dropping bad or unlabeled ones: sets the sample
         self.missing_label = 0
         self.cols = {
             h: _Categorical() if is_categorical(plan, h) else _Numeric() for h in plan.header
         }
         self.label_hist: dict = {}
+        self.sample = _RowSample()
 
     def merge(self, part: dict) -> None:
         self.n += part["n"]
-        for k, args in part["num"].items():
-            self.cols[k].merge(*args)
+        limit = sample_threshold(self.parsed)
+        rows, columns = part["hashes"], {}
+        for k, (*figures, sample, on) in part["num"].items():
+            self.cols[k].merge(*figures)
+            columns[k] = (sample, on)
+        if limit is not None:  # rows past the share the rows so far allow never come back
+            sel = rows < np.uint64(limit)
+            rows, columns = rows[sel], {k: _take(*vo, sel) for k, vo in columns.items()}
+        self.sample.add(rows, columns, limit)
         for k, args in part["cat"].items():
             self.cols[k].merge(*args)
         if part["hist"] is not None:
@@ -209,11 +289,24 @@ class Stats:
     def unique(self, name: str) -> int:
         """Distinct present values of a column (approximate past the exact limits)."""
         col = self.cols[name]
-        return col.unique() if isinstance(col, _Categorical) else col.to_dict("")["unique"]
+        if isinstance(col, _Categorical):
+            return col.unique()
+        return col.to_dict("", self.sample.values(name, sample_threshold(self.parsed)))["unique"]
+
+    @property
+    def sampled(self) -> bool:
+        """Whether quantiles and histograms come from a sample rather than every row."""
+        return sample_threshold(self.parsed) is not None
 
     def to_dict(self, train_rows: int, eval_rows: int, vocab: list, skipped: int, kinds) -> dict:
         """The ``stats.json`` document; ``kinds``: column -> its schema kind."""
-        feats = {k: col.to_dict(kinds[k]) for k, col in self.cols.items()}
+        limit = sample_threshold(self.parsed)
+        feats = {
+            k: col.to_dict(kinds[k])
+            if isinstance(col, _Categorical)
+            else col.to_dict(kinds[k], self.sample.values(k, limit))
+            for k, col in self.cols.items()
+        }
         for f in feats.values():
             if f["kind"] not in ("categorical", "id"):
                 del f["unique"]  # the table shows it; stats.json keeps it for categories

@@ -14,8 +14,9 @@ from tfpipes.preprocess.statistics import block_stats
 from tfpipes.preprocess.validation import BadBlock
 
 
-def process_block(plan: Plan, block: Block) -> BlockResult:
-    """Parse, validate, summarize and encode one block (runs on a worker thread).
+def process_block(plan: Plan, block: Block, limit: int | None = None) -> BlockResult:
+    """Parse, validate, summarize and encode one block (runs on a worker thread). ``limit``:
+    a statistics sample threshold at or above the final one (None: keep every value).
 
     Returns the error message for bad input instead of raising, so that the caller reports
     the first problem in input order.
@@ -25,13 +26,16 @@ def process_block(plan: Plan, block: Block) -> BlockResult:
     except BadBlock as e:
         return BlockResult(error=str(e))
     cols, present = c.values, c.present
+    parsed = len(cols[plan.label])
     if c.keep is not None:
         cols = {k: filter_rows(v, c.keep) for k, v in cols.items()}
         present = {k: None if v is None else v[c.keep] for k, v in present.items()}
     n = len(cols[plan.label])
-    result = BlockResult(rows=n, skipped=c.skipped, skip_note=c.note, missing_label=c.missing_label)
+    result = BlockResult(
+        rows=n, skipped=c.skipped, skip_note=c.note, missing_label=c.missing_label, parsed=parsed
+    )
     if n == 0:
         return result
-    result.stats = block_stats(plan, block, cols, present, n)
+    result.stats = block_stats(plan, block, cols, present, n, limit)
     result.splits = encode_splits(plan, cols, present)
     return result
