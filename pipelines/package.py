@@ -102,6 +102,7 @@ class PipelinePackage:
                     f" (valid: {valid})"
                 )
             values[name] = self.parameters[name].convert(text)
+            _check_training_value(name, values[name])
         if check_required:
             missing = sorted(
                 n for n, p in self.parameters.items() if p.required and n not in values
@@ -147,3 +148,15 @@ def read_package(path: str | os.PathLike) -> PipelinePackage:
         for n, d in declared.items()
     }
     return PipelinePackage(path, name, parameters, hashlib.sha256(data).hexdigest())
+
+
+def _check_training_value(name: str, value: Any) -> None:
+    """A training parameter's value is checked here, at submit time, the way `tfpipes train`
+    checks it (a bad ``hidden`` would otherwise fail only inside the train step)."""
+    from tfpipes.training.params import PIPELINE_PARAMS, from_params
+
+    if any(p.pipeline == name for p in PIPELINE_PARAMS):
+        try:
+            from_params({name: value})
+        except UserError as e:
+            raise UserError(f"--param {name}={value}: {e}") from None

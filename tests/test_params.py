@@ -232,3 +232,16 @@ def test_peer_timeout_is_a_config_field_not_an_environment_variable(monkeypatch)
     assert cfg.peer_timeout == 7.0
     assert "TFPIPES_PEER_TIMEOUT" not in os.environ
     assert TrainConfig("d", "m").peer_timeout == 0.0  # not set: the environment's, else 300
+
+
+def test_a_bad_training_value_is_refused_at_submit_time_before_anything_is_sent(tmp_path):
+    from tfpipes_pipelines.package import read_package
+    from tfpipes_pipelines.training import compile_pipeline
+
+    package = read_package(compile_pipeline(str(tmp_path / "p.yaml")))
+    with pytest.raises(UserError) as e:
+        package.arguments(["source=s", "label=y", "hidden=abc"])
+    assert str(e.value) == "--param hidden=abc: --hidden 'abc': expected comma-separated integers"
+    with pytest.raises(UserError, match="--param batch_size=0: --batch-size must be at least 1"):
+        package.arguments(["source=s", "label=y", "batch_size=0"])
+    assert package.arguments(["source=s", "label=y", "hidden=8,4"])["hidden"] == "8,4"
