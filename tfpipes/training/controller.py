@@ -13,6 +13,7 @@ other tasks get a writer that writes nothing (:class:`MetricWriter`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -184,12 +185,31 @@ class Checkpoints:
         if self.chief and not self._wrote_config:
             compat.write_model_config(self.model_dir, self.config)
             self._wrote_config = True
-        with self.runner.errors(self.resume_point):
+        with self.runner.errors(self.resume_point), _disk_full_is_retryable(self.store):
             path = self.runner.save(step)
         if self.chief:
-            self.store.commit(path)
+            with _disk_full_is_retryable(self.store):
+                self.store.commit(path)
             self.last = path
         self.saved_step = step
+
+
+@contextlib.contextmanager
+def _disk_full_is_retryable(store):
+    """A checkpoint that cannot be written for a full disk (TensorFlow's error, or ours) is the
+    environment failing: RetryableError (exit 138) naming the directory."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except (tf.errors.OpError, OSError) as e:
+        text = getattr(e, "message", None) or str(e)
+        if getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in text:
+            raise RetryableError(
+                f"{store.local_dir}: no space left on device while writing a checkpoint; free "
+                "space and run again to resume from the last checkpoint"
+            ) from None
+        raise
 
 
 class Cadence:
