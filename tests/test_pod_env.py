@@ -125,13 +125,15 @@ def test_a_pod_that_cannot_derive_it_fails_in_one_line(tmp_path):
 
 
 def free_port_range(count: int) -> int:
-    """A base port with ``count`` free ports after it on 127.0.0.1."""
+    """A base port with ``count`` free ports after it, on every address: TensorFlow's servers
+    bind 0.0.0.0, which fails when any address holds the port (a probe of 127.0.0.1 alone
+    passed while an earlier test's socket held the port on another address)."""
     for base in range(23000, 60000, 97):
         socks = []
         try:
             for p in range(base, base + count):
                 s = socket.socket()
-                s.bind(("127.0.0.1", p))
+                s.bind(("0.0.0.0", p))
                 socks.append(s)
             return base
         except OSError:
