@@ -26,10 +26,12 @@ functions of the JSON documents (no TensorFlow); :func:`check_dataset` reads the
 from __future__ import annotations
 
 import dataclasses
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from tfpipes.errors import UserError
+
+if TYPE_CHECKING:  # numpy is imported where it is used: the CLI loads this module for --help
+    import numpy as np
 
 OTHER = "<other>"  # the bucket of values beyond a stats.json top list
 
@@ -160,6 +162,8 @@ def schema_changes(old: dict, new: dict) -> list[str]:
 
 def _cdf(quantiles: list[float], x: np.ndarray) -> np.ndarray:
     """A right-continuous CDF, piecewise linear through ``quantiles`` (evenly spaced levels)."""
+    import numpy as np
+
     q = np.asarray(quantiles, dtype=np.float64)
     levels = np.linspace(0.0, 1.0, len(q))
     i = np.searchsorted(q, x, side="right")  # quantiles <= x
@@ -175,6 +179,8 @@ def _cdf(quantiles: list[float], x: np.ndarray) -> np.ndarray:
 def rebinned(old_q: list[float], new_q: list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(grid edges, old mass, new mass) on the common grid of both quantile lists (see the
     module docstring); each mass sums to 1."""
+    import numpy as np
+
     edges = np.unique(np.concatenate([old_q, new_q]).astype(np.float64))
 
     def mass(q):
@@ -187,6 +193,8 @@ def rebinned(old_q: list[float], new_q: list[float]) -> tuple[np.ndarray, np.nda
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
     """Jensen–Shannon divergence (base 2: 0 equal, 1 disjoint) of two mass vectors."""
+    import numpy as np
+
     p = np.asarray(p, dtype=np.float64)
     q = np.asarray(q, dtype=np.float64)
     p, q = p / p.sum(), q / q.sum()
