@@ -33,10 +33,37 @@ class Columns:
     missing_label: int = 0
 
 
+def arrow_read(block: Block, header, na_values, on_invalid=None, column_types=None):
+    """``pyarrow.csv.read_csv`` of one block as preprocess parses every block (inference's
+    sample and the main pass alike): the given header, missing-value tokens that a quoted cell
+    never is, ``on_invalid`` for rows of a wrong field count (None: an error)."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    return pcsv.read_csv(
+        pa.py_buffer(block.data),
+        read_options=pcsv.ReadOptions(
+            column_names=list(header), use_threads=False, block_size=len(block.data) + 1
+        ),
+        parse_options=pcsv.ParseOptions(
+            delimiter=block.delimiter,
+            # without a quote in the block, quoting cannot matter: the simpler lexer is faster
+            quote_char='"' if b'"' in block.data else False,
+            newlines_in_values=True,
+            invalid_row_handler=on_invalid,
+        ),
+        convert_options=pcsv.ConvertOptions(
+            column_types=column_types,
+            null_values=list(na_values),
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+
+
 def read_csv_block(plan: Plan, block: Block, typed: bool):
     """Arrow's parse of a CSV block: (table, rows dropped for a wrong field count)."""
     import pyarrow as pa
-    import pyarrow.csv as pcsv
 
     # float32 straight away: a value past float32's range parses as infinity and is reported
     arrow = {"int64": pa.int64(), "float32": pa.float32(), "string": pa.string()}
@@ -50,25 +77,8 @@ def read_csv_block(plan: Plan, block: Block, typed: bool):
         bad_rows.append(row)
         return "skip"
 
-    table = pcsv.read_csv(
-        pa.py_buffer(block.data),
-        read_options=pcsv.ReadOptions(
-            column_names=list(plan.header), use_threads=False, block_size=len(block.data) + 1
-        ),
-        parse_options=pcsv.ParseOptions(
-            delimiter=block.delimiter,
-            # without a quote in the block, quoting cannot matter: the simpler lexer is faster
-            quote_char='"' if b'"' in block.data else False,
-            newlines_in_values=True,
-            invalid_row_handler=on_invalid if plan.on_bad_row == "skip" else None,
-        ),
-        convert_options=pcsv.ConvertOptions(
-            column_types=types,
-            null_values=list(plan.na_values),
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,
-        ),
-    )
+    handler = on_invalid if plan.on_bad_row == "skip" else None
+    table = arrow_read(block, plan.header, plan.na_values, handler, types)
     return table, len(bad_rows)
 
 

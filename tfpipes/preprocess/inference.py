@@ -36,6 +36,7 @@ import numpy as np
 from tfpipes.preprocess.blocks import Block
 from tfpipes.preprocess.cell_kinds import BOOL_WORDS
 from tfpipes.preprocess.csv_blocks import row_end
+from tfpipes.preprocess.csv_reader import arrow_read
 from tfpipes.preprocess.validation import FLOAT_RE, INT_RE, NONFINITE_RE
 
 SAMPLE_BYTES = 256 << 10  # the head of each block the first pass parses (blocks are ~4 MB)
@@ -144,29 +145,12 @@ def profile_block(plan: ScanPlan, block: Block) -> BlockProfile:
     summarized per column (runs on a worker)."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.csv as pcsv
 
     head = block_head(block, plan.sample_bytes)
     sampled = head is not None
     block = head or block
     try:
-        table = pcsv.read_csv(
-            pa.py_buffer(block.data),
-            read_options=pcsv.ReadOptions(
-                column_names=list(plan.header), use_threads=False, block_size=len(block.data) + 1
-            ),
-            parse_options=pcsv.ParseOptions(
-                delimiter=block.delimiter,
-                quote_char='"' if b'"' in block.data else False,
-                newlines_in_values=True,
-                invalid_row_handler=lambda row: "skip",
-            ),
-            convert_options=pcsv.ConvertOptions(
-                null_values=list(plan.na_values),
-                strings_can_be_null=True,
-                quoted_strings_can_be_null=False,
-            ),
-        )
+        table = arrow_read(block, plan.header, plan.na_values, lambda row: "skip")
     except (pa.ArrowInvalid, UnicodeDecodeError):
         return BlockProfile(failed=True)
     cols = {}
