@@ -17,11 +17,19 @@ best) swings as much:
   (c) our step fed from in-memory tensors: the same ``Trainer.replica_step`` in the same
       ``tf.range`` loop, batches taken from a tensor already in memory (no tf.data at all).
 
-Also shown: (s) our trainer with the streaming pipeline (no --cache), (b-s) ``model.fit`` on
+Also shown: (s) our trainer with the streaming pipeline (no --cache) on a data set in the
+default record layout (blocks of rows, column by column), (s-rows) the same on the per-row
+layout (``--layout rows``, what streaming read before the block layout), (b-s) ``model.fit`` on
 that same streaming pipeline (ratio (s)/(b-s)), where the streaming input's time goes (no
 training: (p) the whole pipeline, (r) reading + shuffling + batching the serialized records,
 (q) ``parse_example`` of one batch over and over), and the end-to-end
 ``tfpipes.training.train`` wall time. Steady state: every path is traced and warmed up first.
+
+The headline lines (``name: value``): ``streaming/in-memory`` (s)/(c), ``streaming-rows/in-memory``
+(s-rows)/(c), ``cache/in-memory`` (a)/(c), ``ours/fit`` (a)/(b), each the median of the per-round
+ratios; and ``shuffle-tv/<layout>``: on a data set written in label order, the mean
+total-variation distance between each training batch's label histogram and the split's
+(lower is better; ``shuffle-tv/ideal`` is the uniform permutation of --cache, for scale).
 
   python bench/train.py                       # CPU, the issue's setting
   python bench/train.py --hidden 1024,1024 --batch-size 4096 --mixed-precision --jit   # GPU
@@ -55,23 +63,56 @@ def _args():
     p.add_argument("--nondeterministic", action="store_true", help="no op determinism")
     p.add_argument("--data-dir", default="", help="reuse/keep the data set here")
     p.add_argument("--skip-e2e", action="store_true", help="skip the end-to-end train() run")
-    p.add_argument("--paths", default="a,b,b',c,s,b-s,p,r,q", help="which measurements to run")
+    p.add_argument(
+        "--paths", default="a,b,b',c,s,s-rows,b-s,p,r,q", help="which measurements to run"
+    )
+    p.add_argument("--tv-rows", type=int, default=50_000, help="rows of the sorted data set")
+    p.add_argument("--tv-batches", type=int, default=200, help="batches the shuffle TV averages")
     return p.parse_args()
 
 
-def _make_data(args, work: str) -> str:
+def _make_data(args, work: str, layout: str, rows: int = 0, sort: bool = False) -> str:
+    """The benchmark data set in ``layout`` (reused from --data-dir when there)."""
     from tfpipes.preprocess import PreprocessConfig, preprocess
     from tfpipes.sample_data import write_float_csv
 
-    data = args.data_dir or os.path.join(work, "data")
+    name = f"data-{layout}" + ("-sorted" if sort else "")
+    data = os.path.join(args.data_dir or work, name)
     if os.path.exists(os.path.join(data, "manifest.json")):
         return data
-    csv = os.path.join(work, "bench.csv")
-    write_float_csv(csv, args.rows, args.features, args.classes, seed=0)
+    csv = os.path.join(work, f"bench{'-sorted' if sort else ''}.csv")
+    if not os.path.exists(csv):
+        write_float_csv(csv, rows or args.rows, args.features, args.classes, seed=0, sort=sort)
     preprocess(
-        PreprocessConfig(csv, data, "label", num_shards=10, eval_fraction=0.05, progress=False)
+        PreprocessConfig(
+            csv, data, "label", num_shards=10, eval_fraction=0.05, progress=False, layout=layout
+        )
     )
     return data
+
+
+def _shuffle_tv(args, work: str) -> dict:
+    """Mean TV distance of the batches' label mix from the split's, per layout, on a data set
+    written in label order (the same rows in every layout)."""
+    import numpy as np
+
+    from tfpipes.input_pipeline import label_mix_distance, load_in_memory, make_dataset
+    from tfpipes.layout import RECORD_LAYOUTS
+    from tfpipes.manifest import verify_dataset
+    from tfpipes.schema import load_schema
+
+    out = {}
+    for layout in RECORD_LAYOUTS:
+        data = _make_data(args, work, layout, rows=args.tv_rows, sort=True)
+        m, schema = verify_dataset(data), load_schema(data)
+        ds = make_dataset(data, m, "train", schema, args.batch_size, training=True, seed=1)
+        mem = load_in_memory(data, m, "train", schema, args.batch_size, seed=1)
+        ref = np.bincount(mem.labels.numpy(), minlength=args.classes) / mem.rows
+        out[layout] = label_mix_distance(ds.take(args.tv_batches), args.classes, ref)
+        if "ideal" not in out:
+            ideal = mem.dataset().take(args.tv_batches)
+            out["ideal"] = label_mix_distance(ideal, args.classes, ref)
+    return out
 
 
 def main() -> int:
@@ -93,7 +134,10 @@ def main() -> int:
     hidden = tuple(int(h) for h in args.hidden.split(","))
     work = tempfile.mkdtemp(prefix="bench-train-")
     try:
-        data = _make_data(args, work)
+        from tfpipes.layout import DEFAULT_RECORD_LAYOUT
+
+        data = _make_data(args, work, DEFAULT_RECORD_LAYOUT)
+        data_rows = _make_data(args, work, "rows")
         cfg = TrainConfig(
             data,
             os.path.join(work, "model"),
@@ -135,10 +179,13 @@ def main() -> int:
         ours = trainer()
         ours_s = trainer()
 
-        def stream():
+        manifest_rows = verify_dataset(data_rows)
+        ours_sr = trainer()
+
+        def stream(root=data, m=manifest):
             # A new iterator for each round: a live one would go on filling its buffers in
             # the background while the other paths run, and start its next round ahead.
-            return iter(make_dataset(data, manifest, "train", schema, B, training=True, seed=1))
+            return iter(make_dataset(root, m, "train", schema, B, training=True, seed=1))
 
         def run_ours(tr, it):
             tr.train_steps(it, K)  # warm (traced on the first call)
@@ -215,8 +262,9 @@ def main() -> int:
         # shuffling and batching of serialized records, (q) its parse of one batch, repeated.
         from tfpipes.input_pipeline import _parse_fn, _records
 
-        files = [os.path.join(data, f) for f in manifest.shard_paths("train")]
-        records = _records(files, manifest.compression or None, None)
+        # (r), (q): of the per-row layout, whose records are one row each.
+        files = [os.path.join(data_rows, f) for f in manifest_rows.shard_paths("train")]
+        records = _records(files, manifest_rows.compression or None, None)
         ds_r = records.shuffle(10_000, seed=1).repeat().batch(B, drop_remainder=True)
         one = next(iter(records.batch(B)))
         ds_q = tf.data.Dataset.from_tensors(one).repeat().map(_parse_fn(schema)).prefetch(1)
@@ -235,12 +283,16 @@ def main() -> int:
             "b": lambda: run_fit(fit_b),
             "b2": lambda: run_fit(fit_b2),
             "s": lambda: run_ours(ours_s, stream()),
+            "sr": lambda: run_ours(ours_sr, stream(data_rows, manifest_rows)),
             "bs": lambda: run_fit(fit_bs, ds_stream),
             "p": lambda: run_input(stream()),
             "r": lambda: run_input(iter(ds_r)),
             "q": lambda: run_input(iter(ds_q)),
         }
-        chosen = {p.strip().replace("'", "2").replace("-", "") for p in args.paths.split(",")}
+        chosen = {
+            p.strip().replace("'", "2").replace("-rows", "r").replace("-", "")
+            for p in args.paths.split(",")
+        }
         paths = {k: v for k, v in paths.items() if k in chosen}
         rounds: list[dict] = []
         for r in range(args.rounds):
@@ -250,14 +302,14 @@ def main() -> int:
                 order[:2] = order[1::-1]
             for name in order:
                 eps = rounds[-1][name] = paths[name]()
-                label = {"b2": "b'", "bs": "b-s"}.get(name, name)
+                label = {"b2": "b'", "bs": "b-s", "sr": "s-rows"}.get(name, name)
                 print(f"round {r + 1} ({label}) {eps:12,.0f} examples/s", flush=True)
 
         def stat(name, pick):
             xs = sorted(r[name] for r in rounds if name in r)
             return pick(xs) if xs else float("nan")
 
-        keys = ("a", "b", "b2", "c", "s", "bs", "p", "r", "q")
+        keys = ("a", "b", "b2", "c", "s", "sr", "bs", "p", "r", "q")
         best = {k: stat(k, max) for k in keys}
         med = {k: stat(k, statistics.median) for k in keys}
 
@@ -284,10 +336,11 @@ def main() -> int:
             ("b2", f"(b') model.fit, steps_per_execution={K}"),
             ("c", "(c) our step, in-memory tensors"),
             ("s", "(s) our trainer, streaming (no cache)"),
+            ("sr", "(s-rows) the same, per-row layout"),
             ("bs", "(b-s) model.fit, the streaming tf.data"),
             ("p", "(p) streaming input alone, no step"),
-            ("r", "(r) p's read+shuffle+batch, no parse"),
-            ("q", "(q) p's parse_example alone"),
+            ("r", "(r) s-rows' read+shuffle+batch"),
+            ("q", "(q) s-rows' parse_example alone"),
         ):
             if key in paths:
                 print(f"{name:40}{med[key]:12,.0f}{best[key]:12,.0f}")
@@ -316,6 +369,24 @@ def main() -> int:
             if goal is not None:
                 verdict = f"  goal >= {goal}: {'met' if m >= goal else 'NOT met'}"
             print(f"{name:9} = {m:.2f} (best/best {best[x] / best[y]:.2f}){verdict}")
+        headline = {
+            "streaming/in-memory": ("s", "c", 0.8),
+            "streaming-rows/in-memory": ("sr", "c", None),
+            "cache/in-memory": ("a", "c", None),
+            "ours/fit": ("a", "b", None),
+        }
+        for name, (x, y, goal) in headline.items():
+            if x in paths and y in paths:
+                m = median_ratio(x, y)
+                verdict = (
+                    ""
+                    if goal is None
+                    else f"  (goal >= {goal}: {'met' if m >= goal else 'NOT met'})"
+                )
+                print(f"{name}: {m:.2f}{verdict}")
+        tv = _shuffle_tv(args, work)
+        for layout, value in tv.items():
+            print(f"shuffle-tv/{layout}: {value:.3f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -60,13 +60,15 @@ def preprocess_op(
     na_values: str = "",
     task: str = "",
     on_missing_label: str = "drop",
+    layout: str = "blocks",
 ):
     """CSV at ``source`` (file, glob, directory or gs:// prefix) -> the ``examples`` data set.
 
     ``content_key`` (from fingerprint_op) is part of KFP's cache key, so the cache is reused
     only for the same input content; the output is recorded under it in ``cache_index``.
     ``na_values``: the missing-value tokens, comma-separated as ``--na-values`` ("": the
-    default set); ``task`` and ``on_missing_label`` as ``tfpipes preprocess``'s flags."""
+    default set); ``task``, ``on_missing_label`` and ``layout`` as ``tfpipes preprocess``'s
+    flags."""
     from tfpipes.errors import exit_on_error
     from tfpipes.preprocess import PreprocessConfig, preprocess
 
@@ -83,6 +85,7 @@ def preprocess_op(
                 progress=False,
                 task=task,
                 on_missing_label=on_missing_label,
+                layout=layout,
                 **({"na_values": tuple(na_values.split(","))} if na_values else {}),
             )
         )

@@ -227,10 +227,11 @@ def _verification_batch(cfg: ExportConfig, schema, make_dataset, manifest_lib):
 
     if cfg.data:
         with storage.local_dir(cfg.data) as root:
+            from tfpipes.records import read_row_records
+
             m = manifest_lib.verify_dataset(root)
-            files = [os.path.join(root, p) for p in m.shard_paths("eval") or m.shard_paths("train")]
-            ds = tf.data.TFRecordDataset(files, compression_type=m.compression or None)
-            records = [r.numpy() for r in ds.take(cfg.verify_examples)]
+            split = "eval" if m.shard_paths("eval") else "train"
+            records = read_row_records(root, m, schema, split, cfg.verify_examples)
     else:
         rng = np.random.default_rng(0)
         records = []

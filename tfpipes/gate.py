@@ -145,13 +145,12 @@ def evaluate_saved_model(saved_model: str, data: str, batch_size: int = 256) -> 
     ``saved_model`` (local or gs://, a ``tfpipes export``) on the eval split of the data set
     ``data``, computed as training computes them. UserError when either is not what it should
     be (no SavedModel, another schema, no eval rows)."""
-    import os
-
     import tensorflow as tf
 
     from tfpipes import layout, storage
     from tfpipes.input_pipeline import feature_spec, label_transform
     from tfpipes.manifest import verify_dataset
+    from tfpipes.records import row_record_dataset
     from tfpipes.schema import load_schema
     from tfpipes.training.step import evaluate
 
@@ -177,11 +176,9 @@ def evaluate_saved_model(saved_model: str, data: str, batch_size: int = 256) -> 
             return tf.expand_dims(out["predictions"], -1)
 
         m = verify_dataset(root)
-        files = [os.path.join(root, p) for p in m.shard_paths("eval")]
-        if not files:
+        if not m.shard_paths("eval"):
             raise UserError(f"{data}: the data set has no eval split")
-        ds = tf.data.TFRecordDataset(files, compression_type=m.compression or None)
-        ds = ds.batch(batch_size).map(
+        ds = row_record_dataset(root, m, schema, "eval", batch_size).map(
             lambda r: (r, to_target(tf.io.parse_example(r, label_spec)[label]))
         )
         try:

@@ -22,13 +22,12 @@ deterministic for a given seed:
 from __future__ import annotations
 
 import logging
-import math
 import os
 
 import tensorflow as tf
 
 from tfpipes.errors import UserError, first_line
-from tfpipes.layout import tf_dtype
+from tfpipes.layout import BLOCK_ROWS, MISSING_VALUES, tf_dtype
 from tfpipes.manifest import DatasetManifest
 from tfpipes.schema import Schema
 
@@ -40,11 +39,8 @@ LOAD_BATCH = 8192
 
 
 # What parsing puts in place of an absent feature (a missing value, schema.json v2), per
-# dtype. The model's FeatureEncoder treats these values as missing wherever they come from, so
-# a raw ``predict`` request says "missing" with them too: NaN; the smallest int64 (pandas'
-# NaT); the empty string. Preprocess never writes them as values (NaN/inf cells are an error
-# unless declared missing; an empty cell is missing).
-MISSING = {"float32": math.nan, "int64": -(2**63), "string": ""}
+# dtype; a raw ``predict`` request says "missing" with them too (see layout.MISSING_VALUES).
+MISSING = MISSING_VALUES
 
 
 def accepts_missing(schema: Schema) -> bool:
@@ -114,13 +110,24 @@ def dtype_groups(schema: Schema) -> dict[str, list[str]]:
     return groups
 
 
-def _parse_fn(schema: Schema):
-    """serialized records [n] -> (packed features, target [n]).
+def block_spec(schema: Schema) -> dict:
+    """``tf.io.parse_example`` spec of block records (``layout.RECORD_LAYOUTS``): every
+    column a ragged list of one value per row of its block."""
+    return {
+        f.name: tf.io.RaggedFeature(tf_dtype(f.dtype), row_splits_dtype=tf.int64)
+        for f in (*schema.features, schema.label)
+    }
+
+
+def _parse_fn(schema: Schema, layout: str = "rows"):
+    """serialized records [n] -> (packed features, target [rows]): n rows, or the rows of n
+    blocks in record order (``layout`` "blocks").
 
     Features of one dtype are stacked into one tensor: a batch is then a few tensors instead
     of one per feature, and each tensor costs the step's iterator a hand-over per batch.
     """
-    spec = feature_spec(schema)
+    spec = feature_spec(schema) if layout == "rows" else block_spec(schema)
+    flat = layout != "rows"
     to_target = label_transform(schema)
     label = schema.label.name
     groups = dtype_groups(schema)
@@ -130,6 +137,8 @@ def _parse_fn(schema: Schema):
 
     def parse(records):
         feats = tf.io.parse_example(records, spec)
+        if flat:  # each block's rows, one after another
+            feats = {k: v.flat_values for k, v in feats.items()}
         y = to_target(feats.pop(label))
         packed = {
             packed_key(dtype): tf.stack([feats[n] for n in names], axis=1)
@@ -140,7 +149,14 @@ def _parse_fn(schema: Schema):
     return parse
 
 
-def _records(files: list[str], compression: str | None, input_context) -> tf.data.Dataset:
+def split_files(root: str, manifest: DatasetManifest, split: str) -> list[str]:
+    """The local paths of the ``split`` shards, from the manifest (never by globbing)."""
+    return [os.path.join(root, p) for p in manifest.shard_paths(split)]
+
+
+def _records(
+    files: list[str], compression: str | None, input_context, block_length: int = 16
+) -> tf.data.Dataset:
     """Serialized records of ``files``, this input pipeline's share of them."""
     ds = tf.data.Dataset.from_tensor_slices(files)
     pipelines = input_context.num_input_pipelines if input_context is not None else 1
@@ -150,7 +166,7 @@ def _records(files: list[str], compression: str | None, input_context) -> tf.dat
     ds = ds.interleave(
         lambda f: tf.data.TFRecordDataset(f, compression_type=compression, buffer_size=1 << 20),
         cycle_length=max(1, min(len(files), 8)),
-        block_length=16,  # fewer switches between files; the shuffle mixes them anyway
+        block_length=block_length,  # fewer switches between files; the shuffle mixes them
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
@@ -185,29 +201,106 @@ def make_dataset(
     Raises UserError when the split has no files, or ``cache`` is asked for a split that does
     not fit in memory.
     """
-    files = [os.path.join(root, p) for p in manifest.shard_paths(split)]
+    files = split_files(root, manifest, split)
     if not files:
         raise UserError(f"{root}: the data set has no {split!r} shards")
-    compression = manifest.compression or None
-    parse = _parse_fn(schema)
-    if not training:
-        ds = _records(files, compression, None).batch(batch_size)
-        ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
-    if cache and tf.executing_eagerly():
+    if training and cache and tf.executing_eagerly():
         data = load_in_memory(
             root, manifest, split, schema, batch_size, seed=seed, input_context=input_context
         )
         return data.dataset(skip_batches)
-    ds = _records(files, compression, input_context)
-    if cache:  # inside a tf.function (a per-worker dataset): tf.data's own cache
-        ds = ds.cache()
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.batch(batch_size, drop_remainder=True)
-    if skip_batches:
-        ds = ds.skip(skip_batches)  # before parsing: skipped batches are only read
-    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    batches = _block_batches if manifest.layout == "blocks" else _row_batches
+    ds = batches(
+        files,
+        manifest.compression or None,
+        schema,
+        batch_size,
+        training,
+        seed=seed,
+        shuffle_buffer=shuffle_buffer,
+        input_context=input_context,
+        cache=cache,
+        skip_batches=skip_batches,
+    )
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def _row_batches(files, compression, schema, batch_size, training, **kw) -> tf.data.Dataset:
+    """Per-row records: shuffled one by one, batched, then parsed a batch at a time."""
+    parse = _parse_fn(schema)
+    if not training:
+        ds = _records(files, compression, None).batch(batch_size)
+        return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = _records(files, compression, kw["input_context"])
+    if kw["cache"]:  # inside a tf.function (a per-worker dataset): tf.data's own cache
+        ds = ds.cache()
+    ds = ds.shuffle(kw["shuffle_buffer"], seed=kw["seed"], reshuffle_each_iteration=True)
+    ds = ds.repeat().batch(batch_size, drop_remainder=True)
+    if kw["skip_batches"]:
+        ds = ds.skip(kw["skip_batches"])  # before parsing: skipped batches are only read
+    return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+# Blocks whose rows one permutation mixes, at least: with rows in label order (the worst
+# case) a batch's label mix is that of the blocks it draws from, so more blocks mix better
+# (bench/train.py's shuffle-tv lines).
+WINDOW_BLOCKS = 32
+# A block holds a row in about a fifth of the bytes of a per-row record (a float: 4 bytes
+# against a key, tags and lengths as well), so a block shuffle buffer of 4 x shuffle_buffer
+# rows takes no more memory than the per-row buffer of shuffle_buffer records.
+BLOCK_BUFFER_FACTOR = 4
+
+
+def shuffle_window_blocks(batch_size: int) -> int:
+    """Blocks whose rows one permutation mixes: WINDOW_BLOCKS, and 4 batches of rows or more."""
+    return max(WINDOW_BLOCKS, -(-4 * batch_size // BLOCK_ROWS))
+
+
+def _block_batches(files, compression, schema, batch_size, training, **kw) -> tf.data.Dataset:
+    """Block records: shuffled block by block (a buffer of BLOCK_BUFFER_FACTOR x
+    ``shuffle_buffer`` rows' worth of blocks, at least two windows), a window of blocks parsed
+    at once and its rows permuted (stateless, seeded by the window's index: the iterator's
+    state stays checkpointable), then cut into batches of ``batch_size`` rows."""
+    parse = _parse_fn(schema, "blocks")
+    if not training:
+        per = max(1, batch_size // BLOCK_ROWS)
+        ds = _records(files, compression, None).batch(per)
+        ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.rebatch(batch_size)
+    window = shuffle_window_blocks(batch_size)
+    ds = _records(files, compression, kw["input_context"], block_length=1)
+    if kw["cache"]:
+        ds = ds.cache()
+    buffer = max(2 * window, -(-BLOCK_BUFFER_FACTOR * kw["shuffle_buffer"] // BLOCK_ROWS))
+    ds = ds.shuffle(buffer, seed=kw["seed"], reshuffle_each_iteration=True).repeat()
+    seed = tf.constant(kw["seed"], tf.int64)
+
+    def parse_window(i, records):
+        feats, y = parse(records)
+        n = tf.shape(y, out_type=tf.int64)[0]
+        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=tf.stack([seed, i]))
+        return {k: tf.gather(v, order) for k, v in feats.items()}, tf.gather(y, order)
+
+    ds = ds.batch(window, drop_remainder=True).enumerate()
+    ds = ds.map(parse_window, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.rebatch(batch_size, drop_remainder=True)
+    if kw["skip_batches"]:
+        ds = ds.skip(kw["skip_batches"])
+    return ds
+
+
+def label_mix_distance(batches, num_classes: int, reference=None) -> float:
+    """Shuffle quality: the mean total-variation distance between each batch's label histogram
+    and ``reference`` (class probabilities; default: the histogram of all the batches' labels
+    together). 0 is a perfect mix; 1 is every batch of one class the reference lacks.
+    ``batches``: an iterable of (features, class ids) batches."""
+    import numpy as np
+
+    hists = [np.bincount(np.asarray(y), minlength=num_classes) for _, y in batches]
+    h = np.asarray(hists, dtype=np.float64)
+    p = h / h.sum(axis=1, keepdims=True)
+    ref = h.sum(axis=0) / h.sum() if reference is None else np.asarray(reference, np.float64)
+    return float(np.mean(0.5 * np.abs(p - ref[None, :]).sum(axis=1)))
 
 
 def _check_fits(manifest: DatasetManifest, split: str) -> None:
@@ -227,10 +320,11 @@ def _check_fits(manifest: DatasetManifest, split: str) -> None:
         )
 
 
-def load_columns(files, compression, schema: Schema, input_context=None):
+def load_columns(files, compression, schema: Schema, input_context=None, layout: str = "rows"):
     """Read and parse ``files`` once: (packed features ``{key: [rows, k]}``, targets [rows])."""
-    parse = _parse_fn(schema)
-    ds = _records(files, compression, input_context).batch(LOAD_BATCH)
+    parse = _parse_fn(schema, layout)
+    per = LOAD_BATCH if layout == "rows" else max(1, LOAD_BATCH // BLOCK_ROWS)
+    ds = _records(files, compression, input_context).batch(per)
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     parts, labels = [], []
     for feats, y in ds.prefetch(2):
@@ -291,12 +385,14 @@ def load_in_memory(
 
     Raises UserError if it cannot fit in half the available memory or has less than a batch.
     """
-    files = [os.path.join(root, p) for p in manifest.shard_paths(split)]
+    files = split_files(root, manifest, split)
     if not files:
         raise UserError(f"{root}: the data set has no {split!r} shards")
     _check_fits(manifest, split)
     with tf.device("/cpu:0"):
-        packed, labels = load_columns(files, manifest.compression or None, schema, input_context)
+        packed, labels = load_columns(
+            files, manifest.compression or None, schema, input_context, manifest.layout
+        )
     if device != "/cpu:0":
         with tf.device(device):
             packed = {k: tf.identity(v) for k, v in packed.items()}
@@ -311,13 +407,13 @@ def load_in_memory(
 def check_records(root: str, manifest: DatasetManifest, schema: Schema) -> None:
     """Parse the first record of every shard with the schema; UserError naming a shard that
     does not match (a data set whose records are not what its schema.json says)."""
-    spec = feature_spec(schema)
+    spec = feature_spec(schema) if manifest.layout == "rows" else block_spec(schema)
     compression = manifest.compression or None
     for rel in manifest.shard_paths("train") + manifest.shard_paths("eval"):
         path = os.path.join(root, rel)
         try:
             for rec in tf.data.TFRecordDataset(path, compression_type=compression).take(1):
-                tf.io.parse_single_example(rec, spec)
+                tf.io.parse_example(tf.reshape(rec, [1]), spec)
         except tf.errors.InvalidArgumentError as e:
             raise UserError(f"{path}: records do not match schema.json ({first_line(e)})") from None
         except tf.errors.DataLossError as e:

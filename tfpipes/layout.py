@@ -5,7 +5,9 @@ A data set (``tfpipes preprocess`` output)::
     <data>/manifest.json    written last; every file with size and CRC32C (tfpipes.manifest)
     <data>/schema.json      features, label, task (tfpipes.schema)
     <data>/stats.json       statistics per feature
-    <data>/train/, eval/    TFRecord shards
+    <data>/train/, eval/    TFRecord shards, in one of two record layouts (``RECORD_LAYOUTS``):
+                            "blocks" (the default): one tf.train.Example per block of up to
+                            ``BLOCK_ROWS`` rows, column by column; "rows": one per row
 
 A model directory (``tfpipes train`` output)::
 
@@ -37,6 +39,25 @@ LOGS = "logs"
 MODEL_DIR_POINTER = "MODEL_DIR"
 
 SAVED_MODEL_PB = "saved_model.pb"
+
+# The record layouts of a data set's shards (manifest.json ``layout``; absent = "rows"):
+# "rows" holds one tf.train.Example per row, its missing cells left out; "blocks" holds one
+# tf.train.Example per block of up to BLOCK_ROWS consecutive rows of one shard: each column a
+# feature of that name whose list holds one value per row (MISSING_VALUES in a missing cell),
+# BLOCK_ROWS_KEY the row count, and BLOCK_MISSING_KEY, when a cell is missing, the flat
+# indices ``row * columns + column`` of the missing cells (columns: the features in schema
+# order, then the label). Parsing then costs per block, not per row.
+RECORD_LAYOUTS = ("blocks", "rows")
+DEFAULT_RECORD_LAYOUT = "blocks"
+BLOCK_ROWS = 512
+BLOCK_ROWS_KEY = "tfpipes:rows"
+BLOCK_MISSING_KEY = "tfpipes:missing"
+
+# What stands for a missing value once parsed, per dtype (the model's FeatureEncoder treats
+# these values as missing wherever they come from): NaN; the smallest int64 (pandas' NaT); the
+# empty string. Preprocess never writes them as values (NaN/inf cells are an error unless
+# declared missing; an empty cell is missing).
+MISSING_VALUES = {"float32": float("nan"), "int64": -(2**63), "string": ""}
 
 # The feature dtypes a schema may name, and their TensorFlow types (see tf_dtype).
 DTYPES = ("float32", "int64", "string")

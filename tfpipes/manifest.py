@@ -16,6 +16,7 @@ import google_crc32c
 
 from tfpipes import storage
 from tfpipes.errors import UserError
+from tfpipes.layout import RECORD_LAYOUTS
 
 MANIFEST = "manifest.json"
 FORMAT = storage.DATASET_FORMAT
@@ -38,6 +39,7 @@ class DatasetManifest:
     compression: str  # "" or "GZIP"
     created: str
     source_hash: str = ""
+    layout: str = "rows"  # the shards' record layout (tfpipes.layout.RECORD_LAYOUTS)
 
     def shard_paths(self, split: str) -> list[str]:
         return [s.path for s in self.shards if s.split == split]
@@ -67,6 +69,7 @@ def write_manifest(
     compression: str,
     source_hash: str = "",
     checksums: dict[str, tuple[int, str]] | None = None,
+    layout: str = "rows",
 ) -> DatasetManifest:
     """Checksum every listed file under ``local_root`` and write ``manifest.json`` there.
 
@@ -94,6 +97,7 @@ def write_manifest(
         compression=compression,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         source_hash=source_hash,
+        layout=layout,
     )
     storage.write_text(os.path.join(local_root, MANIFEST), m.to_json())
     return m
@@ -119,9 +123,12 @@ def read_manifest(root: str) -> DatasetManifest:
             compression=d["compression"],
             created=d["created"],
             source_hash=d.get("source_hash", ""),
+            layout=d.get("layout", "rows"),  # written before the block layout: per-row records
         )
         if not isinstance(m.rows, dict) or m.compression not in ("", "GZIP"):
             raise ValueError("rows or compression of an unknown shape")
+        if m.layout not in RECORD_LAYOUTS:
+            raise ValueError(f"layout {m.layout!r}, expected one of {', '.join(RECORD_LAYOUTS)}")
         return m
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: corrupt manifest ({e})") from None

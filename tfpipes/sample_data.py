@@ -36,8 +36,11 @@ def write_csv(path: str, rows: int, task: str = "classification", seed: int = 0)
         f.write("\n")
 
 
-def write_float_csv(path: str, rows: int, features: int = 20, classes: int = 10, seed=0) -> None:
-    """The benchmark shape: ``features`` float columns f0.. and an int label in [0, classes)."""
+def write_float_csv(
+    path: str, rows: int, features: int = 20, classes: int = 10, seed=0, sort: bool = False
+) -> None:
+    """The benchmark shape: ``features`` float columns f0.. and an int label in [0, classes);
+    ``sort``: rows in label order within each chunk of 200,000 (the worst case of a shuffle)."""
     rng = np.random.default_rng(seed)
     chunk = 200_000
     w = rng.normal(size=(features, classes))
@@ -47,6 +50,9 @@ def write_float_csv(path: str, rows: int, features: int = 20, classes: int = 10,
             n = min(chunk, rows - start)
             x = rng.normal(size=(n, features)).astype(np.float32)
             y = np.argmax(x @ w + 0.5 * rng.normal(size=(n, classes)), axis=1)
+            if sort:
+                order = np.argsort(y, kind="stable")
+                x, y = x[order], y[order]
             text = np.char.mod("%.6f", x)
             lines = [",".join(r) + f",{lab}" for r, lab in zip(text.tolist(), y.tolist())]
             f.write("\n".join(lines) + "\n")

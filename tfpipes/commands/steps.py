@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from tfpipes.layout import DEFAULT_RECORD_LAYOUT, RECORD_LAYOUTS
+
 log = logging.getLogger("tfpipes")
 
 
@@ -35,6 +37,13 @@ def register(sub) -> None:
     )
     p.add_argument("--split-seed", type=int, default=0, help="salt of the split hash (0)")
     p.add_argument("--compression", choices=["", "GZIP"], default="", help="shard compression")
+    p.add_argument(
+        "--layout",
+        choices=list(RECORD_LAYOUTS),
+        default=DEFAULT_RECORD_LAYOUT,
+        help="record layout of the shards: blocks (one tf.train.Example per block of rows, "
+        "column by column: fastest to train on; the default) or rows (one per row)",
+    )
     p.add_argument(
         "--schema",
         default="",
@@ -139,6 +148,7 @@ def _preprocess(args) -> int:
             num_shards=args.num_shards,
             split_seed=args.split_seed,
             compression=args.compression,
+            layout=args.layout,
             schema_path=args.schema,
             overwrite=args.overwrite,
             workers=args.workers,

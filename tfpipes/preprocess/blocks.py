@@ -37,6 +37,7 @@ class Plan:
     formats: dict = dataclasses.field(default_factory=dict)  # timestamp column -> strptime format
     na_values: tuple[str, ...] = ()  # cells that are missing values
     on_missing_label: str = "drop"
+    layout: str = "rows"  # the shards' record layout (tfpipes.layout.RECORD_LAYOUTS)
 
     def kind(self, name: str) -> str:
         return self.kinds.get(name, "")

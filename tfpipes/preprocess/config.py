@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from tfpipes.errors import UserError
+from tfpipes.layout import DEFAULT_RECORD_LAYOUT, RECORD_LAYOUTS
 from tfpipes.schema import Schema
 
 # The cells read as missing values unless --na-values says otherwise ("" is an empty cell).
@@ -32,6 +33,10 @@ class PreprocessConfig:
     na_values: the cells that are missing values (exact text; a quoted one too).
     task: "" (inferred from the label), "classification" or "regression".
     on_missing_label: "drop" (rows without a label are dropped and counted) or "fail".
+    layout: the shards' record layout (``layout.RECORD_LAYOUTS``): "blocks" (one
+        ``tf.train.Example`` per block of rows, column by column: what training reads fastest)
+        or "rows" (one per row, as other TensorFlow tools and TF Serving requests expect).
+        Every tfpipes reader takes either (``tfpipes.records`` yields per-row records of both).
     """
 
     source: str
@@ -50,6 +55,7 @@ class PreprocessConfig:
     na_values: tuple[str, ...] = DEFAULT_NA_VALUES
     task: str = ""
     on_missing_label: str = "drop"
+    layout: str = DEFAULT_RECORD_LAYOUT
 
     def validate(self) -> None:
         if not self.label:
@@ -72,6 +78,10 @@ class PreprocessConfig:
             )
         if isinstance(self.na_values, str) or not all(isinstance(v, str) for v in self.na_values):
             raise UserError(f"--na-values must be a list of strings, got {self.na_values!r}")
+        if self.layout not in RECORD_LAYOUTS:
+            raise UserError(
+                f"--layout must be one of {', '.join(RECORD_LAYOUTS)}, got {self.layout!r}"
+            )
         if self.block_size < 1:
             raise UserError(f"block_size must be positive, got {self.block_size}")
 

@@ -1,9 +1,10 @@
-"""Encoding a block's rows: ``tf.train.Example`` records (:mod:`.example_codec`), the
-train/eval split by a hash of each record, and each split cut into ``num_shards`` chunks.
+"""Encoding a block's rows: ``tf.train.Example`` records (:mod:`.example_codec`, one per row;
+or :mod:`.block_codec`, one per block of rows), the train/eval split by a hash of each row's
+record, and each split cut into ``num_shards`` chunks.
 
-The split hashes the serialized example, so the same row always lands in the same split
-whatever the file order, block size or worker count. With ``--compression GZIP`` each chunk is
-one gzip member; TensorFlow reads a shard of such members as one stream.
+The split hashes the row's serialized example, so the same row always lands in the same split
+whatever the file order, block size, worker count or record layout. With ``--compression
+GZIP`` each chunk is one gzip member; TensorFlow reads a shard of such members as one stream.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import zlib
 
 import numpy as np
 
-from tfpipes.preprocess import example_codec
+from tfpipes.layout import BLOCK_ROWS
+from tfpipes.preprocess import block_codec, example_codec
 from tfpipes.preprocess.blocks import Plan
 
 SPLIT_BUCKETS = 10_000
@@ -34,15 +36,56 @@ def encode_splits(plan: Plan, cols: dict, present: dict | None = None) -> dict[s
     and each cut into ``plan.num_shards`` chunks: ``{"train": Chunks, "eval": Chunks}``.
     ``present`` (column -> bool mask or None) leaves missing cells out of their Example."""
     present = present or {}
-    batch = example_codec.ExampleBatch(
-        [(c, plan.types[c], cols[c], present.get(c)) for c in plan.order]
-    )
+    columns = [(c, plan.types[c], cols[c], present.get(c)) for c in plan.order]
+    batch = example_codec.ExampleBatch(columns)
     is_eval = split_mask(batch.crcs(), plan.eval_fraction, plan.split_seed)
     splits = {}
     for split, sel in (("train", ~is_eval), ("eval", is_eval)):
-        frames, starts = batch.frames(np.flatnonzero(sel))
-        splits[split] = cut_chunks(frames, starts, plan.num_shards, plan.compression)
+        rows = np.flatnonzero(sel)
+        if plan.layout == "blocks":
+            splits[split] = _block_chunks(columns, rows, plan.num_shards, plan.compression)
+        else:
+            frames, starts = batch.frames(rows)
+            splits[split] = cut_chunks(frames, starts, plan.num_shards, plan.compression)
     return splits
+
+
+def _block_chunks(columns: list, rows: np.ndarray, k: int, compression: str) -> Chunks:
+    """The split's ``rows`` cut into k chunks as :func:`cut_chunks` cuts them, each chunk's
+    rows written as block records (:mod:`.block_codec`)."""
+    taken = [
+        (name, dt, _take(values, rows), None if present is None else present[rows])
+        for name, dt, values, present in columns
+    ]
+    data = block_codec.encode_blocks(taken, _chunk_bounds(len(rows), k), BLOCK_ROWS)
+    return Chunks([_compressed(d, compression) for d in data], _chunk_rows(len(rows), k))
+
+
+def _take(values, rows: np.ndarray):
+    if isinstance(values, np.ndarray):
+        return values[rows]
+    import pyarrow as pa
+
+    return values.take(pa.array(rows, type=pa.int64()))
+
+
+def _chunk_bounds(n: int, k: int) -> list[int]:
+    # The first n % k chunks get the extra row; the writer sends chunk i to shard
+    # (i + rows so far) % k, so the extra rows go round-robin and shards stay within one row.
+    q, r = divmod(n, k)
+    return [i * q + min(i, r) for i in range(k + 1)]
+
+
+def _chunk_rows(n: int, k: int) -> list[int]:
+    b = _chunk_bounds(n, k)
+    return [hi - lo for lo, hi in zip(b[:-1], b[1:])]
+
+
+def _compressed(piece: np.ndarray, compression: str) -> np.ndarray:
+    if len(piece) and compression == "GZIP":
+        z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # one gzip member per chunk
+        return np.frombuffer(z.compress(piece) + z.flush(), dtype=np.uint8)
+    return piece
 
 
 def split_mask(data_crc: np.ndarray, eval_fraction: float, seed: int) -> np.ndarray:
@@ -56,18 +99,10 @@ def split_mask(data_crc: np.ndarray, eval_fraction: float, seed: int) -> np.ndar
 
 def cut_chunks(frames: np.ndarray, starts: np.ndarray, k: int, compression: str) -> Chunks:
     """Cut n records into k contiguous chunks of n // k or n // k + 1 records."""
-    n = len(starts) - 1
-    # The first n % k chunks get the extra row; the writer sends chunk i to shard
-    # (i + rows so far) % k, so the extra rows go round-robin and shards stay within one row.
-    q, r = divmod(n, k)
-    bounds = [i * q + min(i, r) for i in range(k + 1)]
+    bounds = _chunk_bounds(len(starts) - 1, k)
     data, rows = [], []
-    for i in range(k):
-        lo, hi = bounds[i], bounds[i + 1]
-        piece = frames[starts[lo] : starts[hi]]  # a view: written out without a copy
-        if hi > lo and compression == "GZIP":
-            z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # one gzip member per chunk
-            piece = np.frombuffer(z.compress(piece) + z.flush(), dtype=np.uint8)
-        data.append(piece)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        # a view: written out without a copy
+        data.append(_compressed(frames[starts[lo] : starts[hi]], compression))
         rows.append(hi - lo)
     return Chunks(data, rows)

@@ -83,6 +83,12 @@ def preprocess(cfg: PreprocessConfig) -> PreprocessResult:
             raise UserError(f"{files[0]}: no label column {cfg.label!r}; columns are: {shown}")
         if len(header) < 2:
             raise UserError(f"{files[0]}: only the label column; at least one feature is needed")
+        reserved = {layout.BLOCK_ROWS_KEY, layout.BLOCK_MISSING_KEY} & set(header)
+        if reserved and cfg.layout == "blocks":
+            raise UserError(
+                f"{files[0]}: column {sorted(reserved)[0]!r} is a name the block layout "
+                "reserves; rename it or pass --layout rows"
+            )
     unknown = sorted(set(overrides) - set(header))
     if unknown:
         log.warning("--schema names columns not in the data, ignored: %s", unknown)
@@ -235,6 +241,7 @@ def _make_plan(cfg, header, overrides, inference: ColumnInference) -> tuple[Plan
             formats=formats,
             na_values=tuple(cfg.na_values),
             on_missing_label=cfg.on_missing_label,
+            layout=cfg.layout,
         ),
         task,
     )
@@ -352,6 +359,7 @@ class _Run:
             cfg.compression,
             source_hash,
             checksums=checksums,
+            layout=self.plan.layout,
         )
         return PreprocessResult(
             cfg.output,

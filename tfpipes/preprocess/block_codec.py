@@ -1,0 +1,142 @@
+"""The block record layout (``layout.RECORD_LAYOUTS``): one ``tf.train.Example`` per block of
+up to ``layout.BLOCK_ROWS`` consecutive rows, column by column.
+
+Each column becomes one feature of its own name holding a packed list of one value per row,
+so a reader parses a block per record instead of a row per record. A missing cell holds its
+dtype's ``layout.MISSING_VALUES`` entry (what parsing gives a per-row record without the
+feature), and ``BLOCK_MISSING_KEY`` lists the missing cells so that the per-row records can be
+rebuilt exactly (:mod:`tfpipes.records`). Everything is vectorized per column; the per-block
+work is a few byte slices and joins per column.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tfpipes.layout import BLOCK_MISSING_KEY, BLOCK_ROWS_KEY, MISSING_VALUES
+from tfpipes.preprocess.example_codec import (
+    _arrow_offsets,
+    _as_large_binary,
+    _join,
+    _varint,
+    frame_records,
+)
+
+# The Feature oneof field of each dtype's list (feature.proto): bytes 1, float 2, int64 3.
+_LIST_TAG = {"string": 0x0A, "float32": 0x12, "int64": 0x1A}
+
+
+def _len_prefix(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _field(tag: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return bytes([tag]) + _len_prefix(len(payload)) + payload
+
+
+def _flat_varints(values) -> tuple[np.ndarray, np.ndarray]:
+    """(flat uint8, n + 1 offsets) of the values' varints (two's complement for negatives)."""
+    piece = _varint(np.asarray(values, dtype=np.int64))
+    if piece[0] == "u8":
+        m = piece[1]
+        return m.reshape(-1), np.arange(len(m) + 1, dtype=np.int64) * m.shape[1]
+    m, lens = piece[1], piece[2]
+    offsets = np.zeros(len(m) + 1, dtype=np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    return m[np.arange(m.shape[1])[None, :] < lens[:, None]], offsets
+
+
+def _elements(dt: str, values, present) -> tuple[np.ndarray, np.ndarray]:
+    """One column's list elements as bytes: (flat uint8, n + 1 offsets); a missing cell holds
+    its dtype's missing value."""
+    n = len(values)
+    if dt == "float32":
+        v = np.asarray(values, dtype="<f4")
+        if present is not None:
+            v = np.where(present, v, np.float32(MISSING_VALUES["float32"])).astype("<f4")
+        return v.view(np.uint8), np.arange(n + 1, dtype=np.int64) * 4
+    if dt == "int64":
+        v = np.asarray(values, dtype=np.int64)
+        if present is not None:
+            v = np.where(present, v, np.int64(MISSING_VALUES["int64"]))
+        return _flat_varints(v)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = _as_large_binary(values)
+    if present is not None:
+        arr = pc.if_else(pa.array(present), arr, pa.scalar(b"", pa.large_binary()))
+    lens = np.diff(_arrow_offsets(arr))
+    # BytesList{1: value} repeated: each element carries its own tag and length.
+    return _join([("const", b"\x0a"), _varint(lens), ("arrow", arr)], n)
+
+
+def encode_blocks(columns: list[tuple], bounds: list[int], block_rows: int) -> list[np.ndarray]:
+    """Framed block records of each chunk of rows ``bounds[i]:bounds[i + 1]``, cut into blocks
+    of ``block_rows`` (the last of a chunk may be shorter): one flat uint8 array per chunk.
+
+    ``columns``: (name, dtype, values, present or None) in schema order (features, then the
+    label), one value per row.
+    """
+    cols = []
+    absent = []
+    for name, dt, values, present in columns:
+        pres = None if present is None or bool(np.all(present)) else np.asarray(present, bool)
+        flat, off = _elements(dt, values, pres)
+        key = _field(0x0A, name.encode("utf-8"))
+        cols.append((key, dt, flat, off))
+        absent.append(None if pres is None else ~pres)
+    n = len(columns[0][2]) if columns else 0
+    missing = None
+    if any(a is not None for a in absent):
+        missing = np.zeros((n, len(columns)), dtype=bool)
+        for c, a in enumerate(absent):
+            if a is not None:
+                missing[:, c] = a
+    out = []
+    for lo_chunk, hi_chunk in zip(bounds[:-1], bounds[1:]):
+        records = [
+            _block_record(cols, missing, lo, min(lo + block_rows, hi_chunk))
+            for lo in range(lo_chunk, hi_chunk, block_rows)
+        ]
+        if not records:
+            out.append(np.zeros(0, np.uint8))
+            continue
+        offsets = np.zeros(len(records) + 1, dtype=np.int64)
+        np.cumsum([len(r) for r in records], out=offsets[1:])
+        flat = np.frombuffer(b"".join(records), dtype=np.uint8)
+        frames, _ = frame_records(flat, offsets)
+        out.append(np.frombuffer(frames, dtype=np.uint8))
+    return out
+
+
+def _block_record(cols: list, missing, lo: int, hi: int) -> bytes:
+    """One serialized Example of rows lo..hi."""
+    entries = []
+    for key, dt, flat, off in cols:
+        payload = flat[off[lo] : off[hi]].tobytes()
+        lst = payload if dt == "string" else _field(0x0A, payload)  # packed floats / varints
+        entries.append(_entry(key, _field(_LIST_TAG[dt], lst)))
+    rows = _flat_varints(np.array([hi - lo]))[0].tobytes()
+    entries.append(_entry(_field(0x0A, BLOCK_ROWS_KEY.encode()), _field(0x1A, _field(0x0A, rows))))
+    if missing is not None:
+        cells = np.flatnonzero(missing[lo:hi])
+        if len(cells):
+            flat_cells = _flat_varints(cells)[0].tobytes()
+            key = _field(0x0A, BLOCK_MISSING_KEY.encode())
+            entries.append(_entry(key, _field(0x1A, _field(0x0A, flat_cells))))
+    return _field(0x0A, b"".join(entries))
+
+
+def _entry(key_field: bytes, feature: bytes) -> bytes:
+    """Features{1: MapEntry{1: key, 2: Feature}}."""
+    return _field(0x0A, key_field + _field(0x12, feature))
