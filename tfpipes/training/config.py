@@ -179,7 +179,9 @@ class TrainConfig:
     max_to_keep: int = param(3, "checkpoints kept ({default})", check=at_least(1))
     log_every: int = param(100, "steps between log lines ({default})", check=at_least(1))
     seed: int = param(42, "random seed ({default})", pipeline="seed")
-    shuffle_buffer: int = param(10_000, "shuffle buffer in rows ({default}; 4x that in the block layout)", check=at_least(1))
+    shuffle_buffer: int = param(
+        10_000, "shuffle buffer in rows ({default}; 4x that in the block layout)", check=at_least(1)
+    )
     strategy: str = param(
         "",  # the environment's choice
         "force default | one_device | mirrored | multi_worker | parameter_server",
