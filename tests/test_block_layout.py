@@ -105,3 +105,12 @@ def test_block_shuffle_mixes_sorted_labels_no_worse_than_the_per_row_buffer(tmp_
         tv[lay] = label_mix_distance(ds.take(250), 4, ref)
     assert tv["blocks"] <= tv["rows"], tv
     assert tv["blocks"] < 0.5, tv  # far from one label a batch
+
+    # Every row once per epoch (f0 tells the rows apart), in a new order each epoch.
+    every = make_dataset(root, m, "train", schema, 1000, training=False)
+    ids = np.sort(np.concatenate([f["__float32__"].numpy()[:, 0] for f, _ in every]))
+    n = m.rows["train"]
+    stream = np.concatenate([f["__float32__"].numpy()[:, 0] for f, _ in ds.take(2 * n // 32 + 1)])
+    for e in range(2):
+        np.testing.assert_array_equal(np.sort(stream[e * n : (e + 1) * n]), ids)
+    assert not np.array_equal(stream[:n], stream[n : 2 * n])

@@ -39,6 +39,16 @@ def data(tmp_path_factory) -> str:
     return out
 
 
+@pytest.fixture(scope="module")
+def data_rows(data) -> str:
+    """The same rows in the per-row record layout (``--layout rows``)."""
+    from tfpipes.preprocess import PreprocessConfig, preprocess
+
+    src, out = os.path.join(os.path.dirname(data), "data.csv"), data + "-rows"
+    preprocess(PreprocessConfig(src, out, "label", num_shards=2, progress=False, layout="rows"))
+    return out
+
+
 def _cfg(data, model_dir, **kw):
     from tfpipes.training import TrainConfig
 
@@ -153,11 +163,17 @@ def test_killed_and_restarted_run_ends_with_identical_weights(data, outside_dir)
     assert len([f for f in os.listdir(os.path.join(d, "killed", "checkpoints"))]) <= 5
 
 
-@pytest.mark.parametrize("cache", [False, True], ids=["streaming", "cache"])
-def test_steps_per_loop_1_and_50_give_the_same_weights(data, tmp_path, cache):
+@pytest.mark.parametrize(
+    "cache,layout", [(False, "blocks"), (False, "rows"), (True, "blocks")],
+    ids=["streaming", "streaming-rows", "cache"],
+)  # fmt: skip
+def test_steps_per_loop_1_and_50_give_the_same_weights(request, tmp_path, cache, layout):
     """Also across a resume: the 50-steps run stops at 70 and a new run goes on to 120 (with
-    --cache the data position is the step count; streaming, the iterator's saved state)."""
+    --cache the data position is the step count; streaming, the iterator's saved state), in
+    either record layout (the kill test runs on the default, blocks)."""
     from tfpipes.training import train
+
+    data = request.getfixturevalue("data" if layout == "blocks" else "data_rows")
 
     def cfg(name, spl, steps):
         return _cfg(data, tmp_path / name, train_steps=steps, steps_per_loop=spl, cache=cache)

@@ -272,7 +272,10 @@ def _block_batches(files, compression, schema, batch_size, training, **kw) -> tf
     if kw["cache"]:
         ds = ds.cache()
     buffer = max(2 * window, -(-BLOCK_BUFFER_FACTOR * kw["shuffle_buffer"] // BLOCK_ROWS))
-    ds = ds.shuffle(buffer, seed=kw["seed"], reshuffle_each_iteration=True).repeat()
+    ds = ds.shuffle(buffer, seed=kw["seed"], reshuffle_each_iteration=True)
+    # Windows end with the epoch (its last one is shorter): every row once per epoch, as
+    # with per-row records, however few blocks a pipeline reads.
+    ds = ds.batch(window).repeat()
     seed = tf.constant(kw["seed"], tf.int64)
 
     def parse_window(i, records):
@@ -281,7 +284,7 @@ def _block_batches(files, compression, schema, batch_size, training, **kw) -> tf
         order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=tf.stack([seed, i]))
         return {k: tf.gather(v, order) for k, v in feats.items()}, tf.gather(y, order)
 
-    ds = ds.batch(window, drop_remainder=True).enumerate()
+    ds = ds.enumerate()
     ds = ds.map(parse_window, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.rebatch(batch_size, drop_remainder=True)
     if kw["skip_batches"]:
