@@ -266,6 +266,7 @@ def test_run_local_docker_matches_subprocess(tfpipes_image, outside_dir):
 
     from tests.conftest import run_tfpipes
     from tfpipes.manifest import read_manifest
+    from tfpipes.records import dataset_row_records
     from tfpipes.sample_data import write_csv
 
     d = str(outside_dir)
@@ -304,8 +305,7 @@ def test_run_local_docker_matches_subprocess(tfpipes_image, outside_dir):
     log = open(os.path.join(d, "root-docker", "run-local.log")).read()
     assert "Found image 'tfpipes:" in log and "pip install" not in log
     data = arts["subprocess"]["examples"]
-    files = [os.path.join(data, p) for p in read_manifest(data).shard_paths("eval")]
-    records = tf.constant([r.numpy() for r in tf.data.TFRecordDataset(files)])
+    records = tf.constant(dataset_row_records(data, "eval"))
     outs = {}
     for runner, a in arts.items():
         sig = tf.saved_model.load(os.path.join(a["exported"], "1")).signatures["serving_default"]

@@ -218,10 +218,10 @@ def _trained_model(model_dir):
 
 def _eval_records(root):
     from tfpipes.manifest import verify_dataset
+    from tfpipes.records import dataset_row_records
 
-    m = verify_dataset(root)
-    files = [os.path.join(root, p) for p in m.shard_paths("eval")]
-    return [r.numpy() for r in tf.data.TFRecordDataset(files)]
+    verify_dataset(root)
+    return dataset_row_records(root, "eval")
 
 
 def _raw_request(records, schema):

@@ -38,12 +38,9 @@ def _checkpoint_predictions(model_dir: str, records: list[bytes]) -> np.ndarray:
 
 
 def _eval_records(data_dir: str) -> list[bytes]:
-    import tensorflow as tf
+    from tfpipes.records import dataset_row_records
 
-    from tfpipes.manifest import read_manifest
-
-    files = [os.path.join(data_dir, p) for p in read_manifest(data_dir).shard_paths("eval")]
-    return [r.numpy() for r in tf.data.TFRecordDataset(files)]
+    return dataset_row_records(data_dir, "eval")
 
 
 def _preprocess_and_train(d: str, csv: str, shards: int, *train_args: str) -> None:

@@ -227,7 +227,8 @@ def test_forced_types(tmp_path):
 
 
 def _records(out) -> dict[str, list[bytes]]:
-    """Serialized examples per split, read with the TFRecord framing checked (no TensorFlow)."""
+    """Serialized per-row examples per split, read with the TFRecord framing checked (no
+    TensorFlow), rebuilt from their blocks in the block layout."""
     import gzip
     import struct
 
@@ -251,6 +252,13 @@ def _records(out) -> dict[str, list[bytes]]:
                 assert crc == int(_mask_crc(np.array([google_crc32c.value(body)]))[0])
                 recs.append(body)
                 pos += 16 + n
+        if m.layout == "blocks" and recs:  # the per-row records the blocks hold
+            import tensorflow as tf
+
+            from tfpipes.records import rows_of_blocks
+            from tfpipes.schema import load_schema
+
+            recs = rows_of_blocks(tf.constant(recs), load_schema(str(out)))
         got[split] = recs
     return got
 

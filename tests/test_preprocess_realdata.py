@@ -5,7 +5,6 @@ bugs found by the fault campaigns (issue 12)."""
 import csv
 import datetime as dt
 import json
-import os
 
 import numpy as np
 import pytest
@@ -21,15 +20,16 @@ def _records(out) -> list[dict]:
     """Every Example of both splits as {feature: value} (absent features are absent keys)."""
     import tensorflow as tf
 
+    from tfpipes.records import dataset_row_records
+
     rows = []
     for split in ("train", "eval"):
-        for name in sorted(os.listdir(out / split)):
-            for rec in tf.data.TFRecordDataset(str(out / split / name)):
-                ex = tf.train.Example.FromString(rec.numpy())
-                row = {}
-                for k, f in ex.features.feature.items():
-                    row[k] = getattr(f, f.WhichOneof("kind")).value[0]
-                rows.append(row)
+        for rec in dataset_row_records(str(out), split):
+            ex = tf.train.Example.FromString(rec)
+            row = {}
+            for k, f in ex.features.feature.items():
+                row[k] = getattr(f, f.WhichOneof("kind")).value[0]
+            rows.append(row)
     return rows
 
 

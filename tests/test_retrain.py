@@ -253,14 +253,13 @@ def test_three_retrains_a_broken_fourth_and_a_rollback_on_one_publish_base(tmp_p
     assert p.returncode == 0 and p.stdout.strip() == "3", p.stderr
     lin3 = json.loads(run_tfpipes("models", "show", "--base", base, cwd=d).stdout)
     assert (lin3["version"], lin3["rollback_of"], lin3["rolled_back_from"]) == (3, 1, 2)
-    from tfpipes.manifest import read_manifest
+    from tfpipes.records import dataset_row_records
 
     data = os.path.join(d, "day1")  # any eval rows of the same schema
     from tfpipes.preprocess import PreprocessConfig, preprocess
 
     preprocess(PreprocessConfig(csvs[1], data, "label", num_shards=1, progress=False))
-    files = [os.path.join(data, s) for s in read_manifest(data).shard_paths("eval")]
-    records = tf.constant([r.numpy() for r in tf.data.TFRecordDataset(files).take(50)])
+    records = tf.constant(dataset_row_records(data, "eval", 50))
     out = {
         v: tf.saved_model.load(os.path.join(base, v))
         .signatures["serving_default"](examples=records)["logits"]

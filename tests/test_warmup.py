@@ -39,8 +39,8 @@ def test_export_writes_warmup_requests_that_run_against_its_signatures(tmp_path)
     import tensorflow as tf
 
     from tfpipes.export import ExportConfig, export
-    from tfpipes.manifest import read_manifest
     from tfpipes.preprocess import PreprocessConfig, preprocess
+    from tfpipes.records import dataset_row_records
     from tfpipes.sample_data import write_csv
     from tfpipes.training import TrainConfig, train
 
@@ -61,8 +61,7 @@ def test_export_writes_warmup_requests_that_run_against_its_signatures(tmp_path)
     ]
     assert len(logs) == 2 * warmup.DEFAULT_ROWS  # one request per signature per row
     loaded = tf.saved_model.load(r.path)
-    files = [os.path.join(data, p) for p in read_manifest(data).shard_paths("eval")]
-    eval_rows = [raw.numpy() for raw in tf.data.TFRecordDataset(files).take(warmup.DEFAULT_ROWS)]
+    eval_rows = dataset_row_records(data, "eval", warmup.DEFAULT_ROWS)
     expected = loaded.signatures["serving_default"](examples=tf.constant(eval_rows))
 
     signatures = []

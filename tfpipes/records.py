@@ -62,6 +62,15 @@ def read_row_records(
     return [r for rows in iter_row_records(root, manifest, schema, split, limit) for r in rows]
 
 
+def dataset_row_records(root: str, split: str, limit: int | None = None) -> list[bytes]:
+    """:func:`read_row_records` of the committed local data set ``root`` (its manifest and
+    schema read here)."""
+    from tfpipes.manifest import read_manifest
+    from tfpipes.schema import load_schema
+
+    return read_row_records(root, read_manifest(root), load_schema(root), split, limit)
+
+
 def row_record_dataset(root: str, manifest: DatasetManifest, schema: Schema, split: str, batch):
     """A ``tf.data`` pipeline of batches of ``batch`` serialized per-row Examples."""
     import tensorflow as tf

@@ -321,12 +321,9 @@ def _fmt_metrics(metrics) -> str:
 def _show_predictions(saved_model: str, data_dir: str, n: int = 3) -> None:
     import tensorflow as tf
 
-    from tfpipes.manifest import read_manifest
-    from tfpipes.records import read_row_records
-    from tfpipes.schema import load_schema
+    from tfpipes.records import dataset_row_records
 
-    m = read_manifest(data_dir)
-    records = read_row_records(data_dir, m, load_schema(data_dir), "eval", n)
+    records = dataset_row_records(data_dir, "eval", n)
     model = tf.saved_model.load(saved_model)
     out = model.signatures["serving_default"](examples=tf.constant(records))
     for i, rec in enumerate(records):
