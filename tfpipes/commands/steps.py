@@ -18,7 +18,8 @@ def register(sub) -> None:
         formatter_class=fmt,
         description=(
             "Turn CSV/TSV (plain or .gz) or Parquet files (a file, glob, directory or gs://\n"
-            "prefix) into a data set of sharded TFRecord files of tf.train.Example, one per row,\n"
+            "prefix) into a data set of sharded TFRecord files of tf.train.Example (one per\n"
+            "block of rows, column by column; --layout rows: one per row),\n"
             "with schema.json, stats.json and a deterministic hash-based train/eval split. The\n"
             "output is written to a staging place and committed with manifest.json last: a\n"
             "failed run leaves nothing behind. Bad rows stop the run with file:line: column\n"

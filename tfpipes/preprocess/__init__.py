@@ -2,7 +2,8 @@
 
 Output layout (written to a staging place, committed with ``manifest.json`` last)::
 
-    <output>/train/part-00000-of-00008.tfrecord[.gz]   one tf.train.Example per row
+    <output>/train/part-00000-of-00008.tfrecord[.gz]   one tf.train.Example per block of rows
+                                                       (``--layout rows``: per row)
     <output>/eval/part-00000-of-00008.tfrecord[.gz]
     <output>/schema.json      feature names, dtypes, kinds, shapes; label; task (v2)
     <output>/stats.json       per feature count/missing and quantiles or top values; label
