@@ -114,3 +114,18 @@ def test_block_shuffle_mixes_sorted_labels_no_worse_than_the_per_row_buffer(tmp_
     for e in range(2):
         np.testing.assert_array_equal(np.sort(stream[e * n : (e + 1) * n]), ids)
     assert not np.array_equal(stream[:n], stream[n : 2 * n])
+
+    # Input pipelines (MWMS/PS workers) read disjoint rows that cover the split: by file with
+    # as many files as pipelines, by block with fewer.
+    from tfpipes.input_pipeline import load_columns, split_files
+
+    for pipelines in (2, 3):
+        shares = [
+            load_columns(
+                split_files(root, m, "train"), None, schema,
+                tf.distribute.InputContext(pipelines, i, 1), "blocks",
+            )[0]["__float32__"].numpy()[:, 0]
+            for i in range(pipelines)
+        ]  # fmt: skip
+        assert all(len(s) for s in shares)
+        np.testing.assert_array_equal(np.sort(np.concatenate(shares)), ids)
