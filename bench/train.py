@@ -2,10 +2,10 @@
 
 One process, one data set, one model (an MLP 20 features -> 128 -> 64 -> 10, batch 256 by
 default), measured in the same run, in many short alternating rounds. Within a round the paths
-run back to back, (a) and (c) next to each other in alternating order, so the headline is the
-median over rounds of the per-round ratio: on this shared 2-core box one path's throughput
-swings by 20-30 % from second to second, and a ratio of two paths measured apart (best against
-best) swings as much:
+run back to back, (a), (c) and (s) next to each other ((c) in the middle) in alternating
+order, so the headline is the median over rounds of the per-round ratio: on this shared 2-core
+box one path's throughput swings by 20-30 % from second to second, and a ratio of two paths
+measured apart (best against best) swings as much:
 
   (a) our trainer reading the TFRecords: what ``tfpipes train --cache`` runs: the split is
       parsed once into memory, then each step gathers its shuffled batch itself
@@ -297,9 +297,12 @@ def main() -> int:
         rounds: list[dict] = []
         for r in range(args.rounds):
             rounds.append({})
-            order = list(paths)
-            if r % 2:  # (a) then (c), (c) then (a): a slow drift favours neither
-                order[:2] = order[1::-1]
+            # (c) between the two paths compared with it, (s-rows) next: a then c then s,
+            # then the reverse: a slow drift favours neither side.
+            head = [k for k in ("sr", "a", "c", "s") if k in paths]
+            if r % 2:
+                head.reverse()
+            order = head + [k for k in paths if k not in head]
             for name in order:
                 eps = rounds[-1][name] = paths[name]()
                 label = {"b2": "b'", "bs": "b-s", "sr": "s-rows"}.get(name, name)

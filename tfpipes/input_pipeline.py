@@ -8,10 +8,13 @@ feature absent from a record (a missing value, schema.json v2) parses as its dty
 exported model see missing values the same way. Two ways to feed training, both
 deterministic for a given seed:
 
-- streaming (the default): a parallel deterministic interleave over the shards, a shuffle of
-  the serialized records, ``batch`` and then one vectorized ``tf.io.parse_example`` per batch,
-  then ``prefetch``. Its position is the tf.data iterator's state, saved in the checkpoint
-  (or, where a strategy's iterator cannot be saved, rebuilt with ``skip_batches``).
+- streaming (the default): a parallel deterministic interleave over the shards, then by the
+  manifest's record layout: per-row records are shuffled, batched and parsed by one vectorized
+  ``tf.io.parse_example`` per batch; block records (``layout.RECORD_LAYOUTS``) are shuffled
+  as blocks, a window of blocks is parsed at once, its rows permuted and cut into batches
+  (:func:`_block_batches`). Then ``prefetch``. Its position is the tf.data iterator's state,
+  saved in the checkpoint (or, where a strategy's iterator cannot be saved, rebuilt with
+  ``skip_batches``).
 - in memory (``--cache``, :class:`InMemoryData`): the split is read and parsed once; batch g
   is a ``tf.gather`` of rows picked by ``index_shuffle``, a stateless permutation of each
   epoch. The trainer computes it inside its step from the step count (no iterator, no
