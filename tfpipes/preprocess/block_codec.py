@@ -27,6 +27,9 @@ _LIST_TAG = {"string": 0x0A, "float32": 0x12, "int64": 0x1A}
 
 
 def _len_prefix(n: int) -> bytes:
+    """The varint of a non-negative int (a length, a row count)."""
+    if n < 0x80:
+        return bytes([n])
     out = bytearray()
     while True:
         b = n & 0x7F
@@ -103,9 +106,10 @@ def encode_blocks(columns: list[tuple], bounds: list[int], block_rows: int) -> l
             if a is not None:
                 missing[:, c] = a
     out = []
+    heads: dict = {}  # (column, payload bytes) -> the bytes before the payload
     for lo_chunk, hi_chunk in zip(bounds[:-1], bounds[1:]):
         records = [
-            _block_record(cols, missing, lo, min(lo + block_rows, hi_chunk))
+            _block_record(cols, missing, lo, min(lo + block_rows, hi_chunk), heads)
             for lo in range(lo_chunk, hi_chunk, block_rows)
         ]
         if not records:
@@ -119,14 +123,29 @@ def encode_blocks(columns: list[tuple], bounds: list[int], block_rows: int) -> l
     return out
 
 
-def _block_record(cols: list, missing, lo: int, hi: int) -> bytes:
-    """One serialized Example of rows lo..hi."""
+def _column_head(key_field: bytes, dt: str, n: int) -> bytes:
+    """The bytes of a column's map entry before its ``n`` payload bytes (the list's values)."""
+    lst_head = b"" if dt == "string" else b"\x0a" + _len_prefix(n)  # packed floats / varints
+    lst = len(lst_head) + n
+    feat = 1 + len(_len_prefix(lst)) + lst
+    entry = len(key_field) + 1 + len(_len_prefix(feat)) + feat
+    return (
+        b"\x0a" + _len_prefix(entry) + key_field + b"\x12" + _len_prefix(feat)
+        + bytes([_LIST_TAG[dt]]) + _len_prefix(lst) + lst_head
+    )  # fmt: skip
+
+
+def _block_record(cols: list, missing, lo: int, hi: int, heads: dict) -> bytes:
+    """One serialized Example of rows lo..hi (``heads``: a cache of :func:`_column_head`)."""
     entries = []
-    for key, dt, flat, off in cols:
-        payload = flat[off[lo] : off[hi]].tobytes()
-        lst = payload if dt == "string" else _field(0x0A, payload)  # packed floats / varints
-        entries.append(_entry(key, _field(_LIST_TAG[dt], lst)))
-    rows = _flat_varints(np.array([hi - lo]))[0].tobytes()
+    for c, (key, dt, flat, off) in enumerate(cols):
+        a, b = int(off[lo]), int(off[hi])
+        head = heads.get((c, b - a))
+        if head is None:
+            head = heads[(c, b - a)] = _column_head(key, dt, b - a)
+        entries.append(head)
+        entries.append(flat[a:b].tobytes())
+    rows = _len_prefix(hi - lo)  # a non-negative int64's varint
     entries.append(_entry(_field(0x0A, BLOCK_ROWS_KEY.encode()), _field(0x1A, _field(0x0A, rows))))
     if missing is not None:
         cells = np.flatnonzero(missing[lo:hi])
