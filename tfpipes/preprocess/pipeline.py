@@ -68,21 +68,7 @@ def preprocess(cfg: PreprocessConfig) -> PreprocessResult:
     if total_bytes <= cfg.block_size:
         workers = 1  # one block: nothing to share
     overrides = load_overrides(cfg.schema_path) if cfg.schema_path else {}
-    with contextlib.ExitStack() as stack:
-        first = open_input(files[0], cfg.block_size)
-        stack.callback(first.close)
-        header = first.header
-        if len(header) > MAX_COLUMNS:
-            # Per-column costs (inference, statistics, encoding) make a very wide table slow
-            # and memory-hungry (100,000 columns: minutes and GBs for a few rows): refuse it.
-            raise UserError(
-                f"{files[0]}: {len(header):,} columns; at most {MAX_COLUMNS:,} are supported"
-            )
-        if cfg.label not in header:
-            shown = ", ".join(header[:20]) + (", ..." if len(header) > 20 else "")
-            raise UserError(f"{files[0]}: no label column {cfg.label!r}; columns are: {shown}")
-        if len(header) < 2:
-            raise UserError(f"{files[0]}: only the label column; at least one feature is needed")
+    header = read_header(cfg, files)
     unknown = sorted(set(overrides) - set(header))
     if unknown:
         log.warning("--schema names columns not in the data, ignored: %s", unknown)
@@ -102,6 +88,26 @@ def preprocess(cfg: PreprocessConfig) -> PreprocessResult:
         result = _write(*args, e.plan, e.task, None)
     secs, cpu = time.monotonic() - t0, time.process_time() - cpu0
     return dataclasses.replace(result, seconds=secs, workers=workers, cpu_seconds=cpu)
+
+
+def read_header(cfg: PreprocessConfig, files: list[str]) -> list[str]:
+    """The first input's header, checked: not too wide, holding the label and a feature."""
+    with contextlib.ExitStack() as stack:
+        first = open_input(files[0], cfg.block_size)
+        stack.callback(first.close)
+        header = first.header
+        if len(header) > MAX_COLUMNS:
+            # Per-column costs (inference, statistics, encoding) make a very wide table slow
+            # and memory-hungry (100,000 columns: minutes and GBs for a few rows): refuse it.
+            raise UserError(
+                f"{files[0]}: {len(header):,} columns; at most {MAX_COLUMNS:,} are supported"
+            )
+        if cfg.label not in header:
+            shown = ", ".join(header[:20]) + (", ..." if len(header) > 20 else "")
+            raise UserError(f"{files[0]}: no label column {cfg.label!r}; columns are: {shown}")
+        if len(header) < 2:
+            raise UserError(f"{files[0]}: only the label column; at least one feature is needed")
+    return header
 
 
 class _BadInput(UserError):
@@ -174,9 +180,18 @@ def open_input(path: str, block_size: int) -> CsvInput | ParquetInput:
     return ParquetInput(path) if is_parquet(path) else CsvInput(path, block_size)
 
 
-def _scan(cfg: PreprocessConfig, files: list[str], header: list[str], workers: int, sample: bool):
+def _scan(
+    cfg: PreprocessConfig,
+    files: list[str],
+    header: list[str],
+    workers: int,
+    sample: bool,
+    listing=None,
+):
     """The first pass: every file's header checked and its columns profiled, in input order
-    (``sample``: the head of each CSV block and the tail of each file's last one)."""
+    (``sample``: the head of each CSV block and the tail of each file's last one).
+    ``listing``: told of each CSV block (``block(inp, block)``) and each file read
+    (``file(inp)``), for a fan-out plan (:mod:`.fanout`)."""
     inference = ColumnInference(header, cfg.label)
     na = tuple(cfg.na_values)
     scan_plan = ScanPlan(tuple(header), na, cfg.label, SAMPLE_BYTES if sample else 0)
@@ -192,9 +207,13 @@ def _scan(cfg: PreprocessConfig, files: list[str], header: list[str], workers: i
                     )
                 if isinstance(inp, ParquetInput):
                     inference.merge(inp.profile(cfg.label))
+                    if listing is not None:
+                        listing.file(inp)
                     continue
                 last = None
                 for block in inp.blocks():  # one behind: the last block's tail is read too
+                    if listing is not None:
+                        listing.block(inp, block)
                     if last is not None:
                         for prof in runner.submit(scan_plan, last):
                             inference.merge(prof)
@@ -207,6 +226,8 @@ def _scan(cfg: PreprocessConfig, files: list[str], header: list[str], workers: i
                             inference.merge(prof)
                 for prof in runner.drain():
                     inference.merge(prof)
+                if listing is not None:
+                    listing.file(inp)
             finally:
                 inp.close()
     finally:

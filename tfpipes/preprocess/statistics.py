@@ -193,6 +193,13 @@ class _Categorical:
             keep = sorted(self.counts.items(), key=lambda kv: -kv[1])[: EXACT_UNIQUE // 2]
             self.counts = dict(keep)
 
+    def absorb(self, missing: int, count: int, counts: dict, sketch, approximate: bool) -> None:
+        """Fold another fold's figures (a fan-out part's): the same result as folding its
+        blocks here while neither passes ``EXACT_UNIQUE`` values; the sketch exactly so."""
+        self.merge(missing, list(counts), list(counts.values()), np.asarray(sketch, np.uint64))
+        self.count += count - sum(counts.values())  # a truncated fold's count is the true one
+        self.approximate |= approximate
+
     def unique(self) -> int:
         if not self.approximate:
             return len(self.counts)
