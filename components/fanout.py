@@ -15,7 +15,6 @@ from typing import List
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Output
-
 from tfpipes_components.steps import IMAGE
 
 

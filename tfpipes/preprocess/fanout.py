@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import tempfile
 
 from tfpipes import storage
 from tfpipes.errors import UserError
@@ -192,8 +193,18 @@ def plan_fanout(
     text = json.dumps(doc, sort_keys=True)
     doc["id"] = hashlib.sha256(text.encode()).hexdigest()[:16]
     _fresh_staging(staging)
-    storage.write_text(storage.join(staging, PLAN_FILE), json.dumps(doc, indent=1) + "\n")
+    _write_plan(staging, json.dumps(doc, indent=1) + "\n")
     return _from_doc(doc)
+
+
+def _write_plan(staging: str, text: str) -> None:
+    """The plan file, marked as the staging place's (so that only ours is ever removed)."""
+    if not storage.is_remote(staging):
+        storage.write_text(storage.join(staging, PLAN_FILE), text)
+        return
+    with tempfile.TemporaryDirectory(prefix="tfpipes-plan-") as tmp:
+        storage.write_text(os.path.join(tmp, *PLAN_FILE.split("/")), text)
+        storage.commit_files(tmp, staging, [PLAN_FILE], owner=storage.owner_mark(staging))
 
 
 def _config_doc(cfg: PreprocessConfig) -> dict:

@@ -153,13 +153,14 @@ def _verified(fp: FanoutPlan, i: int, listed: dict | None) -> dict:
         shard = storage.join(fp.staging, name)
         if listed is not None:
             got = listed.get(name)
-        else:
+        else:  # local: the size (reading every byte back would make the commit cost the data)
             got = (os.path.getsize(shard), crc) if os.path.isfile(shard) else None
         if got is None:
             raise UserError(f"{where}: its shard {shard} is missing; {again}")
         if tuple(got) != (size, crc):
+            found = f"{got[0]} bytes" + (f", CRC32C {got[1]}" if got[1] != crc else "")
             raise UserError(
-                f"{where}: its shard {shard} does not match what the part wrote ({got[0]} "
-                f"bytes, CRC32C {got[1]}; expected {size}, {crc}); {again}"
+                f"{where}: its shard {shard} does not match what the part wrote ({found}; "
+                f"expected {size} bytes, CRC32C {crc}); {again}"
             )
     return p
