@@ -112,6 +112,7 @@ def bench_fanout(parts_list=(1, 10, 100, 1000), rounds: int = 3, big_mb: int = 2
         c100 = commit_s.get(100, 0.0)
         fan = plan_s / mb * total + part_mb * total / 100 + c100
         show("fanout predicted speedup 100 nodes 100GB", single_s / mb * total / fan)
+        show("fanout commit/part-time 100 parts of 1GB", c100 / (part_mb * 1000))
         show("fanout plan/single", plan_s / single_s)  # the serial share: caps the speedup
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
