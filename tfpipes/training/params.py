@@ -4,9 +4,10 @@ The parameters are written once, as the fields of :class:`TrainConfig` with thei
 (``tfpipes.training.config.param``). From them come:
 
 - ``tfpipes train``'s flags (:func:`add_train_flags`, :func:`config_from_args`);
-- the pipeline parameters (:data:`PIPELINE_PARAMS`: KFP name, type and default) that the KFP
-  components and both pipelines write out (KFP reads the signatures, so they are typed by hand;
-  ``tests/test_params.py`` compares each with this), and run-local's flags
+- the pipeline parameters (:data:`PIPELINE_PARAMS`: KFP name, type and default): both
+  pipelines' signatures are built from them (``tfpipes_pipelines.parameters``); the KFP
+  components write them out (KFP ships a component's source, so they are typed by hand;
+  ``tests/test_params.py`` compares each with this); and run-local's flags
   (:func:`add_pipeline_flags`);
 - a config from pipeline or component values (:func:`from_params`), parsing text values such
   as ``hidden="64,32"`` with the same parser as the CLI, so a bad value is the same one-line
