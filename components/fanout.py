@@ -2,8 +2,9 @@
 
 (No ``from __future__ import annotations`` here: kfp reads the annotations as types.)
 
-Thin adapters over :mod:`tfpipes.preprocess.fanout` and its part and commit modules, like
-:mod:`tfpipes_components.steps`. The plan's ``staging`` artifact is the staging place: every
+The DAG (plan, ParallelFor over the parts, the commit over ``dsl.Collected``) is
+:mod:`tfpipes_pipelines.fanout`'s. Thin adapters over :mod:`tfpipes.preprocess.fanout` and
+its part and commit modules, like :mod:`tfpipes_components.steps`. The plan's ``staging`` artifact is the staging place: every
 part task writes its shards and partial statistics into it (the part tasks see it as an
 input artifact, a directory in the pipeline root), and the commit task verifies them and
 commits the ``examples`` data set — the same data set ``preprocess_op`` writes, with
@@ -111,31 +112,3 @@ def commit_op(staging: Input[Artifact], done: List[str], examples: Output[Datase
         }
     )
     print(f"preprocess-commit: {r.rows} rows from {len(done)} parts -> {examples.path}")
-
-
-@dsl.pipeline(name="tfpipes-preprocess-fanout")
-def fanout_preprocess(
-    source: str,
-    label: str,
-    parts: int = 8,
-    eval_fraction: float = 0.2,
-    num_shards: int = 16,
-    block_size: int = 4 << 20,
-) -> Dataset:
-    """The fan-out as a pipeline (usable as a step of another): plan, one part task per part
-    in ``dsl.ParallelFor``, the commit over ``dsl.Collected`` part names."""
-    plan = plan_op(
-        source=source,
-        label=label,
-        parts=parts,
-        eval_fraction=eval_fraction,
-        num_shards=num_shards,
-        block_size=block_size,
-    )
-    plan.set_caching_options(False)
-    with dsl.ParallelFor(plan.outputs["Output"]) as i:
-        part = part_op(staging=plan.outputs["staging"], part=i)
-        part.set_caching_options(False)
-    commit = commit_op(staging=plan.outputs["staging"], done=dsl.Collected(part.output))
-    commit.set_caching_options(False)
-    return commit.outputs["examples"]

@@ -85,7 +85,7 @@ def _fanout(src: str, out: str, parts: int, staging: str = "", **kw):
 
 def test_kfp_local_fanout_1_3_8_parts_equal_single_process(tmp_path):
     from kfp import local
-    from tfpipes_components.fanout import fanout_preprocess
+    from tfpipes_pipelines.fanout import fanout_preprocess
 
     src = _write_inputs(tmp_path)
     _single(src, str(tmp_path / "single"))
