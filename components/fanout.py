@@ -4,12 +4,13 @@
 
 The DAG (plan, ParallelFor over the parts, the commit over ``dsl.Collected``) is
 :mod:`tfpipes_pipelines.fanout`'s. Thin adapters over :mod:`tfpipes.preprocess.fanout` and
-its part and commit modules, like :mod:`tfpipes_components.steps`. The plan's ``staging`` artifact is the staging place: every
-part task writes its shards and partial statistics into it (the part tasks see it as an
-input artifact, a directory in the pipeline root), and the commit task verifies them and
-commits the ``examples`` data set — the same data set ``preprocess_op`` writes, with
-``ceil(num_shards / parts)`` shards per split per part. A retried part rewrites only its own
-files; a part whose output is missing or corrupt fails the commit with its number.
+its part and commit modules, like :mod:`tfpipes_components.steps`. The plan's ``staging``
+artifact is the staging place: every part task writes its shards and partial statistics
+into it (the part tasks see it as an input artifact, a directory in the pipeline root), and
+the commit task verifies them and commits the ``examples`` data set — the same data set
+``preprocess_op`` writes, with ``ceil(num_shards / parts)`` shards per split per part. A
+retried part rewrites only its own files; a part whose output is missing or corrupt fails
+the commit with its number.
 """
 
 from typing import List
