@@ -34,6 +34,9 @@ TRAINING = params(*((p.pipeline, p.kfp_type, p.kfp_default) for p in PIPELINE_PA
 SPLIT = params(("eval_fraction", float, 0.2), ("num_shards", int, 16))
 CACHE = params(("cache_index", str, ""))
 DATA_STEPS = INPUT + SPLIT + CACHE  # what fingerprint_op and preprocess_op take
+# Above ``fanout_bytes`` of input, preprocess runs fanned out in ``fanout_parts`` parallel
+# tasks (tfpipes_pipelines.fanout); at or below it, in one task.
+FANOUT = params(("fanout_bytes", int, 1 << 30), ("fanout_parts", int, 8))
 OUTPUT = params(("model_version", str, ""), ("publish_base", str, ""))
 # The data check's thresholds (``tfpipes check-data``; check_data_op's parameters).
 DATA_CHECK = params(
@@ -54,11 +57,11 @@ def pick(values: Mapping[str, Any], table: Iterable[inspect.Parameter]) -> dict[
 
 def pipeline_signature(own: Iterable[inspect.Parameter], returns: Any) -> Callable:
     """A decorator: ``body(**values)`` becomes a function whose signature, as ``@dsl.pipeline``
-    reads it, is the parameters every pipeline has (INPUT, TRAINING, SPLIT, OUTPUT, CACHE,
-    DATA_CHECK, GATE) with the pipeline's ``own`` after INPUT, returning ``returns``. The
+    reads it, is the parameters every pipeline has (INPUT, TRAINING, SPLIT, FANOUT, OUTPUT,
+    CACHE, DATA_CHECK, GATE) with the pipeline's ``own`` after INPUT, returning ``returns``. The
     function binds its arguments to that signature (defaults applied) and calls ``body`` with
     them."""
-    tables = (INPUT, own, TRAINING, SPLIT, OUTPUT, CACHE, DATA_CHECK, GATE)
+    tables = (INPUT, own, TRAINING, SPLIT, FANOUT, OUTPUT, CACHE, DATA_CHECK, GATE)
     signature = inspect.Signature([q for t in tables for q in t], return_annotation=returns)
 
     def decorate(body: Callable) -> Callable:

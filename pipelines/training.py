@@ -15,8 +15,10 @@ from typing import NamedTuple
 from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Dataset, Metrics, Model
 from tfpipes_components import export_op, fingerprint_op, preprocess_op, train_op
+from tfpipes_components.fanout import input_bytes_op
 from tfpipes_components.retrain import check_data_op, evaluate_op, publish_op
 from tfpipes_components.steps import IMAGE
+from tfpipes_pipelines.fanout import fanout_steps
 from tfpipes_pipelines.parameters import (
     DATA_CHECK,
     DATA_STEPS,
@@ -64,19 +66,41 @@ def with_credentials(task, options: PipelineOptions):
     return task
 
 
-def data_steps(options, values):
-    """fingerprint -> preprocess, shared by every pipeline; returns the preprocess task.
-    ``values``: the pipeline's parameters (those of ``DATA_STEPS`` are passed on).
+class DataSteps(NamedTuple):
+    """What the data steps give the rest of a pipeline: ``outputs["examples"]``, the data set
+    of whichever branch ran (``dsl.OneOf``)."""
 
-    The fingerprint is never cached (it must look at the data every time); preprocess is
-    cached with the content key among its parameters, so it is reused only for the same bytes.
+    outputs: dict
+
+
+def data_steps(options, values) -> DataSteps:
+    """preprocess, in one task or fanned out, shared by every pipeline. ``values``: the
+    pipeline's parameters (those of ``DATA_STEPS`` and ``FANOUT`` are used).
+
+    Input above ``fanout_bytes``: the fan-out (tfpipes_pipelines.fanout), not cached. Else
+    fingerprint -> preprocess: the fingerprint is never cached (it must look at the data every
+    time); preprocess is cached with the content key among its parameters, so it is reused
+    only for the same bytes.
     """
     data = pick(values, DATA_STEPS)
-    fp = with_credentials(fingerprint_op(**data), options)
-    fp.set_caching_options(False)
-    pre = with_credentials(preprocess_op(**data, content_key=fp.output), options)
-    pre.set_caching_options(True)
-    return pre
+    size = with_credentials(input_bytes_op(source=values["source"]), options)
+    size.set_caching_options(False)
+    wrap = lambda task: with_credentials(task, options)  # noqa: E731
+    with dsl.If(size.output > values["fanout_bytes"], name="large-input"):
+        fan = fanout_steps(
+            values["source"],
+            values["label"],
+            values["fanout_parts"],
+            values["eval_fraction"],
+            values["num_shards"],
+            wrap=wrap,
+        )
+    with dsl.Else(name="small-input"):
+        fp = wrap(fingerprint_op(**data))
+        fp.set_caching_options(False)
+        pre = wrap(preprocess_op(**data, content_key=fp.output))
+        pre.set_caching_options(True)
+    return DataSteps({"examples": dsl.OneOf(fan.outputs["examples"], pre.outputs["examples"])})
 
 
 def check_step(options, pre, values):

@@ -17,6 +17,14 @@ def _compiled(tmp_path, options=PipelineOptions()):
     return docs[0], (docs[1] if len(docs) > 1 else {})
 
 
+def _all_tasks(spec) -> dict:
+    """Every task of the pipeline, those inside conditions and loops too, by name."""
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for comp in spec["components"].values():
+        tasks |= comp.get("dag", {}).get("tasks", {})
+    return tasks
+
+
 def test_caching_resources_and_placement(tmp_path):
     opts = PipelineOptions(
         train_gpus=2,
@@ -26,28 +34,39 @@ def test_caching_resources_and_placement(tmp_path):
         gcs_secret="gcs-key",
     )
     spec, platform = _compiled(tmp_path, opts)
-    tasks = spec["root"]["dag"]["tasks"]
-    # issue 15: a data check before training, the gate, and publishing only when blessed
-    assert set(tasks) == {
-        "fingerprint-op",
-        "preprocess-op",
+    tasks = _all_tasks(spec)
+    # issue 15: a data check before training, the gate, and publishing only when blessed;
+    # issue 13: preprocess in one task, or fanned out above the input-size threshold
+    root = spec["root"]["dag"]["tasks"]
+    blessed = [n for n in root if n.startswith("condition-") and "branches" not in n]
+    branches = [n for n in tasks if n.startswith("condition-branches-")]
+    assert len(blessed) == 1 and len(branches) == 1
+    assert set(spec["root"]["dag"]["tasks"]) == {
+        "input-bytes-op",
+        branches[0],
         "check-data-op",
         "train-op",
         "export-op",
         "evaluate-op",
-        "condition-1",
+        blessed[0],
     }
     caching = {
-        name: t.get("cachingOptions", {}).get("enableCache", False) for name, t in tasks.items()
+        name: t.get("cachingOptions", {}).get("enableCache", False)
+        for name, t in tasks.items()
+        if not name.startswith(("condition-", "for-loop-"))
     }
     assert caching == {
+        "input-bytes-op": False,
         "fingerprint-op": False,
         "preprocess-op": True,
+        "plan-op": False,
+        "part-op": False,
+        "commit-op": False,
         "check-data-op": False,
         "train-op": False,
         "export-op": False,
         "evaluate-op": False,
-        "condition-1": False,
+        "publish-op": False,
     }
     # preprocess's cache key includes the content key computed from the data
     pre_inputs = tasks["preprocess-op"]["inputs"]["parameters"]
@@ -62,7 +81,7 @@ def test_caching_resources_and_placement(tmp_path):
     assert train["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}
     ]
-    for name in ("exec-preprocess-op", "exec-train-op", "exec-export-op"):
+    for name in ("exec-preprocess-op", "exec-train-op", "exec-export-op", "exec-part-op"):
         assert execs[name]["secretAsVolume"][0]["secretName"] == "gcs-key"
         env = spec["deploymentSpec"]["executors"][name]["container"]["env"]
         assert {
@@ -152,8 +171,9 @@ def test_every_step_runs_as_kfp_ships_it(tmp_path, distributed):
     path = str(tmp_path / "p.yaml")
     assert main(["compile", *(["--distributed"] if distributed else []), "-o", path]) == 0
     executors = yaml.safe_load(open(path))["deploymentSpec"]["executors"]
-    # issue 15: both pipelines add check-data, evaluate and publish
-    assert len(executors) == 7
+    # issue 15: both pipelines add check-data, evaluate and publish; issue 13: input-bytes,
+    # plan, part and commit (the fan-out)
+    assert len(executors) == 11
     for name, executor in executors.items():
         (program,) = [a for a in executor["container"]["command"] if "\ndef " in a]
         source = tmp_path / f"{name}.py"

@@ -13,6 +13,8 @@ PIPELINE_PARAMS = (
     # training parameters' flags come from TrainConfig (tfpipes.training.params).
     ("--eval-fraction", "eval_fraction", float, 0.2, "share of rows for eval"),
     ("--num-shards", "num_shards", int, 16, "shards per split"),
+    ("--fanout-bytes", "fanout_bytes", int, 1 << 30, "input bytes above which preprocess fans out"),
+    ("--fanout-parts", "fanout_parts", int, 8, "parallel preprocess tasks when it fans out"),
     ("--checkpoint-dir", "checkpoint_dir", str, "", "durable checkpoint dir (local or gs://)"),
     ("--version", "model_version", str, "", "exported model version (default: now)"),
     ("--publish-base", "publish_base", str, "", "also publish the SavedModel under this base"),
