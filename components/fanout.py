@@ -91,9 +91,10 @@ def part_op(staging: Input[Artifact], part: int) -> str:
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def commit_op(staging: Input[Artifact], done: List[str], examples: Output[Dataset]):
+def commit_op(staging: Input[Artifact], done: List[str], examples: Output[Dataset]) -> str:
     """Verify every part of the plan in ``staging`` (``done``: the parts' names, collected),
-    merge their statistics and commit the ``examples`` data set, manifest last."""
+    merge their statistics and commit the ``examples`` data set, manifest last; returns its
+    URI (as ``preprocess_op`` does)."""
     from tfpipes.errors import UserError, exit_on_error
     from tfpipes.preprocess.fanout_commit import commit_fanout
 
@@ -113,3 +114,4 @@ def commit_op(staging: Input[Artifact], done: List[str], examples: Output[Datase
         }
     )
     print(f"preprocess-commit: {r.rows} rows from {len(done)} parts -> {examples.path}")
+    return examples.uri

@@ -68,7 +68,7 @@ def with_credentials(task, options: PipelineOptions):
 
 class DataSteps(NamedTuple):
     """What the data steps give the rest of a pipeline: ``outputs["examples"]``, the data set
-    of whichever branch ran (``dsl.OneOf``)."""
+    of whichever branch ran."""
 
     outputs: dict
 
@@ -100,7 +100,11 @@ def data_steps(options, values) -> DataSteps:
         fp.set_caching_options(False)
         pre = wrap(preprocess_op(**data, content_key=fp.output))
         pre.set_caching_options(True)
-    return DataSteps({"examples": dsl.OneOf(fan.outputs["examples"], pre.outputs["examples"])})
+    # kfp.local picks a OneOf of parameters only: the branch's data set URI, imported back as
+    # the one Dataset the later steps read.
+    uri = dsl.OneOf(fan.outputs["Output"], pre.outputs["Output"])
+    examples = dsl.importer(artifact_uri=uri, artifact_class=Dataset, reimport=False)
+    return DataSteps({"examples": examples.output})
 
 
 def check_step(options, pre, values):

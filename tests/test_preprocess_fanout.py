@@ -2,9 +2,9 @@
 same rows land in the same splits with the same statistics as single-process preprocess
 (N = 1: the same files); sketched statistics agree with one process and lie within their
 stated error of the exact figures; a missing or corrupt part fails the commit naming it;
-gs:// staging and output on the fake-gcs-server."""
+gs:// staging and output on the fake-gcs-server.
 
-from __future__ import annotations
+(No ``from __future__ import annotations``: kfp reads the test pipeline's annotations.)"""
 
 import collections
 import gzip
@@ -83,6 +83,33 @@ def _fanout(src: str, out: str, parts: int, staging: str = "", **kw):
     return fp, commit_fanout(fp.staging)
 
 
+def _data_steps_pipeline():
+    """A pipeline of the training pipelines' data steps alone: the threshold, both branches."""
+    from kfp import dsl
+    from kfp.dsl import Dataset
+    from tfpipes_pipelines.training import PipelineOptions, data_steps
+
+    @dsl.pipeline(name="data-steps")
+    def data_only(source: str, label: str, fanout_bytes: int, fanout_parts: int) -> Dataset:
+        values = {"source": source, "label": label, "eval_fraction": 0.2, "num_shards": 4}
+        values |= {"cache_index": "", "fanout_bytes": fanout_bytes, "fanout_parts": fanout_parts}
+        return data_steps(PipelineOptions(), values).outputs["examples"]
+
+    return data_only
+
+
+def _check_same(out: str, single, n: int) -> None:
+    m, rows, stats, schema = _dataset(out)
+    assert rows == single[1], f"{n} parts: other rows per split"
+    assert stats == single[2], f"{n} parts: other statistics"
+    assert schema == single[3]
+    assert m.rows == single[0].rows and m.source_hash == single[0].source_hash
+    assert len(m.shard_paths("train")) == n * -(-4 // n)
+    assert [n for n in os.listdir(os.path.dirname(out)) if "examples" in n] == ["examples"]
+    if n == 1:  # row for row: the same files, byte for byte
+        assert m.shards == single[0].shards and m.files == single[0].files
+
+
 def test_kfp_local_fanout_1_3_8_parts_equal_single_process(tmp_path):
     from kfp import local
     from tfpipes_pipelines.fanout import fanout_preprocess
@@ -90,31 +117,54 @@ def test_kfp_local_fanout_1_3_8_parts_equal_single_process(tmp_path):
     src = _write_inputs(tmp_path)
     _single(src, str(tmp_path / "single"))
     single = _dataset(str(tmp_path / "single"))
+    preprocess(PreprocessConfig(src, str(tmp_path / "s4m"), "label", num_shards=4))
+    single_4m = _dataset(str(tmp_path / "s4m"))  # the pipelines' block size (4 MiB)
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(tmp_path / "root"),
         raise_on_error=True,
     )
-    for n in (1, 3, 8):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # base image without "python"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # base image without "python"
+        for n in (1, 8):
             task = fanout_preprocess(
                 source=src, label="label", parts=n, num_shards=4, block_size=BLOCK
             )
-        out = task.output.path
-        m, rows, stats, schema = _dataset(out)
-        assert rows == single[1], f"{n} parts: other rows per split"
-        assert stats == single[2], f"{n} parts: other statistics"
-        assert schema == single[3]
-        assert m.rows == single[0].rows and m.source_hash == single[0].source_hash
-        assert len(m.shard_paths("train")) == n * -(-4 // n)
-        assert [n for n in os.listdir(os.path.dirname(out)) if "examples" in n] == ["examples"]
-        if n == 1:  # row for row: the same files, byte for byte
-            assert m.shards == single[0].shards and m.files == single[0].files
-    plans = [p for p in os.listdir(tmp_path / "root") if p.startswith("tfpipes-preprocess")]
-    for p in plans:  # every part task's staging place was removed by its commit
-        staged = tmp_path / "root" / p / "plan-op" / "staging"
-        assert not staged.exists(), list(staged.iterdir())
+            _check_same(task.output.path, single, n)
+        # The training pipelines' data steps: above the threshold the fan-out (3 parts) ...
+        data_only = _data_steps_pipeline()
+        task = data_only(source=src, label="label", fanout_bytes=0, fanout_parts=3)
+        _check_same(task.output.path, single_4m, 3)
+        assert "commit-op" in task.output.path
+        # ... at or below it, one preprocess task
+        task = data_only(source=src, label="label", fanout_bytes=1 << 30, fanout_parts=3)
+        _check_same(task.output.path, single_4m, 1)
+        assert "preprocess-op" in task.output.path
+    plans = list((tmp_path / "root").rglob("plan-op"))
+    assert len(plans) == 3  # 1 and 8 parts, and the data steps' fan-out
+    assert not [p for p in plans if (p / "staging").exists()]  # each commit removed its own
+
+
+def test_training_pipeline_compiles_the_fanout_branch(tmp_path):
+    import yaml
+    from tfpipes_pipelines.training import compile_pipeline
+
+    spec = yaml.safe_load(open(compile_pipeline(str(tmp_path / "p.yaml"))))
+    assert spec["root"]["inputDefinitions"]["parameters"]["fanout_bytes"]["defaultValue"] == 2**30
+    comps = spec["components"]
+    (branch,) = [c for name, c in comps.items() if name.startswith("comp-condition-branches")]
+    conds = [t["triggerPolicy"]["condition"] for t in branch["dag"]["tasks"].values()]
+    assert any("input-bytes-op-Output" in c and "fanout_bytes" in c and ">" in c for c in conds)
+    (loop,) = [c for name, c in comps.items() if name.startswith("comp-for-loop")]
+    part = loop["dag"]["tasks"]["part-op"]
+    assert part["retryPolicy"]["maxRetryCount"] == 2  # a failed part is retried by KFP
+    (large,) = [c for c in comps.values() if "commit-op" in c.get("dag", {}).get("tasks", {})]
+    commit = large["dag"]["tasks"]["commit-op"]["inputs"]
+    loop_task = [n for n, t in large["dag"]["tasks"].items() if n.startswith("for-loop")][0]
+    assert commit["parameters"]["done"]["taskOutputParameter"]["producerTask"] == loop_task
+    assert large["dag"]["tasks"][loop_task]["parameterIterator"]["items"] == {
+        "inputParameter": "pipelinechannel--plan-op-Output"
+    }
 
 
 def test_sketched_statistics_merge_as_one_process_within_their_error(tmp_path, monkeypatch):
