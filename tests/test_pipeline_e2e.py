@@ -212,14 +212,17 @@ def test_compile_and_run_local(outside_dir):
     _ok(run_tfpipes("compile", "-o", "pipeline.yaml", cwd=d, timeout=120))
     spec = yaml.safe_load(open(os.path.join(d, "pipeline.yaml")))
     assert spec["pipelineInfo"]["name"] == "tfpipes-training"
-    assert set(spec["root"]["dag"]["tasks"]) == {  # issue 15: check, gate, publish if blessed
-        "fingerprint-op",
-        "preprocess-op",
+    # issue 15: check, gate, publish if blessed; issue 13: preprocess in one task or fanned
+    # out by the input's size (the branches), the data set imported as one
+    assert set(spec["root"]["dag"]["tasks"]) == {
+        "input-bytes-op",
+        "condition-branches-1",
+        "importer",
         "check-data-op",
         "train-op",
         "export-op",
         "evaluate-op",
-        "condition-1",
+        "condition-5",
     }
     loaded = components.load_component_from_file(os.path.join(d, "pipeline.yaml"))
     assert {"source", "label", "train_steps"} <= set(loaded.component_spec.inputs)

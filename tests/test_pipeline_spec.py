@@ -44,6 +44,7 @@ def test_caching_resources_and_placement(tmp_path):
     assert set(spec["root"]["dag"]["tasks"]) == {
         "input-bytes-op",
         branches[0],
+        "importer",
         "check-data-op",
         "train-op",
         "export-op",
@@ -53,7 +54,7 @@ def test_caching_resources_and_placement(tmp_path):
     caching = {
         name: t.get("cachingOptions", {}).get("enableCache", False)
         for name, t in tasks.items()
-        if not name.startswith(("condition-", "for-loop-"))
+        if not name.startswith(("condition-", "for-loop-", "importer"))
     }
     assert caching == {
         "input-bytes-op": False,

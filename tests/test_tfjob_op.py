@@ -316,18 +316,21 @@ def test_distributed_pipeline_compiles_with_the_tfjob_step(tmp_path):
     docs = list(yaml.safe_load_all(open(path)))
     spec = docs[0]
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {  # issue 15: the data check before training, the gate before publishing
-        "fingerprint-op",
-        "preprocess-op",
+    # issue 15: the data check before training, the gate before publishing; issue 13: the
+    # data set from preprocess in one task or fanned out (the branches), imported as one
+    assert set(tasks) == {
+        "input-bytes-op",
+        "condition-branches-1",
+        "importer",
         "check-data-op",
         "tfjob-train-op",
         "export-op",
         "evaluate-op",
-        "condition-1",
+        "condition-5",
     }
     train = tasks["tfjob-train-op"]
     assert train["inputs"]["artifacts"]["examples"]["taskOutputArtifact"]["producerTask"] == (
-        "preprocess-op"
+        "importer"
     )
     export = tasks["export-op"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]
     assert export == {"outputArtifactKey": "model", "producerTask": "tfjob-train-op"}
