@@ -6,7 +6,8 @@ The DAG (plan, ParallelFor over the parts, the commit over ``dsl.Collected``) is
 :mod:`tfpipes_pipelines.fanout`'s. Thin adapters over :mod:`tfpipes.preprocess.fanout` and
 its part and commit modules, like :mod:`tfpipes_components.steps`. The plan's ``staging``
 artifact is the staging place: every part task writes its shards and partial statistics
-into it (the part tasks see it as an input artifact, a directory in the pipeline root), and
+into it (the part tasks see it as an input artifact, a prefix or directory in the pipeline
+root; a ``gs://`` one is used through the storage layer, not a FUSE mount), and
 the commit task verifies them and commits the ``examples`` data set — the same data set
 ``preprocess_op`` writes, with ``ceil(num_shards / parts)`` shards per split per part. A
 retried part rewrites only its own files; a part whose output is missing or corrupt fails
@@ -70,7 +71,8 @@ def plan_op(
                 **({"na_values": tuple(na_values.split(","))} if na_values else {}),
             ),
             parts,
-            staging.path,
+            # gs://: the parts upload, the commit copies server side (no bytes through FUSE)
+            staging.uri if staging.uri.startswith("gs://") else staging.path,
         )
     staging.metadata.update({"parts": fp.num_parts, "bytes": fp.total_bytes, "plan": fp.id})
     print(f"preprocess-plan: {fp.num_parts} parts of {fp.total_bytes} bytes")
@@ -85,7 +87,7 @@ def part_op(staging: Input[Artifact], part: int) -> str:
     from tfpipes.preprocess.fanout_part import run_part
 
     with exit_on_error(f"preprocess-part {part}"):
-        r = run_part(staging.path, part)
+        r = run_part(staging.uri if staging.uri.startswith("gs://") else staging.path, part)
     print(f"preprocess-part {part}: {r.rows} rows in {r.seconds:.1f} s")
     return f"part-{part:05d}"
 
@@ -101,7 +103,12 @@ def commit_op(staging: Input[Artifact], done: List[str], examples: Output[Datase
     with exit_on_error("preprocess-commit"):
         if len(set(done)) != len(done):
             raise UserError(f"a part reported twice: {sorted(done)}")
-        r = commit_fanout(staging.path, examples.path, overwrite=True)  # a retry replaces its own
+        remote = staging.uri.startswith("gs://")
+        r = commit_fanout(
+            staging.uri if remote else staging.path,
+            examples.uri if remote else examples.path,
+            overwrite=True,  # a retried commit replaces its own output
+        )
     examples.metadata.update(
         {
             "rows": r.rows,
