@@ -110,6 +110,7 @@ def _check_same(out: str, single, n: int) -> None:
         assert m.shards == single[0].shards and m.files == single[0].files
 
 
+@pytest.mark.slow
 def test_kfp_local_fanout_1_3_8_parts_equal_single_process(tmp_path):
     from kfp import local
     from tfpipes_pipelines.fanout import fanout_preprocess
