@@ -9,6 +9,18 @@ from tfpipes_pipelines.training import PipelineOptions, compile_pipeline, parse_
 
 from tfpipes import cache
 
+# The training pipeline's tasks. Issue 15: a data check before training, the gate, and
+# publishing only when blessed (condition-1).
+TASKS = {
+    "fingerprint-op",
+    "preprocess-op",
+    "check-data-op",
+    "train-op",
+    "export-op",
+    "evaluate-op",
+    "condition-1",
+}
+
 
 def _compiled(tmp_path, options=PipelineOptions()):
     path = str(tmp_path / "p.yaml")
@@ -27,16 +39,7 @@ def test_caching_resources_and_placement(tmp_path):
     )
     spec, platform = _compiled(tmp_path, opts)
     tasks = spec["root"]["dag"]["tasks"]
-    # issue 15: a data check before training, the gate, and publishing only when blessed
-    assert set(tasks) == {
-        "fingerprint-op",
-        "preprocess-op",
-        "check-data-op",
-        "train-op",
-        "export-op",
-        "evaluate-op",
-        "condition-1",
-    }
+    assert set(tasks) == TASKS
     caching = {
         name: t.get("cachingOptions", {}).get("enableCache", False) for name, t in tasks.items()
     }
