@@ -9,7 +9,7 @@ the signature of these tables. The training parameters are TrainConfig's
 tables below hold the pipelines' own. The components' signatures stay written out (KFP ships
 their source); ``tests/test_params.py`` checks them against these.
 
-No kfp here, and no TensorFlow.
+No kfp here, and no TensorFlow: run-local's flags take their types and defaults from it.
 """
 
 from __future__ import annotations
@@ -48,6 +48,12 @@ DATA_CHECK = params(
     ("on_drift", str, "warn"),
 )
 GATE = params(("require", str, ""), ("force_publish", bool, False))
+# The single-pod pipeline's own (pipelines/training.py); the distributed one's are beside it.
+SINGLE_POD = params(
+    ("checkpoint_dir", str, ""),
+    ("train_cpu_request", str, "1"),
+    ("train_memory_request", str, "2Gi"),
+)
 
 
 def pick(values: Mapping[str, Any], table: Iterable[inspect.Parameter]) -> dict[str, Any]:

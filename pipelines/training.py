@@ -22,8 +22,8 @@ from tfpipes_pipelines.fanout import fanout_steps
 from tfpipes_pipelines.parameters import (
     DATA_CHECK,
     DATA_STEPS,
+    SINGLE_POD,
     TRAINING,
-    params,
     pick,
     pipeline_signature,
 )
@@ -193,14 +193,7 @@ def build_pipeline(options: PipelineOptions = PipelineOptions()):
         name=PIPELINE_NAME,
         description="CSV -> TFRecords (schema, stats, split) -> custom-loop training -> SavedModel",
     )
-    @pipeline_signature(
-        params(
-            ("checkpoint_dir", str, ""),
-            ("train_cpu_request", str, "1"),
-            ("train_memory_request", str, "2Gi"),
-        ),
-        returns=TrainingOutputs,
-    )
+    @pipeline_signature(SINGLE_POD, returns=TrainingOutputs)
     def training_pipeline(**p) -> TrainingOutputs:
         """The training parameters (``model_name`` to ``warm_start_from``) are ``tfpipes
         train``'s, the same in both pipelines (``tests/test_params.py`` checks them against

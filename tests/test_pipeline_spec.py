@@ -9,6 +9,22 @@ from tfpipes_pipelines.training import PipelineOptions, compile_pipeline, parse_
 
 from tfpipes import cache
 
+# The training pipeline's tasks. Issue 15: a data check before training, the gate, and
+# publishing only when blessed (condition-1).
+# issue 15: a data check before training, the gate, and publishing only when blessed;
+# issue 13: preprocess in one task or fanned out by the input's size (the branches), the
+# branch's data set imported as one
+TASKS = {
+    "input-bytes-op",
+    "condition-branches-1",
+    "importer",
+    "check-data-op",
+    "train-op",
+    "export-op",
+    "evaluate-op",
+    "condition-5",
+}
+
 
 def _compiled(tmp_path, options=PipelineOptions()):
     path = str(tmp_path / "p.yaml")
@@ -35,22 +51,7 @@ def test_caching_resources_and_placement(tmp_path):
     )
     spec, platform = _compiled(tmp_path, opts)
     tasks = _all_tasks(spec)
-    # issue 15: a data check before training, the gate, and publishing only when blessed;
-    # issue 13: preprocess in one task, or fanned out above the input-size threshold
-    root = spec["root"]["dag"]["tasks"]
-    blessed = [n for n in root if n.startswith("condition-") and "branches" not in n]
-    branches = [n for n in tasks if n.startswith("condition-branches-")]
-    assert len(blessed) == 1 and len(branches) == 1
-    assert set(spec["root"]["dag"]["tasks"]) == {
-        "input-bytes-op",
-        branches[0],
-        "importer",
-        "check-data-op",
-        "train-op",
-        "export-op",
-        "evaluate-op",
-        blessed[0],
-    }
+    assert set(spec["root"]["dag"]["tasks"]) == TASKS
     caching = {
         name: t.get("cachingOptions", {}).get("enableCache", False)
         for name, t in tasks.items()

@@ -85,6 +85,17 @@ def artifacts(tmp_path):
     )
 
 
+def step_exit_code(tmp_path, **params) -> int:
+    """The component's own body, as KFP runs it (artifacts in, SystemExit out), with
+    ``params`` (image ``tfpipes:test`` unless given); returns the exit code it raised."""
+    examples, model, metrics = artifacts(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        tfjob_train_op.python_func(
+            examples=examples, model=model, metrics=metrics, **{"image": "tfpipes:test", **params}
+        )
+    return exc.value.code
+
+
 STEP_DEFAULTS = dict(
     image="tfpipes:test",
     workers=2,
@@ -237,18 +248,7 @@ def test_failed_job_fails_the_component_with_the_condition_message(kube_factory,
     fake = kube_factory(
         script=["Created", "Running", "Failed"], logs=[["Traceback: boom"]], message=message
     )
-    examples, model, metrics = artifacts(tmp_path)
-    # The component's own body, as KFP runs it (artifacts in, SystemExit out).
-    with pytest.raises(SystemExit) as exc:
-        tfjob_train_op.python_func(
-            examples=examples,
-            model=model,
-            metrics=metrics,
-            image="tfpipes:test",
-            workers=2,
-            poll_seconds=0.05,
-        )
-    assert exc.value.code == 1
+    assert step_exit_code(tmp_path, workers=2, poll_seconds=0.05) == 1
     err = capsys.readouterr().err
     assert re.search(
         r"tfjob_train: error: TFJob ml/tfpipes-train-\w+ failed: " + re.escape(message), err
