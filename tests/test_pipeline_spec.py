@@ -174,7 +174,8 @@ def test_every_step_runs_as_kfp_ships_it(tmp_path, distributed):
     assert main(["compile", *(["--distributed"] if distributed else []), "-o", path]) == 0
     executors = yaml.safe_load(open(path))["deploymentSpec"]["executors"]
     # issue 15: both pipelines add check-data, evaluate and publish; issue 13: input-bytes,
-    # plan, part and commit (the fan-out)
+    # plan, part and commit (the fan-out), and the importer of the branch's data set
+    assert "importer" in executors.pop("exec-importer")
     assert len(executors) == 11
     for name, executor in executors.items():
         (program,) = [a for a in executor["container"]["command"] if "\ndef " in a]
