@@ -151,11 +151,16 @@ class _Numeric:
             d["quantiles"] = [0.0] * len(QUANTILES)
             d["histogram"] = {"edges": [0.0] * 11, "counts": [0] * 10}
             return d
+        s = np.sort(s)  # once: the quantiles, histogram and distinct count all read it sorted
         q = np.quantile(s, QUANTILES) if len(s) else np.full(len(QUANTILES), self.mean)
         q[0], q[-1] = self.lo, self.hi
         edges = np.linspace(self.lo, self.hi, 11)
         if self.hi > self.lo and len(s):
-            counts = np.histogram(s, edges)[0]
+            # np.histogram's counts for these edges (the last bin closed), without its sort
+            ends = np.concatenate(
+                [s.searchsorted(edges[:-1], "left"), s.searchsorted(edges[-1:], "right")]
+            )
+            counts = np.diff(ends)
             if len(s) != self.count:  # a sample: scale to the count, largest remainders up
                 exact = counts * (self.count / len(s))
                 counts = np.floor(exact).astype(np.int64)
@@ -168,8 +173,13 @@ class _Numeric:
         d.update(min=self.lo, max=self.hi, median=float(np.quantile(s, 0.5)) if len(s) else 0.0)
         d["quantiles"] = [float(x) for x in q]
         d["histogram"] = {"edges": [float(x) for x in edges], "counts": counts.tolist()}
-        d["unique"] = int(len(np.unique(s)))  # of the sample: exact up to SAMPLE_VALUES rows
+        d["unique"] = _distinct_sorted(s)  # of the sample: exact up to SAMPLE_VALUES rows
         return d
+
+
+def _distinct_sorted(s: np.ndarray) -> int:
+    """Distinct values of a sorted array (what len(np.unique(s)) counts)."""
+    return int(np.count_nonzero(s[1:] != s[:-1])) + 1 if len(s) else 0
 
 
 class _Categorical:
