@@ -43,6 +43,7 @@ setup(
         "test": [
             "pytest",
             "pytest-timeout",
+            "pytest-xdist",
             "kubernetes-validate==1.37.0",  # tests validate core objects at a pinned release
             "hypothesis",
             "jsonschema",

@@ -1,18 +1,24 @@
-"""Benchmark: ``tfpipes preprocess`` against a plain Python loop, on the same CSV, in one run.
+"""Benchmark: ``tfpipes preprocess`` against a plain Python loop and the bare Arrow parse, on
+the same CSV, in one run.
 
     python bench/preprocess.py                     # 1,000,000 rows x 20 float features + int label
-    python bench/preprocess.py --rows 200000 --workers 2 --repeat 3
+    python bench/preprocess.py --rows 300000 --workers 2 --repeat 3
     python bench/preprocess.py --variant realistic # 10 % missing cells, 5 string columns, a date
 
 Variants: ``float`` (all-float features), ``realistic`` (--features floats, 5 string columns,
-one ISO date column, 10 % of the feature cells empty), ``both`` (the default). Each prints its
-``ours/plain-loop: X`` ratio (the goal is >= 10x on both).
+one ISO date column, 10 % of the feature cells empty), ``both`` (the default). Each prints
+``ours/plain-loop: X`` (the goal is >= 10x on both) and ``ours/parse-bound: X`` (the goal is
+>= 0.8 on the float variant).
 
-The baseline is what a script without tfpipes does: ``csv.reader`` over the file, one
-``tf.train.Example`` per row, ``tf.io.TFRecordWriter`` into the same number of shards. Each
-path runs in its own process, so its peak memory (``ru_maxrss``; for preprocess, the largest of
-its processes) is its own; the TensorFlow import is left out of the baseline's time. Prints
-rows/s for each, the ratio, and the load average (other processes on the machine slow both).
+The plain loop is what a script without tfpipes does: ``csv.reader`` over the file, one
+``tf.train.Example`` per row, ``tf.io.TFRecordWriter`` into the same number of shards. The
+parse bound is ``pyarrow.csv.read_csv`` of the whole file with as many threads as preprocess
+has workers, and nothing else (no encoding, no writing). Each of the three runs in its own
+process, so its peak memory (``ru_maxrss``; for preprocess, the largest of its processes) is
+its own; the TensorFlow import is left out of the loop's time. ``--repeat`` rounds run the
+three paths back to back, so each round's ratios compare runs under about the same load; the
+ratio lines are the median of the per-round ratios. Prints rows/s for each (median run), the
+ratios, and the load average (other processes on the machine slow all paths).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -103,6 +110,23 @@ def run_loop(src: str, out: str, shards: int) -> dict:
     }
 
 
+def run_parse(src: str, threads: int) -> dict:
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    if threads:
+        pa.set_cpu_count(threads)
+    t0, c0 = time.perf_counter(), time.process_time()
+    table = pcsv.read_csv(src, read_options=pcsv.ReadOptions(use_threads=pa.cpu_count() > 1))
+    return {
+        "rows": table.num_rows,
+        "seconds": time.perf_counter() - t0,
+        "peak_mb": _peak_mb()[0],
+        "cpu": time.process_time() - c0,
+        "threads": pa.cpu_count(),
+    }
+
+
 def _child(path: str, src: str, out: str, shards: int, workers: int) -> dict:
     """Run one path in a fresh process (its own memory figure) and return what it printed."""
     cmd = [sys.executable, os.path.abspath(__file__), "--_child", path, src, out, str(shards)]
@@ -119,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--features", type=int, default=20, help="float feature columns")
     ap.add_argument("--shards", type=int, default=10, help="shards per split (both paths)")
     ap.add_argument("--workers", type=int, default=0, help="preprocess workers (0: one per core)")
-    ap.add_argument("--repeat", type=int, default=1, help="runs of preprocess (best is used)")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds (each runs all three paths)")
     ap.add_argument("--dir", default="", help="working directory (default: a temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep the CSV and outputs")
     ap.add_argument("--variant", choices=["float", "realistic", "both"], default="both")
@@ -130,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         path, src, out, shards, workers = args._child
         if path == "ours":
             res = run_ours(src, out, int(shards), int(workers))
+        elif path == "parse":
+            res = run_parse(src, int(workers))
         else:
             res = run_loop(src, out, int(shards))
         print(json.dumps(res))
@@ -163,22 +189,30 @@ def _bench(args) -> int:
             print(f"wrote {src} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         size_mb = os.path.getsize(src) / 1e6
         load_before = os.getloadavg()
-        ours = []
+        rounds = []
         for i in range(args.repeat):
             out = os.path.join(work, f"ours-{i}")
             shutil.rmtree(out, ignore_errors=True)
-            ours.append(_child("ours", src, out, args.shards, args.workers))
-        out = os.path.join(work, "loop")
-        shutil.rmtree(out, ignore_errors=True)
-        loop = _child("loop", src, out, args.shards, 0)
+            ours = _child("ours", src, out, args.shards, args.workers)
+            out = os.path.join(work, "loop")
+            shutil.rmtree(out, ignore_errors=True)
+            loop = _child("loop", src, out, args.shards, 0)
+            parse = _child("parse", src, "", args.shards, ours["workers"])
+            rounds.append({"ours": ours, "loop": loop, "parse": parse})
+            print(
+                f"round {i + 1}: preprocess {ours['seconds']:.2f} s, plain loop "
+                f"{loop['seconds']:.2f} s, Arrow parse {parse['seconds']:.2f} s",
+                file=sys.stderr,
+                flush=True,
+            )
         load_after = os.getloadavg()
     finally:
         if not args.keep and not args.dir:
             shutil.rmtree(work, ignore_errors=True)
 
-    best = min(ours, key=lambda r: r["seconds"])
-    assert best["rows"] == loop["rows"] == args.rows, (best, loop)
-    rate = {k: r["rows"] / r["seconds"] for k, r in (("ours", best), ("loop", loop))}
+    for r in rounds:
+        assert r["ours"]["rows"] == r["loop"]["rows"] == r["parse"]["rows"] == args.rows, r
+    med = {k: _median_run([r[k] for r in rounds]) for k in ("ours", "loop", "parse")}
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     shape = (
         f"{args.features} float features + int label"
@@ -187,31 +221,37 @@ def _bench(args) -> int:
     )
     print(
         f"[{args.variant}] {args.rows:,} rows x {shape}; CSV {size_mb:,.0f} MB;"
-        f" {cores} cores; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after"
+        f" {cores} cores; {args.repeat} rounds; load average {load_before[0]:.1f} before,"
+        f" {load_after[0]:.1f} after"
     )
-    print(f"{'path':<44} {'seconds':>8} {'rows/s':>10} {'CPU s':>7} {'peak RSS':>9}")
-    print(
-        f"{'plain loop (csv + Example + TFRecordWriter)':<44} {loop['seconds']:8.2f} "
-        f"{rate['loop']:10,.0f} {loop['cpu']:7.1f} {loop['peak_mb']:6d} MB"
-    )
-    label = f"tfpipes preprocess ({best['workers']} workers)"
-    print(
-        f"{label:<44} {best['seconds']:8.2f} {rate['ours']:10,.0f} {best['cpu']:7.1f} "
-        f"{best['peak_mb']:6d} MB  (largest process)"
-    )
-    ratio = rate["ours"] / rate["loop"]
-    if len(ours) > 1:
-        print("preprocess runs (s): " + ", ".join(f"{r['seconds']:.2f}" for r in ours))
-        median = sorted(r["seconds"] for r in ours)[len(ours) // 2]
+    print(f"{'path (median run)':<44} {'seconds':>8} {'rows/s':>10} {'CPU s':>7} {'peak RSS':>9}")
+    names = {
+        "loop": "plain loop (csv + Example + TFRecordWriter)",
+        "parse": f"Arrow parse only ({med['parse']['threads']} threads)",
+        "ours": f"tfpipes preprocess ({med['ours']['workers']} workers)",
+    }
+    for k in ("loop", "parse", "ours"):
+        r = med[k]
+        note = "  (largest process)" if k == "ours" else ""
         print(
-            f"ratio: {ratio:.1f}x the plain loop (rows/s, best run); "
-            f"{loop['seconds'] / median:.1f}x with the median run"
+            f"{names[k]:<44} {r['seconds']:8.2f} {args.rows / r['seconds']:10,.0f} "
+            f"{r['cpu']:7.1f} {r['peak_mb']:6d} MB{note}"
         )
-    else:
-        print(f"ratio: {ratio:.1f}x the plain loop (rows/s)")
-    print(f"CPU time: {loop['cpu'] / best['cpu']:.1f}x less than the plain loop")
-    print(f"ours/plain-loop: {ratio:.1f}")
+    for k in ("ours", "loop", "parse"):
+        print(f"{k} runs (s): " + ", ".join(f"{r[k]['seconds']:.2f}" for r in rounds))
+    # Within a round the paths ran back to back, under about the same load.
+    vs_loop = statistics.median(r["loop"]["seconds"] / r["ours"]["seconds"] for r in rounds)
+    vs_parse = statistics.median(r["parse"]["seconds"] / r["ours"]["seconds"] for r in rounds)
+    cpu = statistics.median(r["loop"]["cpu"] / r["ours"]["cpu"] for r in rounds)
+    print(f"CPU time: {cpu:.1f}x less than the plain loop (median of rounds)")
+    print(f"ours/plain-loop: {vs_loop:.1f}")
+    print(f"ours/parse-bound: {vs_parse:.2f}")
     return 0
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The run of median time (the lower middle one for an even count)."""
+    return sorted(runs, key=lambda r: r["seconds"])[(len(runs) - 1) // 2]
 
 
 if __name__ == "__main__":

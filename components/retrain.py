@@ -138,7 +138,7 @@ def publish_op(
     version directory. A version that exists is never replaced (exit 2)."""
     import json
 
-    from tfpipes import layout, lineage, storage
+    from tfpipes import layout, lineage, manifest, storage
     from tfpipes.errors import exit_on_error
 
     if not publish_base:
@@ -159,7 +159,9 @@ def publish_op(
         record = lineage.lineage_record(
             version=version,
             data=examples.uri,
-            fingerprint=examples.metadata.get("source_hash", ""),
+            # an imported data set (the pipelines' OneOf of two branches) has no metadata
+            fingerprint=examples.metadata.get("source_hash")
+            or manifest.read_manifest(examples.path).source_hash,
             parent=parent,
             image=image,
             training={k: config.get(k) for k in ("model", "optimizer", "run") if k in config}

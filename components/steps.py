@@ -61,8 +61,9 @@ def preprocess_op(
     task: str = "",
     on_missing_label: str = "drop",
     layout: str = "blocks",
-):
-    """CSV at ``source`` (file, glob, directory or gs:// prefix) -> the ``examples`` data set.
+) -> str:
+    """CSV at ``source`` (file, glob, directory or gs:// prefix) -> the ``examples`` data set;
+    returns its URI (the pipelines pick it or the fan-out's, ``dsl.OneOf``).
 
     ``content_key`` (from fingerprint_op) is part of KFP's cache key, so the cache is reused
     only for the same input content; the output is recorded under it in ``cache_index``.
@@ -105,6 +106,7 @@ def preprocess_op(
 
         cache.record(cache_index, content_key, examples.uri)
     print(f"preprocess: {r.rows} rows ({r.rows_per_second:.0f}/s) -> {examples.path}")
+    return examples.uri
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

@@ -72,6 +72,10 @@ fi
 
 # Scratch space beside the wheelhouse, so finished parts move into place by rename.
 mkdir -p "$repo/wheelhouse"
+# One build at a time per checkout (two at once, e.g. parallel test workers, would both
+# rebuild the same parts); a second waits for the first, then finds most parts up to date.
+exec 9>"$repo/wheelhouse/.lock"
+flock 9
 work=$(mktemp -d "$repo/wheelhouse/.build.XXXXXX")
 bg=""
 cleanup() {

@@ -19,6 +19,7 @@ from typing import NamedTuple
 from kfp import compiler, dsl
 from kfp.dsl import Dataset, Metrics, Model
 from tfpipes_components.tfjob_op import IMAGE, tfjob_train_op
+from tfpipes_pipelines.parameters import TRAINING, params, pick, pipeline_signature
 from tfpipes_pipelines.training import (
     PipelineOptions,
     check_step,
@@ -30,6 +31,19 @@ from tfpipes_pipelines.training import (
 from tfpipes.errors import UserError
 
 PIPELINE_NAME = "tfpipes-distributed-training"
+# The distributed pipeline's own parameters. The job's (JOB, PLACE, TIMEOUT) are passed on to
+# tfjob_train_op under the same names; RESOURCES become its ``cpu`` and ``memory``.
+JOB = params(
+    ("image", str, IMAGE),
+    ("launcher", str, "auto"),
+    ("workers", int, 2),
+    ("ps", int, 0),
+    ("chief", bool, False),
+    ("gpus_per_worker", int, 0),
+)
+RESOURCES = params(("worker_cpu", str, ""), ("worker_memory", str, ""))
+PLACE = params(("namespace", str, ""), ("model_dir", str, ""))
+TIMEOUT = params(("timeout_seconds", int, 86400))
 
 
 class DistributedOutputs(NamedTuple):
@@ -55,46 +69,8 @@ def build_distributed_pipeline(options: PipelineOptions = PipelineOptions()):
         description="CSV -> TFRecords -> distributed training (TFJob, TrainJob, JobSet or Jobs)"
         " -> SavedModel",
     )
-    def distributed_pipeline(
-        source: str,
-        label: str,
-        image: str = IMAGE,
-        launcher: str = "auto",
-        workers: int = 2,
-        ps: int = 0,
-        chief: bool = False,
-        gpus_per_worker: int = 0,
-        worker_cpu: str = "",
-        worker_memory: str = "",
-        namespace: str = "",
-        model_dir: str = "",
-        model_name: str = "mlp",
-        hidden: str = "64,32",
-        optimizer: str = "",
-        learning_rate: float = 0.0,
-        batch_size: int = 64,
-        train_steps: int = 1000,
-        seed: int = 42,
-        steps_per_loop: int = 50,
-        checkpoint_every: int = 200,
-        cache: bool = False,
-        mixed_precision: str = "",
-        warm_start_from: str = "",
-        eval_fraction: float = 0.2,
-        num_shards: int = 16,
-        model_version: str = "",
-        publish_base: str = "",
-        cache_index: str = "",
-        timeout_seconds: int = 86400,
-        numeric_js: float = 0.1,
-        categorical_linf: float = 0.1,
-        missing_rise: float = 0.05,
-        label_shift: float = 0.1,
-        feature_thresholds: str = "",
-        on_drift: str = "warn",
-        require: str = "",
-        force_publish: bool = False,
-    ) -> DistributedOutputs:
+    @pipeline_signature(JOB + RESOURCES + PLACE + TIMEOUT, returns=DistributedOutputs)
+    def distributed_pipeline(**p) -> DistributedOutputs:
         """``launcher``: ``auto``, ``tfjob``, ``trainjob``, ``jobset`` or ``job`` (see
         ``docs/kfp-cluster.md``). ``workers``/``ps``/``chief``: the job's shape (``ps > 0``:
         ParameterServerStrategy with a chief; else MultiWorkerMirroredStrategy). ``num_shards``
@@ -105,50 +81,18 @@ def build_distributed_pipeline(options: PipelineOptions = PipelineOptions()):
         The training parameters (``model_name`` to ``warm_start_from``) are those of the
         single-pod pipeline (``tests/test_params.py`` checks both against TrainConfig).
         """
-        pre = data_steps(options, source, label, eval_fraction, num_shards, cache_index)
-        chk = check_step(
-            options,
-            pre,
-            publish_base,
-            dict(
-                numeric_js=numeric_js,
-                categorical_linf=categorical_linf,
-                missing_rise=missing_rise,
-                label_shift=label_shift,
-                feature_thresholds=feature_thresholds,
-                on_drift=on_drift,
-            ),
-        )
+        pre = data_steps(options, p)
+        chk = check_step(options, pre, p)
         tr = platform(
             tfjob_train_op(
                 examples=pre.outputs["examples"],
-                image=image,
-                launcher=launcher,
                 task_uid=dsl.PIPELINE_TASK_ID_PLACEHOLDER,  # one job name for all retries
                 node_selector=node_selector,
                 tolerations=tolerations,
-                workers=workers,
-                ps=ps,
-                chief=chief,
-                gpus_per_worker=gpus_per_worker,
-                cpu=worker_cpu,
-                memory=worker_memory,
+                cpu=p["worker_cpu"],
+                memory=p["worker_memory"],
                 gcs_secret=options.gcs_secret,
-                namespace=namespace,
-                model_dir=model_dir,
-                model_name=model_name,
-                hidden=hidden,
-                optimizer=optimizer,
-                learning_rate=learning_rate,
-                batch_size=batch_size,
-                train_steps=train_steps,
-                seed=seed,
-                steps_per_loop=steps_per_loop,
-                checkpoint_every=checkpoint_every,
-                cache=cache,
-                mixed_precision=mixed_precision,
-                warm_start_from=warm_start_from,
-                timeout_seconds=timeout_seconds,
+                **pick(p, JOB + PLACE + TRAINING + TIMEOUT),
             )
         )
         # It only waits on the job: a small pod. Never cached, as the plain train step.
@@ -156,10 +100,7 @@ def build_distributed_pipeline(options: PipelineOptions = PipelineOptions()):
         tr.set_memory_request("256Mi")
         tr.set_caching_options(False)
         tr.after(chk)
-        gate = {"require": require, "force": force_publish, "warm_start_from": warm_start_from}
-        return gated_publish_step(
-            options, pre, tr, chk, model_version, publish_base, gate, DistributedOutputs
-        )
+        return gated_publish_step(options, pre, tr, chk, p, DistributedOutputs)
 
     return distributed_pipeline
 

@@ -15,8 +15,18 @@ from typing import NamedTuple
 from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Dataset, Metrics, Model
 from tfpipes_components import export_op, fingerprint_op, preprocess_op, train_op
+from tfpipes_components.fanout import input_bytes_op
 from tfpipes_components.retrain import check_data_op, evaluate_op, publish_op
 from tfpipes_components.steps import IMAGE
+from tfpipes_pipelines.fanout import fanout_steps
+from tfpipes_pipelines.parameters import (
+    DATA_CHECK,
+    DATA_STEPS,
+    SINGLE_POD,
+    TRAINING,
+    pick,
+    pipeline_signature,
+)
 
 PIPELINE_NAME = "tfpipes-training"
 GCS_KEY_MOUNT = "/var/secrets/google"
@@ -56,58 +66,74 @@ def with_credentials(task, options: PipelineOptions):
     return task
 
 
-def data_steps(options, source, label, eval_fraction, num_shards, cache_index):
-    """fingerprint -> preprocess, shared by every pipeline; returns the preprocess task.
+class DataSteps(NamedTuple):
+    """What the data steps give the rest of a pipeline: ``outputs["examples"]``, the data set
+    of whichever branch ran."""
 
-    The fingerprint is never cached (it must look at the data every time); preprocess is
-    cached with the content key among its parameters, so it is reused only for the same bytes.
+    outputs: dict
+
+
+def data_steps(options, values) -> DataSteps:
+    """preprocess, in one task or fanned out, shared by every pipeline. ``values``: the
+    pipeline's parameters (those of ``DATA_STEPS`` and ``FANOUT`` are used).
+
+    Input above ``fanout_bytes``: the fan-out (tfpipes_pipelines.fanout), not cached. Else
+    fingerprint -> preprocess: the fingerprint is never cached (it must look at the data every
+    time); preprocess is cached with the content key among its parameters, so it is reused
+    only for the same bytes.
     """
-    fp = with_credentials(
-        fingerprint_op(
-            source=source,
-            label=label,
-            eval_fraction=eval_fraction,
-            num_shards=num_shards,
-            cache_index=cache_index,
-        ),
-        options,
-    )
-    fp.set_caching_options(False)
-    pre = with_credentials(
-        preprocess_op(
-            source=source,
-            label=label,
-            eval_fraction=eval_fraction,
-            num_shards=num_shards,
-            content_key=fp.output,
-            cache_index=cache_index,
-        ),
-        options,
-    )
-    pre.set_caching_options(True)
-    return pre
+    data = pick(values, DATA_STEPS)
+    size = with_credentials(input_bytes_op(source=values["source"]), options)
+    size.set_caching_options(False)
+    wrap = lambda task: with_credentials(task, options)  # noqa: E731
+    with dsl.If(size.output > values["fanout_bytes"], name="large-input"):
+        fan = fanout_steps(
+            values["source"],
+            values["label"],
+            values["fanout_parts"],
+            values["eval_fraction"],
+            values["num_shards"],
+            wrap=wrap,
+        )
+    with dsl.Else(name="small-input"):
+        fp = wrap(fingerprint_op(**data))
+        fp.set_caching_options(False)
+        pre = wrap(preprocess_op(**data, content_key=fp.output))
+        pre.set_caching_options(True)
+    # kfp.local picks a OneOf of parameters only: the branch's data set URI, imported back as
+    # the one Dataset the later steps read.
+    uri = dsl.OneOf(fan.outputs["Output"], pre.outputs["Output"])
+    examples = dsl.importer(artifact_uri=uri, artifact_class=Dataset, reimport=False)
+    return DataSteps({"examples": examples.output})
 
 
-def check_step(options, pre, publish_base, thresholds: dict):
-    """The data check of ``pre``'s data set against the published model's (never cached: what
-    is published changes between runs); training waits for it."""
+def check_step(options, pre, values):
+    """The data check of ``pre``'s data set against the model published under ``values``'
+    ``publish_base``, with its ``DATA_CHECK`` thresholds (never cached: what is published
+    changes between runs); training waits for it."""
     chk = with_credentials(
-        check_data_op(examples=pre.outputs["examples"], publish_base=publish_base, **thresholds),
+        check_data_op(
+            examples=pre.outputs["examples"],
+            publish_base=values["publish_base"],
+            **pick(values, DATA_CHECK),
+        ),
         options,
     )
     chk.set_caching_options(False)
     return chk
 
 
-def gated_publish_step(options, pre, tr, chk, model_version, publish_base, gate, outputs):
+def gated_publish_step(options, pre, tr, chk, values, outputs):
     """export (into its artifact only) -> the gate -> publish with lineage, only when blessed
-    (``dsl.If``); ``gate``: the evaluate step's ``require``, ``force`` and the warm-start
-    source (the published lineage's parent). Returns the pipeline's ``outputs`` tuple."""
+    (``dsl.If``); ``values``: the pipeline's parameters (``model_version``, ``publish_base``,
+    the gate's ``require`` and ``force_publish``, and ``warm_start_from``, the published
+    lineage's parent). Returns the pipeline's ``outputs`` tuple."""
+    publish_base = values["publish_base"]
     ex = with_credentials(
         export_op(
             model=tr.outputs["model"],
             examples=pre.outputs["examples"],
-            version=model_version,
+            version=values["model_version"],
             publish_base="",  # published below, only when blessed
         ),
         options,
@@ -118,8 +144,8 @@ def gated_publish_step(options, pre, tr, chk, model_version, publish_base, gate,
             exported=ex.outputs["exported"],
             examples=pre.outputs["examples"],
             publish_base=publish_base,
-            require=gate["require"],
-            force=gate["force"],
+            require=values["require"],
+            force=values["force_publish"],
             data_check=chk.outputs["Output"],
         ),
         options,
@@ -134,7 +160,7 @@ def gated_publish_step(options, pre, tr, chk, model_version, publish_base, gate,
                 publish_base=publish_base,
                 gate=ev.outputs["gate_metrics"],
                 data_check=chk.outputs["Output"],
-                warm_start_from=gate["warm_start_from"],
+                warm_start_from=values["warm_start_from"],
                 image=IMAGE,
             ),
             options,
@@ -167,38 +193,8 @@ def build_pipeline(options: PipelineOptions = PipelineOptions()):
         name=PIPELINE_NAME,
         description="CSV -> TFRecords (schema, stats, split) -> custom-loop training -> SavedModel",
     )
-    def training_pipeline(
-        source: str,
-        label: str,
-        model_name: str = "mlp",
-        hidden: str = "64,32",
-        optimizer: str = "",
-        learning_rate: float = 0.0,
-        batch_size: int = 64,
-        train_steps: int = 1000,
-        seed: int = 42,
-        steps_per_loop: int = 50,
-        checkpoint_every: int = 200,
-        cache: bool = False,
-        mixed_precision: str = "",
-        warm_start_from: str = "",
-        eval_fraction: float = 0.2,
-        num_shards: int = 16,
-        checkpoint_dir: str = "",
-        model_version: str = "",
-        publish_base: str = "",
-        cache_index: str = "",
-        train_cpu_request: str = "1",
-        train_memory_request: str = "2Gi",
-        numeric_js: float = 0.1,
-        categorical_linf: float = 0.1,
-        missing_rise: float = 0.05,
-        label_shift: float = 0.1,
-        feature_thresholds: str = "",
-        on_drift: str = "warn",
-        require: str = "",
-        force_publish: bool = False,
-    ) -> TrainingOutputs:
+    @pipeline_signature(SINGLE_POD, returns=TrainingOutputs)
+    def training_pipeline(**p) -> TrainingOutputs:
         """The training parameters (``model_name`` to ``warm_start_from``) are ``tfpipes
         train``'s, the same in both pipelines (``tests/test_params.py`` checks them against
         TrainConfig). ``model_version``: the exported version number; empty: the export time
@@ -212,49 +208,23 @@ def build_pipeline(options: PipelineOptions = PipelineOptions()):
         as forced), as ``tfpipes evaluate`` (docs/retrain.md). Publishing to ``publish_base``
         happens only when the gate blesses the model.
         """
-        pre = data_steps(options, source, label, eval_fraction, num_shards, cache_index)
-        chk = check_step(
-            options,
-            pre,
-            publish_base,
-            dict(
-                numeric_js=numeric_js,
-                categorical_linf=categorical_linf,
-                missing_rise=missing_rise,
-                label_shift=label_shift,
-                feature_thresholds=feature_thresholds,
-                on_drift=on_drift,
-            ),
-        )
+        pre = data_steps(options, p)
+        chk = check_step(options, pre, p)
         tr = platform(
             train_op(
                 examples=pre.outputs["examples"],
-                model_name=model_name,
-                hidden=hidden,
-                optimizer=optimizer,
-                learning_rate=learning_rate,
-                batch_size=batch_size,
-                train_steps=train_steps,
-                seed=seed,
-                steps_per_loop=steps_per_loop,
-                checkpoint_every=checkpoint_every,
-                cache=cache,
-                mixed_precision=mixed_precision,
-                warm_start_from=warm_start_from,
-                checkpoint_dir=checkpoint_dir,
+                **pick(p, TRAINING),
+                checkpoint_dir=p["checkpoint_dir"],
             ),
             is_train=True,
         )
-        tr.set_cpu_request(train_cpu_request)
-        tr.set_memory_request(train_memory_request)
+        tr.set_cpu_request(p["train_cpu_request"])
+        tr.set_memory_request(p["train_memory_request"])
         # Training is not cached: the same inputs may be retrained on purpose (a new seed, a
         # checkpoint directory that moved on); KFP's cache key would not see that.
         tr.set_caching_options(False)
         tr.after(chk)
-        gate = {"require": require, "force": force_publish, "warm_start_from": warm_start_from}
-        return gated_publish_step(
-            options, pre, tr, chk, model_version, publish_base, gate, TrainingOutputs
-        )
+        return gated_publish_step(options, pre, tr, chk, p, TrainingOutputs)
 
     return training_pipeline
 

@@ -8,4 +8,7 @@ bash scripts/test-tools.sh
 bash .ci/docker-engine.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/python -m pytest "$@"
+# Two test processes, each taking whole files (module fixtures stay shared within a file):
+# most tests wait on subprocesses, servers and containers, so two overlap well on 2 cores.
+# TFPIPES_TEST_WORKERS=0 runs everything in this one process.
+.venv/bin/python -m pytest -n "${TFPIPES_TEST_WORKERS:-2}" --dist loadfile "$@"

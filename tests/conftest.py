@@ -34,6 +34,19 @@ def run_tfpipes(*args: str, cwd: str, timeout: float = 600, env: dict | None = N
     )
 
 
+def sample_dataset(folder, rows: int, seed: int, **config) -> str:
+    """``rows`` rows of classification sample data (``seed``) in ``folder``/data.csv,
+    preprocessed into ``folder``/data (label ``label``, no progress bar; ``config``: other
+    PreprocessConfig fields). Returns the data set's path."""
+    from tfpipes.preprocess import PreprocessConfig, preprocess
+    from tfpipes.sample_data import write_csv
+
+    source, out = os.path.join(folder, "data.csv"), os.path.join(folder, "data")
+    write_csv(source, rows, "classification", seed=seed)
+    preprocess(PreprocessConfig(source, out, "label", progress=False, **config))
+    return out
+
+
 @pytest.fixture
 def outside_dir(tmp_path):
     """A working directory outside the repository."""

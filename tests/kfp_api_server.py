@@ -61,6 +61,8 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.json_http import reply_json
+
 if TYPE_CHECKING:
     from typing import Self
 
@@ -617,15 +619,7 @@ class KfpState:
             "state": "PENDING",
             "state_history": [{"update_time": now, "state": "PENDING"}],
         }
-        if ref:
-            run["pipeline_version_reference"] = ref
-        else:
-            run["pipeline_spec"] = spec
-        if body.get("runtime_config"):
-            run["runtime_config"] = copy.deepcopy(body["runtime_config"])
-        for key in ("description", "service_account"):
-            if body.get(key):
-                run[key] = body[key]
+        _store_source(run, body, ref, spec)
         run["_failure"] = _run_failure(spec, params)
         self.runs[run_id] = run
         return run
@@ -712,15 +706,7 @@ class KfpState:
             # A pipeline without a version: the recurring run follows the latest version at
             # each run (KFP >= 2.5, kubeflow/pipelines#11560), so only the pipeline is stored.
             ref = {"pipeline_id": ref["pipeline_id"]}
-        if ref:
-            rr["pipeline_version_reference"] = ref
-        else:
-            rr["pipeline_spec"] = spec
-        if body.get("runtime_config"):
-            rr["runtime_config"] = copy.deepcopy(body["runtime_config"])
-        for key in ("description", "service_account"):
-            if body.get(key):
-                rr[key] = body[key]
+        _store_source(rr, body, ref, spec)
         self.recurring_runs[rr_id] = rr
         return rr
 
@@ -825,6 +811,21 @@ def _parse_package(filename: str, package: bytes) -> dict:
 def _declared_parameters(spec: dict) -> dict[str, dict]:
     spec = spec.get("pipeline_spec", spec)
     return spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
+
+
+def _store_source(stored: dict, body: dict, ref: dict | None, spec: dict) -> None:
+    """What a run and a recurring run keep of their request ``body``: the pipeline version
+    reference ``ref`` (else the inline ``spec``), the runtime config, description and service
+    account when given."""
+    if ref:
+        stored["pipeline_version_reference"] = ref
+    else:
+        stored["pipeline_spec"] = spec
+    if body.get("runtime_config"):
+        stored["runtime_config"] = copy.deepcopy(body["runtime_config"])
+    for key in ("description", "service_account"):
+        if body.get(key):
+            stored[key] = body[key]
 
 
 def _check_parameters(spec: dict, runtime_config: dict, what: str) -> dict:
@@ -1088,12 +1089,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         exchange.status, exchange.response = status, payload
         with api._lock:
             api.exchanges.append(exchange)
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        reply_json(self, status, payload)
 
 
 class _HttpServer(http.server.ThreadingHTTPServer):

@@ -25,6 +25,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
+from tests.json_http import reply_json
 from tests.test_launchers import validate
 
 LAUNCHER_RESOURCES = {
@@ -463,12 +464,7 @@ class FakeKube:
 
     @staticmethod
     def reply(h, code, body):
-        data = json.dumps(body).encode()
-        h.send_response(code)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        h.wfile.write(data)
+        reply_json(h, code, body)
 
 
 def status(code: int, reason: str, message: str) -> dict:

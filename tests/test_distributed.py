@@ -22,6 +22,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -441,6 +442,50 @@ def wrapped(tmp_path: Path, modes: dict) -> tuple[list[str], dict]:
     return ["--full-command", "--", PY, str(wrapper)], base_env(TASK_MODES=json.dumps(modes))
 
 
+def mwms_args(data4, model, checkpoint_every: int = 20) -> list[str]:
+    """`tfpipes train` arguments of the two-worker MWMS runs below (``data4``, into ``model``):
+    batch 32, a log line every 20 steps, a chunk every 10."""
+    args = ["--data", str(data4), "--model-dir", str(model), "--batch-size", "32"]
+    args += ["--log-every", "20", "--steps-per-loop", "10"]
+    return args + ["--checkpoint-every", str(checkpoint_every)]
+
+
+def at_step(task: str, step: int, act: Callable[[Run], bool]):
+    """An ``on_line`` callback that calls ``act(run)`` once ``task`` logs step ``step`` or
+    later, until it returns True (it did what it does), and the list that callback appends the
+    time of it to (monotonic; one entry at the most)."""
+    done: list[float] = []
+
+    def on_line(line: str, run: Run) -> None:
+        m = re.match(rf"\[{task}\] step (\d+)/", line)
+        if m and int(m.group(1)) >= step and not done and act(run):
+            done.append(time.monotonic())
+
+    return on_line, done
+
+
+def _signal(task: str, sig: int) -> Callable[[Run], bool]:
+    """An ``act`` for :func:`at_step`: send ``sig`` to ``task``'s process."""
+
+    def send(run: Run) -> bool:
+        os.kill(run.pids[task], sig)
+        return True
+
+    return send
+
+
+def _rerun_resumes(runs, args: list[str], model: Path, step: int, train_steps: int) -> None:
+    """The same two-worker command again (``args``, training to ``train_steps``) finishes, and
+    worker:0 resumed from ``model``'s checkpoint of ``step``."""
+    second = runs(
+        ["local-cluster", "--workers", "2", "--grace", "2", "--timeout", "240", "--",
+         *args, "--train-steps", str(train_steps)],
+    )  # fmt: skip
+    second.expect(0, timeout=250)
+    resumed = [line for line in second.of("worker:0") if line.startswith("resumed from")]
+    assert resumed == [f"resumed from {model}/checkpoints/ckpt-{step} at step {step}"], second
+
+
 # --- MultiWorkerMirroredStrategy ---------------------------------------------------------------
 
 
@@ -503,16 +548,9 @@ def test_killed_mwms_worker_fails_the_cluster_fast_and_a_rerun_resumes(runs, dat
     exits within a bound naming it; running the same command again resumes from the newest
     checkpoint and finishes."""
     model = tmp_path / "model"
-    args = ["--data", str(data4), "--model-dir", str(model), "--batch-size", "32"]
-    args += ["--log-every", "20", "--checkpoint-every", "20", "--steps-per-loop", "10"]
-    killed: list[float] = []
-
-    def kill_after_a_checkpoint(line: str, run: Run) -> None:
-        m = re.match(r"\[worker:0\] step (\d+)/", line)
-        if m and int(m.group(1)) >= 40 and not killed:  # ckpt-20 is saved before step 40
-            os.kill(run.pids["worker:1"], signal.SIGKILL)
-            killed.append(time.monotonic())
-
+    args = mwms_args(data4, model)
+    # ckpt-20 is saved before step 40
+    kill_after_a_checkpoint, killed = at_step("worker:0", 40, _signal("worker:1", signal.SIGKILL))
     first = runs(
         ["local-cluster", "--workers", "2", "--grace", "2", "--timeout", "240", "--",
          *args, "--train-steps", "100000"],
@@ -528,14 +566,42 @@ def test_killed_mwms_worker_fails_the_cluster_fast_and_a_rerun_resumes(runs, dat
     step = latest_checkpoint_step(model)
     assert step >= 20
 
-    second = runs(
-        ["local-cluster", "--workers", "2", "--grace", "2", "--timeout", "240", "--",
-         *args, "--train-steps", str(step + 40)],
-    )  # fmt: skip
-    second.expect(0, timeout=250)
-    resumed = [line for line in second.of("worker:0") if line.startswith("resumed from")]
-    assert resumed == [f"resumed from {model}/checkpoints/ckpt-{step} at step {step}"], second
+    _rerun_resumes(runs, args, model, step, step + 40)
     assert json.loads((model / "metrics.json").read_text())["step"] == step + 40
+
+
+def _sigkill_unseen(runs, data4, model: Path, victim: str, at: int) -> tuple[Run, float]:
+    """Two MWMS workers train into ``model``; once the other worker logs step ``at``,
+    ``victim``'s trainer is SIGKILLed while its wrapper stays up (local-cluster cannot see the
+    death). Returns the run, which exited 138, and the time of the kill (monotonic)."""
+    other = "worker:0" if victim == "worker:1" else "worker:1"
+    args = mwms_args(data4, model)
+    pids: dict[str, int] = {}
+
+    def kill_the_trainer(run: Run) -> bool:
+        if not pids:
+            return False  # its pid is not known yet: at a later line
+        os.kill(pids[victim], signal.SIGKILL)
+        return True
+
+    kill_at_step, killed = at_step(other, at, kill_the_trainer)
+
+    def kill_unseen(line: str, run: Run) -> None:
+        m = re.match(rf"\[{victim}\] trainer pid (\d+)", line)
+        if m:
+            pids[victim] = int(m.group(1))
+        kill_at_step(line, run)
+
+    prefix, env = wrapped(model.parent, {victim: "linger"})
+    run = runs(
+        ["local-cluster", "--workers", "2", "--grace", "2", "--timeout", "200", *prefix,
+         *args, "--train-steps", "100000"],
+        env=env,
+        on_line=kill_unseen,
+    )  # fmt: skip
+    run.expect(EXIT_RETRYABLE, timeout=220)
+    assert killed, run
+    return run, killed[0]
 
 
 @pytest.mark.cluster
@@ -544,30 +610,8 @@ def test_mwms_survivor_detects_a_dead_peer_by_itself(runs, data4, tmp_path):
     """What a TFJob relies on, with no launcher to stop the others: worker:1's trainer is
     SIGKILLed while its wrapper stays up (local-cluster cannot see the death), and worker:0
     fails on its own within a bound, with the retryable exit code and a message saying why."""
-    args = ["--data", str(data4), "--model-dir", str(tmp_path / "model"), "--batch-size", "32"]
-    args += ["--log-every", "20", "--checkpoint-every", "20", "--steps-per-loop", "10"]
-    pids: dict[str, int] = {}
-    killed: list[float] = []
-
-    def kill_hidden(line: str, run: Run) -> None:
-        m = re.match(r"\[worker:1\] trainer pid (\d+)", line)
-        if m:
-            pids["worker:1"] = int(m.group(1))
-        m = re.match(r"\[worker:0\] step (\d+)/", line)
-        if m and int(m.group(1)) >= 40 and not killed and pids:
-            os.kill(pids["worker:1"], signal.SIGKILL)
-            killed.append(time.monotonic())
-
-    prefix, env = wrapped(tmp_path, {"worker:1": "linger"})
-    run = runs(
-        ["local-cluster", "--workers", "2", "--grace", "2", "--timeout", "200", *prefix,
-         *args, "--train-steps", "100000"],
-        env=env,
-        on_line=kill_hidden,
-    )  # fmt: skip
-    run.expect(EXIT_RETRYABLE, timeout=220)
-    assert killed, run
-    detected = run.ended - killed[0]
+    run, killed = _sigkill_unseen(runs, data4, tmp_path / "model", victim="worker:1", at=40)
+    detected = run.ended - killed
     print(f"MWMS: worker:1 killed unseen -> worker:0 failed by itself, run over {detected:.1f} s")
     assert "tfpipes local-cluster: worker:0 exited with code 138" in run.err, run
     assert any("a peer of the cluster became unreachable" in x for x in run.of("worker:0")), run
@@ -581,29 +625,7 @@ def test_a_survivor_of_the_killed_mwms_chief_names_the_newest_checkpoint(runs, d
     SIGKILLed unseen by the launcher, used to say "resume from the start (no checkpoint yet)".
     It reads the checkpoint state in the model dir and names the newest checkpoint there."""
     model = tmp_path / "model"
-    args = ["--data", str(data4), "--model-dir", str(model), "--batch-size", "32"]
-    args += ["--log-every", "20", "--checkpoint-every", "20", "--steps-per-loop", "10"]
-    pids: dict[str, int] = {}
-    killed: list[float] = []
-
-    def kill_the_chief(line: str, run: Run) -> None:
-        m = re.match(r"\[worker:0\] trainer pid (\d+)", line)
-        if m:
-            pids["worker:0"] = int(m.group(1))
-        m = re.match(r"\[worker:1\] step (\d+)/", line)
-        if m and int(m.group(1)) >= 60 and not killed and pids:  # ckpt-20, ckpt-40 exist
-            os.kill(pids["worker:0"], signal.SIGKILL)
-            killed.append(time.monotonic())
-
-    prefix, env = wrapped(tmp_path, {"worker:0": "linger"})
-    run = runs(
-        ["local-cluster", "--workers", "2", "--grace", "2", "--timeout", "200", *prefix,
-         *args, "--train-steps", "100000"],
-        env=env,
-        on_line=kill_the_chief,
-    )  # fmt: skip
-    run.expect(EXIT_RETRYABLE, timeout=220)
-    assert killed, run
+    run, _ = _sigkill_unseen(runs, data4, model, victim="worker:0", at=60)  # ckpt-20, -40 exist
     step = latest_checkpoint_step(model)
     assert step >= 40
     hint = f"run again to resume from {model}/checkpoints/ckpt-{step}"
@@ -620,16 +642,8 @@ def test_sigterm_to_one_mwms_worker_stops_every_worker_at_one_checkpoint(runs, d
     worker), and exit 138 within seconds, not when the grace period runs out; each names the
     checkpoint. A rerun resumes from exactly that step."""
     model = tmp_path / "model"
-    args = ["--data", str(data4), "--model-dir", str(model), "--batch-size", "32"]
-    args += ["--log-every", "20", "--checkpoint-every", "1000", "--steps-per-loop", "10"]
-    signalled: list[float] = []
-
-    def preempt_worker1(line: str, run: Run) -> None:
-        m = re.match(r"\[worker:0\] step (\d+)/", line)
-        if m and int(m.group(1)) >= 40 and not signalled:
-            os.kill(run.pids["worker:1"], signal.SIGTERM)
-            signalled.append(time.monotonic())
-
+    args = mwms_args(data4, model, checkpoint_every=1000)
+    preempt_worker1, signalled = at_step("worker:0", 40, _signal("worker:1", signal.SIGTERM))
     first = runs(
         ["local-cluster", "--workers", "2", "--grace", "60", "--timeout", "240", "--",
          *args, "--train-steps", "100000"],
@@ -650,13 +664,7 @@ def test_sigterm_to_one_mwms_worker_stops_every_worker_at_one_checkpoint(runs, d
     assert w0 and expected in w0[-1], first
     assert "exited with code 138" in "\n".join(first.err)
 
-    second = runs(
-        ["local-cluster", "--workers", "2", "--grace", "2", "--timeout", "240", "--",
-         *args, "--train-steps", str(step + 20)],
-    )  # fmt: skip
-    second.expect(0, timeout=250)
-    resumed = [line for line in second.of("worker:0") if line.startswith("resumed from")]
-    assert resumed == [f"resumed from {model}/checkpoints/ckpt-{step} at step {step}"], second
+    _rerun_resumes(runs, args, model, step, step + 20)
 
 
 # --- ParameterServerStrategy -----------------------------------------------------------------

@@ -12,7 +12,6 @@ import re
 import shlex
 
 import pytest
-from tfpipes_components.tfjob_op import tfjob_train_op
 
 from tests.kube_stand_in import FakeKube
 from tests.test_launchers import pod_templates
@@ -23,6 +22,7 @@ from tests.test_tfjob_op import (  # noqa: F401 (kube_factory is a fixture)
     artifacts,
     kube_factory,
     step,
+    step_exit_code,
 )
 from tfpipes.cluster import discovery, trainjob
 from tfpipes.cluster.kube_api import JobError
@@ -161,18 +161,7 @@ def test_failed_job_fails_the_component_with_the_condition_message(
         message=message,
         installed=only(launcher),
     )
-    examples, model, metrics = artifacts(tmp_path)
-    with pytest.raises(SystemExit) as exc:
-        tfjob_train_op.python_func(
-            examples=examples,
-            model=model,
-            metrics=metrics,
-            image="tfpipes:test",
-            workers=2,
-            ps=1,
-            poll_seconds=0.05,
-        )
-    assert exc.value.code == 1
+    assert step_exit_code(tmp_path, workers=2, ps=1, poll_seconds=0.05) == 1
     captured = capsys.readouterr()
     kind = {"trainjob": "TrainJob", "jobset": "JobSet", "job": "Job"}[launcher]
     (line,) = captured.err.strip().splitlines()
@@ -287,10 +276,7 @@ def test_an_unreachable_api_server_is_retryable(kube_factory, tmp_path, capsys):
     fake.close()
     with pytest.raises(RetryableError, match="cannot reach the Kubernetes API"):
         run(fake, tmp_path, launcher="job")
-    examples, model, metrics = artifacts(tmp_path)
-    with pytest.raises(SystemExit) as exc:
-        tfjob_train_op.python_func(examples=examples, model=model, metrics=metrics, image="i")
-    assert exc.value.code == EXIT_RETRYABLE
+    assert step_exit_code(tmp_path, image="i") == EXIT_RETRYABLE
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("tfjob_train: error: launcher auto: cannot reach the Kubernetes API")
 
@@ -299,18 +285,13 @@ def test_bad_placement_and_launcher_are_user_errors_before_any_request(
     kube_factory, tmp_path, capsys
 ):
     fake = kube_factory(script=["Running"])
-    examples, model, metrics = artifacts(tmp_path)
     for params, flag in (
         (dict(launcher="slurm"), "--launcher 'slurm'"),
         (dict(node_selector="pool"), "--node-selector 'pool'"),
         (dict(tolerations="k:Sometimes"), "--toleration 'k:Sometimes'"),
         (dict(launcher="jobset", runtime="x"), "--runtime is only for --launcher trainjob"),
     ):
-        with pytest.raises(SystemExit) as exc:
-            tfjob_train_op.python_func(
-                examples=examples, model=model, metrics=metrics, image="i", **params
-            )
-        assert exc.value.code == 2, params
+        assert step_exit_code(tmp_path, image="i", **params) == 2, params
         assert flag in capsys.readouterr().err
     assert not fake.requests
 

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import sample_dataset
 from tfpipes import cli, layout
 from tfpipes.errors import EXIT_RETRYABLE, EXIT_USER_ERROR, TfpipesError, UserError
 
@@ -141,13 +142,7 @@ def test_any_parameter_value_is_a_config_or_one_line_naming_the_flag(name, value
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> str:
-    from tfpipes.preprocess import PreprocessConfig, preprocess
-    from tfpipes.sample_data import write_csv
-
-    d = tmp_path_factory.mktemp("ds")
-    write_csv(str(d / "data.csv"), 120, "classification", seed=2)
-    preprocess(PreprocessConfig(str(d / "data.csv"), str(d / "data"), "label", progress=False))
-    return str(d / "data")
+    return sample_dataset(tmp_path_factory.mktemp("ds"), 120, 2)
 
 
 def _with_file(dataset: str, tmp_path, name: str, text: str) -> str:

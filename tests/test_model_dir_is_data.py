@@ -16,9 +16,9 @@ import uuid
 
 import pytest
 
+from tests.conftest import sample_dataset
 from tfpipes import cli
 from tfpipes.errors import UserError
-from tfpipes.sample_data import write_csv
 
 pytestmark = pytest.mark.slow
 
@@ -35,13 +35,7 @@ USER_MODULE = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> str:
-    from tfpipes.preprocess import PreprocessConfig, preprocess
-
-    d = tmp_path_factory.mktemp("data")
-    write_csv(str(d / "data.csv"), 300, "classification", seed=5)
-    out = str(d / "data")
-    preprocess(PreprocessConfig(str(d / "data.csv"), out, "label", num_shards=1, progress=False))
-    return out
+    return sample_dataset(tmp_path_factory.mktemp("data"), 300, 5, num_shards=1)
 
 
 @pytest.fixture

@@ -9,9 +9,17 @@ import re
 import pytest
 import yaml
 from kfp.dsl import Dataset, Markdown, Metrics, Model
-from tfpipes_components import train_op
+from tfpipes_components import preprocess_op, train_op
+from tfpipes_components.retrain import check_data_op
 from tfpipes_components.tfjob_op import tfjob_train_op
-from tfpipes_pipelines.distributed import compile_distributed_pipeline, distributed_pipeline
+from tfpipes_pipelines.distributed import (
+    JOB,
+    PLACE,
+    TIMEOUT,
+    compile_distributed_pipeline,
+    distributed_pipeline,
+)
+from tfpipes_pipelines.parameters import DATA_CHECK, DATA_STEPS, REQUIRED
 from tfpipes_pipelines.training import compile_pipeline, training_pipeline
 
 from tfpipes.cli import build_parser, main
@@ -109,6 +117,23 @@ def test_components_and_pipelines_declare_every_training_parameter(front_door):
         assert p.pipeline in inputs, f"{front_door.name} lacks {p.pipeline}"
         typ, default = inputs[p.pipeline]
         assert (typ, default) == (KFP_TYPES[p.kfp_type], p.kfp_default), p.pipeline
+
+
+@pytest.mark.parametrize(
+    "table, component",
+    [
+        (DATA_CHECK, check_data_op),
+        (DATA_STEPS, preprocess_op),
+        # image: the pipeline's default is the image it was compiled for, the step's "" its own
+        ([q for q in JOB + PLACE + TIMEOUT if q.name != "image"], tfjob_train_op),
+    ],
+    ids=["data_check", "data", "job"],
+)
+def test_pipeline_parameters_passed_on_have_the_components_types_and_defaults(table, component):
+    inputs = _inputs(component)
+    for q in table:
+        default = None if q.default is REQUIRED else q.default
+        assert inputs[q.name] == (KFP_TYPES[q.annotation], default), q.name
 
 
 def test_both_pipelines_expose_the_same_training_parameters_and_pass_them_on(tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_tfpipes
+from tests.test_pipeline_spec import TASKS
 from tfpipes.sample_data import write_csv
 
 pytestmark = pytest.mark.slow
@@ -43,12 +44,20 @@ def _eval_records(data_dir: str) -> list[bytes]:
     return dataset_row_records(data_dir, "eval")
 
 
-def _preprocess_and_train(d: str, csv: str, shards: int, *train_args: str) -> None:
-    """`tfpipes preprocess` of ``csv`` into ``data`` (label ``label``), then `tfpipes train`
-    into ``model`` with ``train_args``, both in ``d``."""
-    args = ["--source", csv, "--output", "data", "--label", "label", "--num-shards", str(shards)]
-    _ok(run_tfpipes("preprocess", *args, cwd=d))
+def _preprocess_csv(d: str, rows: int, task: str, seed: int, shards: int) -> None:
+    """``rows`` rows of ``task`` sample data (``seed``) in ``d``/data.csv, and `tfpipes
+    preprocess` of it into ``d``/data (label ``label``, ``shards`` shards)."""
+    write_csv(os.path.join(d, "data.csv"), rows, task, seed=seed)
+    args = ["--source", "data.csv", "--output", "data", "--label", "label"]
+    _ok(run_tfpipes("preprocess", *args, "--num-shards", str(shards), cwd=d))
+
+
+def _train_on_csv(d: str, rows: int, task: str, seed: int, shards: int, *train_args: str) -> dict:
+    """:func:`_preprocess_csv`, then `tfpipes train` of ``data`` into ``model`` with
+    ``train_args``, in ``d``. Returns the model's metrics."""
+    _preprocess_csv(d, rows, task, seed, shards)
     _ok(run_tfpipes("train", "--data", "data", "--model-dir", "model", *train_args, cwd=d))
+    return json.load(open(os.path.join(d, "model", "metrics.json")))
 
 
 def _export(d: str, base: str, version: int):
@@ -61,12 +70,10 @@ def test_mlp_classification_learns_and_export_matches_checkpoint(outside_dir):
     import tensorflow as tf
 
     d = str(outside_dir)
-    write_csv(os.path.join(d, "data.csv"), 4000, "classification", seed=3)
-    _preprocess_and_train(
-        d, "data.csv", 4, "--model", "mlp", "--hidden", "32,16", "--train-steps", "500",
-        "--batch-size", "64",
+    metrics = _train_on_csv(
+        d, 4000, "classification", 3, 4, "--model", "mlp", "--hidden", "32,16",
+        "--train-steps", "500", "--batch-size", "64",
     )  # fmt: skip
-    metrics = json.load(open(os.path.join(d, "model", "metrics.json")))
     assert metrics["step"] == 500
     assert metrics["accuracy"] > 0.85, metrics  # chance is 1/3
     assert metrics["accuracy"] > metrics["majority_baseline_accuracy"] + 0.3
@@ -96,12 +103,10 @@ def test_mlp_classification_learns_and_export_matches_checkpoint(outside_dir):
 
 def test_linear_regression_beats_the_mean(outside_dir):
     d = str(outside_dir)
-    write_csv(os.path.join(d, "reg.csv"), 3000, "regression", seed=4)
-    _preprocess_and_train(
-        d, "reg.csv", 2, "--model", "linear", "--optimizer", "sgd", "--learning-rate", "0.05",
-        "--train-steps", "400",
+    m = _train_on_csv(
+        d, 3000, "regression", 4, 2, "--model", "linear", "--optimizer", "sgd",
+        "--learning-rate", "0.05", "--train-steps", "400",
     )  # fmt: skip
-    m = json.load(open(os.path.join(d, "model", "metrics.json")))
     assert m["mse"] < 0.1 * m["mean_baseline_mse"], m
     _export(d, "exp", 1)
     import tensorflow as tf
@@ -114,21 +119,7 @@ def test_linear_regression_beats_the_mean(outside_dir):
 
 def test_resume_continues_from_the_checkpoint(outside_dir):
     d = str(outside_dir)
-    write_csv(os.path.join(d, "data.csv"), 1000, seed=5)
-    _ok(
-        run_tfpipes(
-            "preprocess",
-            "--source",
-            "data.csv",
-            "--output",
-            "data",
-            "--label",
-            "label",
-            "--num-shards",
-            "2",
-            cwd=d,
-        )
-    )
+    _preprocess_csv(d, 1000, "classification", 5, 2)
     args = ["train", "--data", "data", "--model-dir", "model", "--checkpoint-every", "50"]
     first = _ok(run_tfpipes(*args, "--train-steps", "100", cwd=d))
     assert re.search(r"steps 0 -> 100 \(100 run\)", first.stderr), first.stderr
@@ -149,21 +140,7 @@ def test_train_refuses_bad_inputs_clearly(outside_dir):
     os.makedirs(os.path.join(d, "notdata"))
     p = run_tfpipes("train", "--data", "notdata", "--model-dir", "m", cwd=d, timeout=120)
     assert p.returncode != 0 and "no manifest.json" in p.stderr and "Traceback" not in p.stderr
-    write_csv(os.path.join(d, "data.csv"), 200, seed=6)
-    _ok(
-        run_tfpipes(
-            "preprocess",
-            "--source",
-            "data.csv",
-            "--output",
-            "data",
-            "--label",
-            "label",
-            "--num-shards",
-            "1",
-            cwd=d,
-        )
-    )
+    _preprocess_csv(d, 200, "classification", 6, 1)
     p = run_tfpipes(
         "train", "--data", "data", "--model-dir", "m", "--model", "nosuch", cwd=d, timeout=120
     )
@@ -209,15 +186,7 @@ def test_compile_and_run_local(outside_dir):
     _ok(run_tfpipes("compile", "-o", "pipeline.yaml", cwd=d, timeout=120))
     spec = yaml.safe_load(open(os.path.join(d, "pipeline.yaml")))
     assert spec["pipelineInfo"]["name"] == "tfpipes-training"
-    assert set(spec["root"]["dag"]["tasks"]) == {  # issue 15: check, gate, publish if blessed
-        "fingerprint-op",
-        "preprocess-op",
-        "check-data-op",
-        "train-op",
-        "export-op",
-        "evaluate-op",
-        "condition-1",
-    }
+    assert set(spec["root"]["dag"]["tasks"]) == TASKS  # the pipeline's root tasks
     loaded = components.load_component_from_file(os.path.join(d, "pipeline.yaml"))
     assert {"source", "label", "train_steps"} <= set(loaded.component_spec.inputs)
     for name in ("preprocess-op", "train-op", "export-op"):

@@ -9,12 +9,36 @@ from tfpipes_pipelines.training import PipelineOptions, compile_pipeline, parse_
 
 from tfpipes import cache
 
+# The training pipeline's tasks. Issue 15: a data check before training, the gate, and
+# publishing only when blessed (condition-1).
+# issue 15: a data check before training, the gate, and publishing only when blessed;
+# issue 13: preprocess in one task or fanned out by the input's size (the branches), the
+# branch's data set imported as one
+TASKS = {
+    "input-bytes-op",
+    "condition-branches-1",
+    "importer",
+    "check-data-op",
+    "train-op",
+    "export-op",
+    "evaluate-op",
+    "condition-5",
+}
+
 
 def _compiled(tmp_path, options=PipelineOptions()):
     path = str(tmp_path / "p.yaml")
     compile_pipeline(path, options)
     docs = list(yaml.safe_load_all(open(path)))
     return docs[0], (docs[1] if len(docs) > 1 else {})
+
+
+def _all_tasks(spec) -> dict:
+    """Every task of the pipeline, those inside conditions and loops too, by name."""
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for comp in spec["components"].values():
+        tasks |= comp.get("dag", {}).get("tasks", {})
+    return tasks
 
 
 def test_caching_resources_and_placement(tmp_path):
@@ -26,28 +50,25 @@ def test_caching_resources_and_placement(tmp_path):
         gcs_secret="gcs-key",
     )
     spec, platform = _compiled(tmp_path, opts)
-    tasks = spec["root"]["dag"]["tasks"]
-    # issue 15: a data check before training, the gate, and publishing only when blessed
-    assert set(tasks) == {
-        "fingerprint-op",
-        "preprocess-op",
-        "check-data-op",
-        "train-op",
-        "export-op",
-        "evaluate-op",
-        "condition-1",
-    }
+    tasks = _all_tasks(spec)
+    assert set(spec["root"]["dag"]["tasks"]) == TASKS
     caching = {
-        name: t.get("cachingOptions", {}).get("enableCache", False) for name, t in tasks.items()
+        name: t.get("cachingOptions", {}).get("enableCache", False)
+        for name, t in tasks.items()
+        if not name.startswith(("condition-", "for-loop-", "importer"))
     }
     assert caching == {
+        "input-bytes-op": False,
         "fingerprint-op": False,
         "preprocess-op": True,
+        "plan-op": False,
+        "part-op": False,
+        "commit-op": False,
         "check-data-op": False,
         "train-op": False,
         "export-op": False,
         "evaluate-op": False,
-        "condition-1": False,
+        "publish-op": False,
     }
     # preprocess's cache key includes the content key computed from the data
     pre_inputs = tasks["preprocess-op"]["inputs"]["parameters"]
@@ -62,7 +83,7 @@ def test_caching_resources_and_placement(tmp_path):
     assert train["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}
     ]
-    for name in ("exec-preprocess-op", "exec-train-op", "exec-export-op"):
+    for name in ("exec-preprocess-op", "exec-train-op", "exec-export-op", "exec-part-op"):
         assert execs[name]["secretAsVolume"][0]["secretName"] == "gcs-key"
         env = spec["deploymentSpec"]["executors"][name]["container"]["env"]
         assert {
@@ -152,8 +173,10 @@ def test_every_step_runs_as_kfp_ships_it(tmp_path, distributed):
     path = str(tmp_path / "p.yaml")
     assert main(["compile", *(["--distributed"] if distributed else []), "-o", path]) == 0
     executors = yaml.safe_load(open(path))["deploymentSpec"]["executors"]
-    # issue 15: both pipelines add check-data, evaluate and publish
-    assert len(executors) == 7
+    # issue 15: both pipelines add check-data, evaluate and publish; issue 13: input-bytes,
+    # plan, part and commit (the fan-out), and the importer of the branch's data set
+    assert "importer" in executors.pop("exec-importer")
+    assert len(executors) == 11
     for name, executor in executors.items():
         (program,) = [a for a in executor["container"]["command"] if "\ndef " in a]
         source = tmp_path / f"{name}.py"

@@ -216,6 +216,23 @@ def full_batch_data(tmp_path_factory) -> Path:
     return data
 
 
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """``local-cluster`` with explicit TF_CONFIG, run once per cluster shape: JobSet and
+    Indexed-Job pods of the same shape are compared with the same reference run."""
+    runs: dict[tuple, Path] = {}
+
+    def run(args: list[str], workers: int, ps: int) -> Path:
+        key = (tuple(args), workers, ps)
+        if key not in runs:
+            model_dir = tmp_path_factory.mktemp(f"local-{workers}w{ps}ps") / "model"
+            local_cluster([*args, "--model-dir", str(model_dir)], workers, ps, timeout=240)
+            runs[key] = model_dir
+        return runs[key]
+
+    return run
+
+
 def local_cluster(args: list[str], workers: int, ps: int, timeout: float) -> None:
     proc = subprocess.run(
         [PY, "-m", "tfpipes.cli", "local-cluster", "--workers", str(workers), "--ps", str(ps),
@@ -231,12 +248,11 @@ def local_cluster(args: list[str], workers: int, ps: int, timeout: float) -> Non
     "scheme, workers, ps", [("jobset", 2, 0), ("job", 2, 0), ("jobset", 1, 1), ("job", 1, 1)]
 )
 def test_pods_train_like_local_cluster_with_explicit_tf_config(
-    tmp_path, full_batch_data, scheme, workers, ps
+    tmp_path, full_batch_data, reference_run, scheme, workers, ps
 ):
     args = ["--data", str(full_batch_data), "--batch-size", "64", "--train-steps", "20"]
     args += ["--seed", "7", "--log-every", "1", "--steps-per-loop", "1", "--checkpoint-every", "10"]
-    reference = tmp_path / "local"
-    local_cluster([*args, "--model-dir", str(reference)], workers, ps, timeout=240)
+    reference = reference_run(args, workers, ps)
     model = tmp_path / "pods"
     spec = TFJobSpec(
         image="i",

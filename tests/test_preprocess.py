@@ -184,34 +184,20 @@ def test_existing_output_is_not_clobbered(tmp_path):
     assert manifest.verify_dataset(str(tmp_path / "out"))
 
 
+def preprocess_cli(d, source: str):
+    """`tfpipes preprocess` of ``source`` into ``out`` (label ``label``), run in ``d``."""
+    args = ["--source", source, "--output", "out", "--label", "label"]
+    return run_tfpipes("preprocess", *args, cwd=str(d), timeout=120)
+
+
 def test_cli_errors_are_one_line_and_nonzero(outside_dir):
     (outside_dir / "bad.csv").write_text("a,b,label\n1,2,0\n3,4\n")
-    p = run_tfpipes(
-        "preprocess",
-        "--source",
-        "bad.csv",
-        "--output",
-        "out",
-        "--label",
-        "label",
-        cwd=str(outside_dir),
-        timeout=120,
-    )
+    p = preprocess_cli(outside_dir, "bad.csv")
     assert p.returncode != 0
     assert "bad.csv:3: expected 3 fields, got 2" in p.stderr
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert not (outside_dir / "out").exists()
-    missing = run_tfpipes(
-        "preprocess",
-        "--source",
-        "nope.csv",
-        "--output",
-        "out",
-        "--label",
-        "label",
-        cwd=str(outside_dir),
-        timeout=120,
-    )
+    missing = preprocess_cli(outside_dir, "nope.csv")
     assert missing.returncode != 0 and "nope.csv: no such file" in missing.stderr
     assert "Traceback" not in missing.stderr
 

@@ -85,6 +85,17 @@ def artifacts(tmp_path):
     )
 
 
+def step_exit_code(tmp_path, **params) -> int:
+    """The component's own body, as KFP runs it (artifacts in, SystemExit out), with
+    ``params`` (image ``tfpipes:test`` unless given); returns the exit code it raised."""
+    examples, model, metrics = artifacts(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        tfjob_train_op.python_func(
+            examples=examples, model=model, metrics=metrics, **{"image": "tfpipes:test", **params}
+        )
+    return exc.value.code
+
+
 STEP_DEFAULTS = dict(
     image="tfpipes:test",
     workers=2,
@@ -237,18 +248,7 @@ def test_failed_job_fails_the_component_with_the_condition_message(kube_factory,
     fake = kube_factory(
         script=["Created", "Running", "Failed"], logs=[["Traceback: boom"]], message=message
     )
-    examples, model, metrics = artifacts(tmp_path)
-    # The component's own body, as KFP runs it (artifacts in, SystemExit out).
-    with pytest.raises(SystemExit) as exc:
-        tfjob_train_op.python_func(
-            examples=examples,
-            model=model,
-            metrics=metrics,
-            image="tfpipes:test",
-            workers=2,
-            poll_seconds=0.05,
-        )
-    assert exc.value.code == 1
+    assert step_exit_code(tmp_path, workers=2, poll_seconds=0.05) == 1
     err = capsys.readouterr().err
     assert re.search(
         r"tfjob_train: error: TFJob ml/tfpipes-train-\w+ failed: " + re.escape(message), err
@@ -316,18 +316,21 @@ def test_distributed_pipeline_compiles_with_the_tfjob_step(tmp_path):
     docs = list(yaml.safe_load_all(open(path)))
     spec = docs[0]
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {  # issue 15: the data check before training, the gate before publishing
-        "fingerprint-op",
-        "preprocess-op",
+    # issue 15: the data check before training, the gate before publishing; issue 13: the
+    # data set from preprocess in one task or fanned out (the branches), imported as one
+    assert set(tasks) == {
+        "input-bytes-op",
+        "condition-branches-1",
+        "importer",
         "check-data-op",
         "tfjob-train-op",
         "export-op",
         "evaluate-op",
-        "condition-1",
+        "condition-5",
     }
     train = tasks["tfjob-train-op"]
     assert train["inputs"]["artifacts"]["examples"]["taskOutputArtifact"]["producerTask"] == (
-        "preprocess-op"
+        "importer"
     )
     export = tasks["export-op"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]
     assert export == {"outputArtifactKey": "model", "producerTask": "tfjob-train-op"}

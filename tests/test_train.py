@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, run_tfpipes, tfpipes_exe
+from tests.conftest import REPO, run_tfpipes, sample_dataset, tfpipes_exe
 from tfpipes.errors import UserError
 from tfpipes.sample_data import write_csv
 
@@ -30,13 +30,7 @@ LOSS_SCALE = "optimizer/dynamic_scale/.ATTRIBUTES/VARIABLE_VALUE"  # LossScaleOp
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> str:
     """A small classification data set (string, int and float features), 2 shards per split."""
-    from tfpipes.preprocess import PreprocessConfig, preprocess
-
-    d = tmp_path_factory.mktemp("train-data")
-    write_csv(str(d / "data.csv"), 1500, "classification", seed=11)
-    out = str(d / "data")
-    preprocess(PreprocessConfig(str(d / "data.csv"), out, "label", num_shards=2, progress=False))
-    return out
+    return sample_dataset(tmp_path_factory.mktemp("train-data"), 1500, 11, num_shards=2)
 
 
 @pytest.fixture(scope="module")

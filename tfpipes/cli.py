@@ -19,6 +19,7 @@ from tfpipes.tf_log import set_tf_log_level
 # Order is the order shown in --help.
 COMMAND_MODULES = [
     "tfpipes.commands.steps",  # preprocess, train, export
+    "tfpipes.commands.fanout",  # preprocess-plan, preprocess-part, preprocess-commit
     "tfpipes.commands.pipeline",  # compile, run-local, demo
     "tfpipes.commands.cluster",  # tfjob, local-cluster
     "tfpipes.commands.cluster_api",  # submit, schedule

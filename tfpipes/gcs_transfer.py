@@ -119,6 +119,36 @@ def upload_files(
         upload(name, threading.Event())
 
 
+def copy_objects(src: str, dest: str, names: list[str], owner: str | None = None) -> None:
+    """Copy the objects ``names`` from the prefix ``src/`` to the prefix ``dest/`` server side
+    (a rewrite, repeated until done for large objects), in parallel, each marked with ``owner``
+    and checked against its source's CRC32C."""
+    sbucket, skey = split(src)
+    dbucket, dkey = split(dest)
+    sprefix, dprefix = _dir_key(skey), _dir_key(dkey)
+
+    def copy(name: str, abort: threading.Event) -> None:
+        url = f"gs://{dbucket}/{dprefix}{name}"
+
+        def run() -> tuple[str | None, str | None]:
+            source = gcs.client().bucket(sbucket).get_blob(sprefix + name, timeout=_timeout())
+            if source is None:
+                raise UserError(f"gs://{sbucket}/{sprefix}{name}: no such object")
+            blob = gcs.client().bucket(dbucket).blob(dprefix + name)
+            if owner is not None:
+                blob.metadata = {OWNER_KEY: owner}
+            token = None
+            while True:
+                token, _, _ = blob.rewrite(source, token=token, retry=None, timeout=_timeout())
+                if token is None:
+                    return source.crc32c, blob.crc32c
+
+        expected, actual = _request(url, run, abort)
+        _check_crc(url, expected, actual or "", "copy")
+
+    _parallel(copy, names)
+
+
 def list_owners(url: str) -> dict[str, str | None]:
     """Every object under the prefix ``url/``: its name relative to the prefix, and the value
     of its :data:`OWNER_KEY` metadata (None when it has none: tfpipes did not write it)."""
@@ -126,6 +156,17 @@ def list_owners(url: str) -> dict[str, str | None]:
     prefix = _dir_key(key)
     blobs, _ = _list(url, prefix)
     return {b.name[len(prefix) :]: (b.metadata or {}).get(OWNER_KEY) for b in blobs}
+
+
+def list_checksums(url: str) -> dict[str, tuple[int, str]]:
+    """Every object under the prefix ``url/``: its name relative to the prefix, its size and
+    its CRC32C as 8 hex digits (one listing, no object read)."""
+    _, key = split(url)
+    prefix = _dir_key(key)
+    blobs, _ = _list(url, prefix)
+    return {
+        b.name[len(prefix) :]: (int(b.size), base64.b64decode(b.crc32c or "").hex()) for b in blobs
+    }
 
 
 def delete_objects(url: str, names: Iterable[str]) -> None:

@@ -84,7 +84,8 @@ def write_manifest(
         path = os.path.join(local_root, rel)
         if rel in known:
             size, crc = known[rel]
-            if os.path.getsize(path) != size:
+            # A known file may be elsewhere already (a fan-out's shards, in object storage).
+            if os.path.exists(path) and os.path.getsize(path) != size:
                 raise ValueError(f"{path}: {os.path.getsize(path)} bytes, expected {size}")
         else:
             size, crc = file_crc32c(path)

@@ -207,6 +207,11 @@ def list_owners(prefix: str) -> dict[str, str | None]:
     return _gcs_transfer().list_owners(normalize(prefix))
 
 
+def list_checksums(prefix: str) -> dict[str, tuple[int, str]]:
+    """The objects under the remote ``prefix`` (relative names): (size, hex CRC32C) each."""
+    return _gcs_transfer().list_checksums(normalize(prefix))
+
+
 def delete_objects(prefix: str, names: list[str]) -> None:
     """Delete the named objects under the remote ``prefix`` (callers pass only ours)."""
     _gcs_transfer().delete_objects(normalize(prefix), names)
@@ -437,6 +442,50 @@ def commit_files(
         tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
         shutil.copyfile(os.path.join(src_dir, *name.split("/")), tmp)
         os.replace(tmp, target)
+
+
+def link_files(src_dir: str, dest_dir: str, names: list[str]) -> None:
+    """Put the files ``names`` of the local ``src_dir`` into the local ``dest_dir``: hard
+    links (a metadata operation: the fan-out commit's cost stays per file, not per byte),
+    copies where the file system has none. ``src_dir`` keeps its files."""
+    for name in names:
+        src = os.path.join(src_dir, *name.split("/"))
+        target = os.path.join(dest_dir, *name.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            os.link(src, target)
+        except FileNotFoundError:
+            raise UserError(f"{src}: no such file") from None
+        except OSError:  # another file system, or one without hard links (gcsfuse)
+            shutil.copyfile(src, target)
+
+
+def commit_staged_prefix(
+    staging: str,
+    final: str,
+    names: list[str],
+    meta_dir: str,
+    *,
+    last: tuple[str, ...],
+    overwrite: bool = False,
+    inputs: tuple[str, ...] = (),
+) -> None:
+    """Commit to the remote prefix ``final`` the objects ``names`` already under the remote
+    prefix ``staging`` (copied server side: no byte passes through here) and the files of the
+    local ``meta_dir``, those in ``last`` after everything else — :func:`staged_dir`'s order
+    and ownership rules for a prefix. ``staging`` is left as it is."""
+    final = normalize(final)
+    check_output_location(final, inputs)
+    ours, committed = _owned_objects(final, last)
+    if committed and not overwrite:
+        raise _already_exists(final)
+    meta = files_under(meta_dir)
+    delete_objects(final, [n for n in last if n in ours])
+    mark = owner_mark(final)
+    _gcs_transfer().copy_objects(normalize(staging), final, names, mark)
+    delete_objects(final, sorted(ours - set(names) - set(meta) - set(last)))
+    commit_files(meta_dir, final, [n for n in meta if n not in last], owner=mark)
+    commit_files(meta_dir, final, [n for n in meta if n in last], last=last, owner=mark)
 
 
 def files_under(local_dir: str) -> list[str]:

@@ -8,15 +8,27 @@ import os
 
 log = logging.getLogger("tfpipes")
 
-PIPELINE_PARAMS = (
-    # The pipeline's own parameters: (flag, pipeline parameter, type, default, help). The
-    # training parameters' flags come from TrainConfig (tfpipes.training.params).
-    ("--eval-fraction", "eval_fraction", float, 0.2, "share of rows for eval"),
-    ("--num-shards", "num_shards", int, 16, "shards per split"),
-    ("--checkpoint-dir", "checkpoint_dir", str, "", "durable checkpoint dir (local or gs://)"),
-    ("--version", "model_version", str, "", "exported model version (default: now)"),
-    ("--publish-base", "publish_base", str, "", "also publish the SavedModel under this base"),
+PIPELINE_FLAGS = (
+    # Flags for some of the pipeline's own parameters: (flag, pipeline parameter, help); their
+    # types and defaults are the pipeline's (tfpipes_pipelines.parameters, no kfp). The training
+    # parameters' flags come from TrainConfig (tfpipes.training.params).
+    ("--eval-fraction", "eval_fraction", "share of rows for eval"),
+    ("--num-shards", "num_shards", "shards per split"),
+    ("--fanout-bytes", "fanout_bytes", "input bytes above which preprocess fans out"),
+    ("--fanout-parts", "fanout_parts", "parallel preprocess tasks when it fans out"),
+    ("--checkpoint-dir", "checkpoint_dir", "durable checkpoint dir (local or gs://)"),
+    ("--version", "model_version", "exported model version (default: now)"),
+    ("--publish-base", "publish_base", "also publish the SavedModel under this base"),
 )
+
+
+def _pipeline_params() -> dict:
+    """{pipeline parameter: inspect.Parameter} of :data:`PIPELINE_FLAGS`, from the pipeline's
+    own tables."""
+    from tfpipes_pipelines.parameters import FANOUT, OUTPUT, SINGLE_POD, SPLIT
+
+    tables = {q.name: q for q in SPLIT + FANOUT + OUTPUT + SINGLE_POD}
+    return {dest: tables[dest] for _, dest, _ in PIPELINE_FLAGS}
 
 
 def add_cluster_options(p: argparse.ArgumentParser) -> None:
@@ -77,7 +89,9 @@ def _add_pipeline_params(p: argparse.ArgumentParser) -> None:
     from tfpipes.training.params import add_pipeline_flags
 
     add_pipeline_flags(p)
-    for flag, dest, typ, default, help_ in PIPELINE_PARAMS:
+    params = _pipeline_params()
+    for flag, dest, help_ in PIPELINE_FLAGS:
+        typ, default = params[dest].annotation, params[dest].default
         p.add_argument(flag, dest=dest, type=typ, default=default, help=f"{help_} ({default!r})")
 
 
@@ -145,7 +159,7 @@ def _params(args) -> dict:
 
     training = pick(vars(args))
     from_params(training)
-    return training | {dest: getattr(args, dest) for _, dest, *_ in PIPELINE_PARAMS}
+    return training | {dest: getattr(args, dest) for _, dest, _ in PIPELINE_FLAGS}
 
 
 def _compile(args) -> int:
@@ -287,7 +301,7 @@ def _demo(args) -> int:
     log.info("demo: %d synthetic rows -> %s", args.rows, csv_path)
     from tfpipes.training.params import pipeline_defaults
 
-    params = pipeline_defaults() | {dest: default for _, dest, _, default, _ in PIPELINE_PARAMS}
+    params = pipeline_defaults() | {k: q.default for k, q in _pipeline_params().items()}
     params |= {
         "source": csv_path,
         "label": "label",

@@ -27,57 +27,7 @@ def register(sub) -> None:
             "example:\n  tfpipes preprocess --source data.csv --output out/data --label species"
         ),
     )
-    p.add_argument(
-        "--source", required=True, help="CSV/Parquet file, glob, directory or gs:// prefix"
-    )
-    p.add_argument("--output", required=True, help="data set directory or gs:// prefix to create")
-    p.add_argument("--label", required=True, help="name of the label column")
-    p.add_argument("--eval-fraction", type=float, default=0.2, help="share of rows for eval (0.2)")
-    p.add_argument(
-        "--num-shards", type=int, default=16, help="shards per split (16: 4 each for 4 workers)"
-    )
-    p.add_argument("--split-seed", type=int, default=0, help="salt of the split hash (0)")
-    p.add_argument("--compression", choices=["", "GZIP"], default="", help="shard compression")
-    p.add_argument(
-        "--layout",
-        choices=list(RECORD_LAYOUTS),
-        default=DEFAULT_RECORD_LAYOUT,
-        help="record layout of the shards: blocks (one tf.train.Example per block of rows, "
-        "column by column: fastest to train on; the default) or rows (one per row)",
-    )
-    p.add_argument(
-        "--schema",
-        default="",
-        help='JSON overriding some columns: {column: dtype}, {column: {"dtype": ..., "kind": '
-        '..., "format": ...}} or a schema.json (kinds: numeric, categorical, id, boolean, '
-        "timestamp)",
-    )
-    p.add_argument(
-        "--na-values",
-        default=None,
-        help="comma-separated cells read as missing values (default: ,NA,N/A,null,NULL,NaN,"
-        "nan,None; the leading comma is the empty cell)",
-    )
-    p.add_argument(
-        "--task",
-        choices=["", "classification", "regression"],
-        default="",
-        help="the label's task (default: inferred from the label's values)",
-    )
-    p.add_argument(
-        "--on-missing-label",
-        choices=["drop", "fail"],
-        default="drop",
-        help="rows without a label: drop and count them (default), or fail on the first",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--workers", type=int, default=0, help="parsing threads (0: one per core)")
-    p.add_argument(
-        "--on-bad-row",
-        choices=["fail", "skip"],
-        default="fail",
-        help="fail on the first bad row (default), or skip bad rows and count them",
-    )
+    add_preprocess_flags(p)
     p.set_defaults(handler=_preprocess)
 
     t = sub.add_parser(
@@ -131,6 +81,61 @@ def register(sub) -> None:
     e.set_defaults(handler=_export)
 
 
+def add_preprocess_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of :class:`PreprocessConfig`, shared by ``preprocess`` and ``preprocess-plan``."""
+    p.add_argument(
+        "--source", required=True, help="CSV/Parquet file, glob, directory or gs:// prefix"
+    )
+    p.add_argument("--output", required=True, help="data set directory or gs:// prefix to create")
+    p.add_argument("--label", required=True, help="name of the label column")
+    p.add_argument("--eval-fraction", type=float, default=0.2, help="share of rows for eval (0.2)")
+    p.add_argument(
+        "--num-shards", type=int, default=16, help="shards per split (16: 4 each for 4 workers)"
+    )
+    p.add_argument("--split-seed", type=int, default=0, help="salt of the split hash (0)")
+    p.add_argument("--compression", choices=["", "GZIP"], default="", help="shard compression")
+    p.add_argument(
+        "--layout",
+        choices=list(RECORD_LAYOUTS),
+        default=DEFAULT_RECORD_LAYOUT,
+        help="record layout of the shards: blocks (one tf.train.Example per block of rows, "
+        "column by column: fastest to train on; the default) or rows (one per row)",
+    )
+    p.add_argument(
+        "--schema",
+        default="",
+        help='JSON overriding some columns: {column: dtype}, {column: {"dtype": ..., "kind": '
+        '..., "format": ...}} or a schema.json (kinds: numeric, categorical, id, boolean, '
+        "timestamp)",
+    )
+    p.add_argument(
+        "--na-values",
+        default=None,
+        help="comma-separated cells read as missing values (default: ,NA,N/A,null,NULL,NaN,"
+        "nan,None; the leading comma is the empty cell)",
+    )
+    p.add_argument(
+        "--task",
+        choices=["", "classification", "regression"],
+        default="",
+        help="the label's task (default: inferred from the label's values)",
+    )
+    p.add_argument(
+        "--on-missing-label",
+        choices=["drop", "fail"],
+        default="drop",
+        help="rows without a label: drop and count them (default), or fail on the first",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--workers", type=int, default=0, help="parsing threads (0: one per core)")
+    p.add_argument(
+        "--on-bad-row",
+        choices=["fail", "skip"],
+        default="fail",
+        help="fail on the first bad row (default), or skip bad rows and count them",
+    )
+
+
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     from tfpipes.training.params import add_train_flags
 
@@ -138,27 +143,37 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _preprocess(args) -> int:
-    from tfpipes.preprocess import PreprocessConfig, preprocess
+    from tfpipes.preprocess import preprocess
 
-    r = preprocess(
-        PreprocessConfig(
-            source=args.source,
-            output=args.output,
-            label=args.label,
-            eval_fraction=args.eval_fraction,
-            num_shards=args.num_shards,
-            split_seed=args.split_seed,
-            compression=args.compression,
-            layout=args.layout,
-            schema_path=args.schema,
-            overwrite=args.overwrite,
-            workers=args.workers,
-            on_bad_row=args.on_bad_row,
-            task=args.task,
-            on_missing_label=args.on_missing_label,
-            **({} if args.na_values is None else {"na_values": tuple(args.na_values.split(","))}),
-        )
+    log_result(preprocess(preprocess_config(args)))
+    return 0
+
+
+def preprocess_config(args):
+    """The :class:`PreprocessConfig` of :func:`add_preprocess_flags`' flags."""
+    from tfpipes.preprocess import PreprocessConfig
+
+    return PreprocessConfig(
+        source=args.source,
+        output=args.output,
+        label=args.label,
+        eval_fraction=args.eval_fraction,
+        num_shards=args.num_shards,
+        split_seed=args.split_seed,
+        compression=args.compression,
+        layout=args.layout,
+        schema_path=args.schema,
+        overwrite=args.overwrite,
+        workers=args.workers,
+        on_bad_row=args.on_bad_row,
+        task=args.task,
+        on_missing_label=args.on_missing_label,
+        **({} if args.na_values is None else {"na_values": tuple(args.na_values.split(","))}),
     )
+
+
+def log_result(r) -> None:
+    """The lines a finished preprocess (single-process or a fan-out's commit) logs."""
     if r.column_table:
         log.info("%s", r.column_table)
     log.info(
@@ -180,7 +195,6 @@ def _preprocess(args) -> int:
         len(r.schema.features),
         r.output,
     )
-    return 0
 
 
 def _train(args) -> int:

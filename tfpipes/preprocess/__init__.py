@@ -29,6 +29,9 @@ The public pieces are here: :class:`PreprocessConfig`, :func:`preprocess`,
 - ``shard_writer.py``: the shard files, written in block order; ``crc32c.py``: their checksums.
 - ``fingerprint.py``: the content hash of the inputs.
 - ``pipeline.py``: the orchestration (plan -> blocks -> write -> stats -> commit).
+- ``fanout.py`` / ``fanout_part.py`` / ``fanout_commit.py``: the same data set written by N
+  processes (plan, one part each, the commit); ``partials.py``: a part's statistics and their
+  merge.
 
 Why the output does not depend on the worker count: block boundaries depend on the input bytes
 and the block size only; workers parse, validate, summarize and encode blocks in any order; the

@@ -132,6 +132,9 @@ class CsvInput:
         except BaseException:
             self._stack.close()
             raise
+        # Where the block being handed out starts in the (decompressed) stream: a fan-out plan
+        # records it to read the same blocks again by byte range (:mod:`.fanout`).
+        self.offset = self.tap.bytes - len(self._pending)
 
     def close(self) -> None:
         self._stack.close()
@@ -207,6 +210,7 @@ class CsvInput:
                     data = bytes(view[:end])
                 yield Block(self.path, self._line, data, self.delimiter)
                 self._line += count_lines(self._pending, end)
+                self.offset += end
                 del self._pending[:end]
             elif len(self._pending) > max(MAX_ROW_BYTES, 4 * self.block_size):
                 raise UserError(self._no_row_end_message())

@@ -41,6 +41,7 @@ MAX_KEY_BYTES = 100  # keeps every fixed entry's length prefix in one byte
 #   ("u8", matrix (n, w))         w bytes per row
 #   ("pad", matrix (n, w), lens)  the first lens[i] bytes of row i (variable width)
 #   ("arrow", large_binary array) one value per row (variable width)
+#   ("arrow", array, lens)        the same with nulls where a row has nothing (lens[i] == 0)
 
 
 def _width(piece) -> int | None:
@@ -60,7 +61,7 @@ def _lens(piece) -> np.ndarray | int:
     if kind == "pad":
         return piece[2]
     if kind == "arrow":
-        return np.diff(_arrow_offsets(piece[1]))
+        return piece[2] if len(piece) > 2 else np.diff(_arrow_offsets(piece[1]))
     return _width(piece)
 
 
@@ -114,8 +115,12 @@ def _varint_len(x: np.ndarray) -> np.ndarray:
     """Bytes of each value's varint (x: non-negative int64, or uint64 bit patterns)."""
     out = np.ones(len(x), dtype=np.int64)
     unsigned = x.dtype == np.uint64
+    top = x.max() if len(x) else 0
     for k in range(1, 10):
-        out += x >= (np.uint64(1 << (7 * k)) if unsigned else 1 << (7 * k))
+        bound = np.uint64(1 << (7 * k)) if unsigned else 1 << (7 * k)
+        if top < bound:
+            break  # no value has this many bytes: skip the comparisons left
+        out += x >= bound
     return out
 
 
@@ -161,16 +166,27 @@ def _arrow_offsets(arr) -> np.ndarray:
 
 
 def _absent_where(pieces: list, present: np.ndarray, n: int) -> list:
-    """One column's map entry as a single variable-width piece that is empty where the value is
-    absent (a missing cell: the key is left out of that row's Example, as TF and TFX expect)."""
+    """One column's map entry as a single variable-width piece that is null where the value is
+    absent (a missing cell: the key is left out of that row's Example, as TF and TFX expect);
+    the row join skips nulls."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    flat, offsets = _join(pieces, n)
+    if all(_width(p) is not None for p in pieces):
+        width = sum(_width(p) for p in pieces)
+        flat = _fixed_matrix(pieces, n).reshape(-1)
+        offsets = np.arange(n + 1, dtype=np.int64) * width
+        lens = np.where(present, width, 0)
+    else:
+        flat, offsets = _join(pieces, n)
+        lens = np.where(present, np.diff(offsets), 0)
+    valid = pa.array(present, type=pa.bool_()).buffers()[1]
     arr = pa.Array.from_buffers(
-        pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(flat)]
+        pa.large_binary(),
+        n,
+        [valid, pa.py_buffer(offsets), pa.py_buffer(flat)],
+        null_count=n - int(np.count_nonzero(present)),
     )
-    return [("arrow", pc.if_else(pa.array(present), arr, pa.scalar(b"", pa.large_binary())))]
+    return [("arrow", arr, lens)]
 
 
 def _column_pieces(name: str, dt: str, values, present, n: int) -> list:
@@ -335,8 +351,10 @@ def _join(pieces: list, n: int):
         arrays.append(_to_arrow(("u8", _fixed_matrix(run, n)), n))
     joined = (
         arrays[0]
-        if len(arrays) == 1
-        else pc.binary_join_element_wise(*arrays, pa.scalar(b"", pa.large_binary()))
+        if len(arrays) == 1 and not arrays[0].null_count
+        else pc.binary_join_element_wise(
+            *arrays, pa.scalar(b"", pa.large_binary()), null_handling="skip"
+        )
     )
     offsets = _arrow_offsets(joined)
     base = np.frombuffer(joined.buffers()[1], dtype=np.int64)[joined.offset]

@@ -68,6 +68,31 @@ def preprocess(cfg: PreprocessConfig) -> PreprocessResult:
     if total_bytes <= cfg.block_size:
         workers = 1  # one block: nothing to share
     overrides = load_overrides(cfg.schema_path) if cfg.schema_path else {}
+    header = read_header(cfg, files)
+    unknown = sorted(set(overrides) - set(header))
+    if unknown:
+        log.warning("--schema names columns not in the data, ignored: %s", unknown)
+    inference = _scan(cfg, files, header, workers, sample=True)
+    plan, task = _make_plan(cfg, header, overrides, inference)
+    args = (cfg, files, overrides, workers, total_bytes)
+    try:
+        result = _write(*args, plan, task, inference)
+    except _BadInput:
+        if inference.exact:
+            raise
+        full = _full_plan(cfg, files, header, overrides, workers)
+        if full == (plan, task):
+            raise  # the whole input gives the same plan: the error stands
+        result = _write(*args, *full, None)
+    except _PlanChanged as e:
+        result = _write(*args, e.plan, e.task, None)
+    secs, cpu = time.monotonic() - t0, time.process_time() - cpu0
+    return dataclasses.replace(result, seconds=secs, workers=workers, cpu_seconds=cpu)
+
+
+def read_header(cfg: PreprocessConfig, files: list[str]) -> list[str]:
+    """The first input's header, checked: not too wide, holding the label and a feature, and
+    no column name the block layout reserves (with that layout)."""
     with contextlib.ExitStack() as stack:
         first = open_input(files[0], cfg.block_size)
         stack.callback(first.close)
@@ -89,25 +114,7 @@ def preprocess(cfg: PreprocessConfig) -> PreprocessResult:
                 f"{files[0]}: column {sorted(reserved)[0]!r} is a name the block layout "
                 "reserves; rename it or pass --layout rows"
             )
-    unknown = sorted(set(overrides) - set(header))
-    if unknown:
-        log.warning("--schema names columns not in the data, ignored: %s", unknown)
-    inference = _scan(cfg, files, header, workers, sample=True)
-    plan, task = _make_plan(cfg, header, overrides, inference)
-    args = (cfg, files, overrides, workers, total_bytes)
-    try:
-        result = _write(*args, plan, task, inference)
-    except _BadInput:
-        if inference.exact:
-            raise
-        full = _full_plan(cfg, files, header, overrides, workers)
-        if full == (plan, task):
-            raise  # the whole input gives the same plan: the error stands
-        result = _write(*args, *full, None)
-    except _PlanChanged as e:
-        result = _write(*args, e.plan, e.task, None)
-    secs, cpu = time.monotonic() - t0, time.process_time() - cpu0
-    return dataclasses.replace(result, seconds=secs, workers=workers, cpu_seconds=cpu)
+    return header
 
 
 class _BadInput(UserError):
@@ -180,9 +187,18 @@ def open_input(path: str, block_size: int) -> CsvInput | ParquetInput:
     return ParquetInput(path) if is_parquet(path) else CsvInput(path, block_size)
 
 
-def _scan(cfg: PreprocessConfig, files: list[str], header: list[str], workers: int, sample: bool):
+def _scan(
+    cfg: PreprocessConfig,
+    files: list[str],
+    header: list[str],
+    workers: int,
+    sample: bool,
+    listing=None,
+):
     """The first pass: every file's header checked and its columns profiled, in input order
-    (``sample``: the head of each CSV block and the tail of each file's last one)."""
+    (``sample``: the head of each CSV block and the tail of each file's last one).
+    ``listing``: told of each CSV block (``block(inp, block)``) and each file read
+    (``file(inp)``), for a fan-out plan (:mod:`.fanout`)."""
     inference = ColumnInference(header, cfg.label)
     na = tuple(cfg.na_values)
     scan_plan = ScanPlan(tuple(header), na, cfg.label, SAMPLE_BYTES if sample else 0)
@@ -198,9 +214,13 @@ def _scan(cfg: PreprocessConfig, files: list[str], header: list[str], workers: i
                     )
                 if isinstance(inp, ParquetInput):
                     inference.merge(inp.profile(cfg.label))
+                    if listing is not None:
+                        listing.file(inp)
                     continue
                 last = None
                 for block in inp.blocks():  # one behind: the last block's tail is read too
+                    if listing is not None:
+                        listing.block(inp, block)
                     if last is not None:
                         for prof in runner.submit(scan_plan, last):
                             inference.merge(prof)
@@ -213,6 +233,8 @@ def _scan(cfg: PreprocessConfig, files: list[str], header: list[str], workers: i
                             inference.merge(prof)
                 for prof in runner.drain():
                     inference.merge(prof)
+                if listing is not None:
+                    listing.file(inp)
             finally:
                 inp.close()
     finally:

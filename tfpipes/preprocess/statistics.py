@@ -11,7 +11,7 @@ in the input, so the result does not depend on the worker count): exact up to th
 scaled to the exact count beyond. The share sampled depends on the rows parsed in all (the
 rows of every block as read, before dropping bad or unlabeled ones), known only at the end:
 each block sends every value with its row's hash, and the fold keeps those under the share
-the rows so far allow, which can only shrink — so memory stays at about ``SAMPLE_VALUES``
+the rows so far allow, which can only shrink — so memory stays under about twice ``SAMPLE_VALUES``
 values a column, and the end keeps the same rows a known share would have.
 
 Categorical and id features add ``unique`` (exact up to ``EXACT_UNIQUE`` distinct values,
@@ -151,11 +151,16 @@ class _Numeric:
             d["quantiles"] = [0.0] * len(QUANTILES)
             d["histogram"] = {"edges": [0.0] * 11, "counts": [0] * 10}
             return d
+        s = np.sort(s)  # once: the quantiles, histogram and distinct count all read it sorted
         q = np.quantile(s, QUANTILES) if len(s) else np.full(len(QUANTILES), self.mean)
         q[0], q[-1] = self.lo, self.hi
         edges = np.linspace(self.lo, self.hi, 11)
         if self.hi > self.lo and len(s):
-            counts = np.histogram(s, edges)[0]
+            # np.histogram's counts for these edges (the last bin closed), without its sort
+            ends = np.concatenate(
+                [s.searchsorted(edges[:-1], "left"), s.searchsorted(edges[-1:], "right")]
+            )
+            counts = np.diff(ends)
             if len(s) != self.count:  # a sample: scale to the count, largest remainders up
                 exact = counts * (self.count / len(s))
                 counts = np.floor(exact).astype(np.int64)
@@ -168,8 +173,13 @@ class _Numeric:
         d.update(min=self.lo, max=self.hi, median=float(np.quantile(s, 0.5)) if len(s) else 0.0)
         d["quantiles"] = [float(x) for x in q]
         d["histogram"] = {"edges": [float(x) for x in edges], "counts": counts.tolist()}
-        d["unique"] = int(len(np.unique(s)))  # of the sample: exact up to SAMPLE_VALUES rows
+        d["unique"] = _distinct_sorted(s)  # of the sample: exact up to SAMPLE_VALUES rows
         return d
+
+
+def _distinct_sorted(s: np.ndarray) -> int:
+    """Distinct values of a sorted array (what len(np.unique(s)) counts)."""
+    return int(np.count_nonzero(s[1:] != s[:-1])) + 1 if len(s) else 0
 
 
 class _Categorical:
@@ -193,6 +203,13 @@ class _Categorical:
             keep = sorted(self.counts.items(), key=lambda kv: -kv[1])[: EXACT_UNIQUE // 2]
             self.counts = dict(keep)
 
+    def absorb(self, missing: int, count: int, counts: dict, sketch, approximate: bool) -> None:
+        """Fold another fold's figures (a fan-out part's): the same result as folding its
+        blocks here while neither passes ``EXACT_UNIQUE`` values; the sketch exactly so."""
+        self.merge(missing, list(counts), list(counts.values()), np.asarray(sketch, np.uint64))
+        self.count += count - sum(counts.values())  # a truncated fold's count is the true one
+        self.approximate |= approximate
+
     def unique(self) -> int:
         if not self.approximate:
             return len(self.counts)
@@ -213,22 +230,26 @@ class _Categorical:
 class _RowSample:
     """The statistics sample as it is folded: per block, its sampled rows' hashes once and
     each numeric column's values on those rows (with which rows it has), dropping the rows
-    that fall past the threshold as it shrinks. About ``SAMPLE_VALUES`` rows are kept."""
+    that fall past the threshold as it shrinks. At most about twice ``SAMPLE_VALUES`` rows are
+    kept."""
 
     def __init__(self) -> None:
         self.blocks: list[tuple[np.ndarray, dict]] = []
         self.kept = 0
+        self.limit: int | None = None  # the threshold every kept row is under (None: all)
 
     def add(self, rows: np.ndarray, columns: dict, limit: int | None) -> None:
         """One block: ``rows`` the hashes, ``columns`` name -> (values, present mask or None)."""
         self.blocks.append((rows, columns))
         self.kept += len(rows)
-        if limit is not None and self.kept > SAMPLE_VALUES + SAMPLE_VALUES // 16:
-            self.keep_under(limit)  # earlier blocks kept a larger share: bound the memory
+        # Earlier blocks kept a larger share: bound the memory. Pruning at twice the sample
+        # (not just past it) keeps the work per row constant: about half of what is kept goes.
+        if limit is not None and self.kept > 2 * SAMPLE_VALUES:
+            self.keep_under(limit)
 
     def keep_under(self, limit: int | None) -> None:
-        if limit is None:
-            return
+        if limit is None or (self.limit is not None and limit >= self.limit):
+            return  # nothing kept is at or past it
         # Block by block, not one concatenation: large arrays freed and reallocated again and
         # again fragment the heap and resident memory grows with the input.
         lim = np.uint64(limit)
@@ -239,6 +260,7 @@ class _RowSample:
                 blocks.append((rows[sel], {k: _take(*vo, sel) for k, vo in columns.items()}))
         self.blocks = blocks
         self.kept = sum(len(rows) for rows, _ in blocks)
+        self.limit = limit
 
     def values(self, name: str, limit: int | None) -> np.ndarray:
         """The column's sample (float64, input order) under the final threshold ``limit``."""
@@ -291,7 +313,8 @@ class Stats:
         col = self.cols[name]
         if isinstance(col, _Categorical):
             return col.unique()
-        return col.to_dict("", self.sample.values(name, sample_threshold(self.parsed)))["unique"]
+        # what to_dict counts, without its quantiles and histogram
+        return int(len(np.unique(self.sample.values(name, sample_threshold(self.parsed)))))
 
     @property
     def sampled(self) -> bool:

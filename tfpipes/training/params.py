@@ -4,9 +4,10 @@ The parameters are written once, as the fields of :class:`TrainConfig` with thei
 (``tfpipes.training.config.param``). From them come:
 
 - ``tfpipes train``'s flags (:func:`add_train_flags`, :func:`config_from_args`);
-- the pipeline parameters (:data:`PIPELINE_PARAMS`: KFP name, type and default) that the KFP
-  components and both pipelines write out (KFP reads the signatures, so they are typed by hand;
-  ``tests/test_params.py`` compares each with this), and run-local's flags
+- the pipeline parameters (:data:`PIPELINE_PARAMS`: KFP name, type and default): both
+  pipelines' signatures are built from them (``tfpipes_pipelines.parameters``); the KFP
+  components write them out (KFP ships a component's source, so they are typed by hand;
+  ``tests/test_params.py`` compares each with this); and run-local's flags
   (:func:`add_pipeline_flags`);
 - a config from pipeline or component values (:func:`from_params`), parsing text values such
   as ``hidden="64,32"`` with the same parser as the CLI, so a bad value is the same one-line
@@ -85,18 +86,12 @@ def _typed(p: Param, value: Any) -> Any:
             return text.lower() == "true"
         expected = "true or false"
     elif want is int:
-        try:
-            number = int(text) if text is not None else value
-        except ValueError:
-            number = None
+        number = _number(text, value, int)
         if isinstance(number, int) and not isinstance(number, bool) and -(2**63) <= number < 2**63:
             return number
         expected = "an integer (int64)"
     elif want is float:
-        try:
-            number = float(text) if text is not None else value
-        except ValueError:
-            number = None
+        number = _number(text, value, float)
         if isinstance(number, (int, float)) and not isinstance(number, bool):
             if math.isfinite(number):
                 return float(number)
@@ -114,6 +109,16 @@ def _typed(p: Param, value: Any) -> Any:
     shown = json.dumps(value, default=repr)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
     raise UserError(f"{p.flag} {shown}: expected {expected}")
+
+
+def _number(text: str | None, value: Any, convert: type) -> Any:
+    # Text through ``convert`` (None when it is not a number); any other value as it is.
+    if text is None:
+        return value
+    try:
+        return convert(text)
+    except ValueError:
+        return None
 
 
 def _param(f: dataclasses.Field) -> Param:

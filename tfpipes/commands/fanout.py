@@ -1,0 +1,111 @@
+"""``tfpipes preprocess-plan | preprocess-part | preprocess-commit``: preprocess fanned out over
+N processes on any engine that can run them (the KFP pipeline's ParallelFor is one)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from tfpipes.commands.steps import add_preprocess_flags, log_result, preprocess_config
+
+log = logging.getLogger("tfpipes")
+
+_STEPS = (
+    "  tfpipes preprocess-plan --source big/ --output out/data --label y --parts 8\n"
+    "  for i in 0 1 2 3 4 5 6 7; do tfpipes preprocess-part --staging out/.data.fanout \\\n"
+    "      --part $i & done; wait      # any N machines that see the staging place\n"
+    "  tfpipes preprocess-commit --staging out/.data.fanout"
+)
+
+
+def register(sub) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser(
+        "preprocess-plan",
+        help="fan-out preprocess, step 1: cut the input into N parts and plan the columns",
+        formatter_class=fmt,
+        description=(
+            "Read the input once as `tfpipes preprocess` reads it first: the column types\n"
+            "from the same sample, and the row-aligned blocks of each plain CSV file (a\n"
+            "compressed CSV or a Parquet file is one unit). Deal the blocks into --parts\n"
+            "contiguous parts of about equal bytes and write the plan into the staging place\n"
+            "(--staging; default: <parent>/.<name>.fanout beside --output, or\n"
+            "<output>.fanout for gs://). Prints the staging place and the part numbers (JSON).\n"
+            "The data set the three steps commit is the one `tfpipes preprocess` writes, with\n"
+            "ceil(num-shards / parts) shards per split per part. See docs/preprocess.md.\n\n"
+            "steps:\n" + _STEPS
+        ),
+    )
+    add_preprocess_flags(p)
+    p.add_argument("--parts", type=int, required=True, help="number of parts (1-10000)")
+    p.add_argument("--staging", default="", help="where the parts write (default: beside output)")
+    p.add_argument(
+        "--block-size", type=int, default=4 << 20, help="bytes per block (4 MiB, as preprocess)"
+    )
+    p.add_argument(
+        "--full-scan",
+        action="store_true",
+        help="decide the column types from every row, not a sample (when the commit asks)",
+    )
+    p.set_defaults(handler=_plan)
+
+    q = sub.add_parser(
+        "preprocess-part",
+        help="fan-out preprocess, step 2: preprocess one part of a plan",
+        formatter_class=fmt,
+        description=(
+            "Preprocess part --part of the plan in --staging: its shards and its partial\n"
+            "statistics go into the staging place, the statistics last (they mark the part\n"
+            "done). Running a part again rewrites only its own files.\n\nsteps:\n" + _STEPS
+        ),
+    )
+    q.add_argument("--staging", required=True, help="the staging place preprocess-plan printed")
+    q.add_argument("--part", type=int, required=True, help="the part's number (0 .. parts-1)")
+    q.add_argument("--workers", type=int, default=0, help="parsing threads (0: one per core)")
+    q.set_defaults(handler=_part)
+
+    c = sub.add_parser(
+        "preprocess-commit",
+        help="fan-out preprocess, step 3: verify and merge the parts, commit the data set",
+        formatter_class=fmt,
+        description=(
+            "Check every part of the plan in --staging is whole (a missing or corrupt part\n"
+            "stops the commit with its number), merge their statistics and commit the data\n"
+            "set (schema.json, stats.json, shards; manifest.json last) at the plan's output\n"
+            "(or --output), then remove the staging place.\n\nsteps:\n" + _STEPS
+        ),
+    )
+    c.add_argument("--staging", required=True, help="the staging place preprocess-plan printed")
+    c.add_argument("--output", default="", help="the data set to create (default: the plan's)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    c.set_defaults(handler=_commit)
+
+
+def _plan(args) -> int:
+    import dataclasses
+
+    from tfpipes.preprocess.fanout import plan_fanout
+
+    cfg = dataclasses.replace(preprocess_config(args), block_size=args.block_size)
+    fp = plan_fanout(cfg, args.parts, args.staging, full_scan=args.full_scan)
+    log.info(
+        "preprocess-plan: %d parts of %s bytes -> %s", fp.num_parts, fp.total_bytes, fp.staging
+    )
+    print(json.dumps({"staging": fp.staging, "parts": list(range(fp.num_parts))}))
+    return 0
+
+
+def _part(args) -> int:
+    from tfpipes.preprocess.fanout_part import run_part
+
+    r = run_part(args.staging, args.part, workers=args.workers)
+    log.info("preprocess-part %d: %d rows in %.1f s", r.part, r.rows, r.seconds)
+    return 0
+
+
+def _commit(args) -> int:
+    from tfpipes.preprocess.fanout_commit import commit_fanout
+
+    log_result(commit_fanout(args.staging, args.output, overwrite=args.overwrite or None))
+    return 0
