@@ -11,7 +11,6 @@ import gzip
 import json
 import os
 import random
-import struct
 import warnings
 
 import numpy as np
@@ -50,22 +49,13 @@ def _write_inputs(d, rows: int = 1500, seed: int = 0) -> str:
     return os.path.join(d, "in")
 
 
-def _records(path: str) -> list[bytes]:
-    """The records of a TFRecord file (framing only: length, CRC, data, CRC)."""
-    data, out, i = open(path, "rb").read(), [], 0
-    while i < len(data):
-        (n,) = struct.unpack("<Q", data[i : i + 8])
-        out.append(data[i + 12 : i + 12 + n])
-        i += 16 + n
-    return out
-
-
 def _dataset(root: str):
-    """(manifest, {split: Counter of records}, stats.json text, schema.json text)."""
+    """(manifest, {split: Counter of per-row records}, stats.json text, schema.json text); the
+    block layout's blocks end where each part's chunks end, so rows are compared, not blocks."""
+    from tfpipes.records import dataset_row_records
+
     m = manifest.verify_dataset(root)  # every file there with its size and CRC32C
-    rows = {"train": collections.Counter(), "eval": collections.Counter()}
-    for s in m.shards:
-        rows[s.split].update(_records(os.path.join(root, s.path)))
+    rows = {s: collections.Counter(dataset_row_records(root, s)) for s in ("train", "eval")}
     read = lambda name: open(os.path.join(root, name)).read()  # noqa: E731
     return m, rows, read("stats.json"), read("schema.json")
 
