@@ -181,3 +181,33 @@ def download_dir(url: str, local_dir: str) -> None:
         _download_file(blob, obj_url, path, abort)
 
     _parallel(download, jobs)
+
+
+# --- single shards, for streaming ------------------------------------------------------------
+
+
+def object_sizes(url: str) -> dict[str, tuple[int, str | None]]:
+    """Every object under the prefix ``url/``: its name relative to the prefix, its size and
+    its CRC32C (hex, as a manifest writes it; None when the server has none). One listing."""
+    _, key = split(url)
+    prefix = _dir_key(key)
+    blobs, _ = _list(url, prefix)
+    out = {}
+    for b in blobs:
+        crc = base64.b64decode(b.crc32c).hex() if b.crc32c else None
+        out[b.name[len(prefix) :]] = (int(b.size or 0), crc)
+    return out
+
+
+def download_object(url: str, path: str, crc32c_hex: str) -> None:
+    """Download the object ``url`` to the local file ``path`` (streamed, never whole in
+    memory), checking its bytes against ``crc32c_hex`` (a manifest's CRC32C) and the object's
+    own CRC32C. UserError on a mismatch or a missing object, RetryableError past the deadline."""
+    blob = gcs._get_blob(url)
+    _download_file(blob, url, path, threading.Event())
+    expected = base64.b64encode(bytes.fromhex(crc32c_hex)).decode("ascii")
+    if blob.crc32c != expected:
+        raise UserError(
+            f"{url}: CRC32C does not match the data set's manifest; the shard was changed "
+            "after the data set was written"
+        )

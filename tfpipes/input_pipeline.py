@@ -140,6 +140,24 @@ def _parse_fn(schema: Schema):
     return parse
 
 
+def shard_files(root, manifest: DatasetManifest, split: str, input_context=None, repeat=False):
+    """The local paths of the ``split`` shards: files under the directory ``root``, or, for a
+    remote data set (``root`` a :mod:`tfpipes.stream` source), the paths its shard cache
+    fetches them to (``repeat``: the pipeline reads them once per epoch)."""
+    if isinstance(root, str):
+        return [os.path.join(root, p) for p in manifest.shard_paths(split)]
+    return root.shard_files(split, input_context, repeat)
+
+
+def _shard_reader(files, compression):
+    """The function from a shard's path to the dataset of its records: a streamed shard
+    (``files`` from a shard cache) is read once the cache has it (``stream.read_shard``)."""
+    reader = getattr(files, "reader", None)
+    if reader is not None:
+        return lambda f: reader(f, compression)
+    return lambda f: tf.data.TFRecordDataset(f, compression_type=compression, buffer_size=1 << 20)
+
+
 def _records(files: list[str], compression: str | None, input_context) -> tf.data.Dataset:
     """Serialized records of ``files``, this input pipeline's share of them."""
     ds = tf.data.Dataset.from_tensor_slices(files)
@@ -148,8 +166,8 @@ def _records(files: list[str], compression: str | None, input_context) -> tf.dat
     if by_file:
         ds = ds.shard(pipelines, input_context.input_pipeline_id)
     ds = ds.interleave(
-        lambda f: tf.data.TFRecordDataset(f, compression_type=compression, buffer_size=1 << 20),
-        cycle_length=max(1, min(len(files), 8)),
+        _shard_reader(files, compression),
+        cycle_length=max(1, min(len(files), getattr(files, "cycle", 8))),  # see stream.py
         block_length=16,  # fewer switches between files; the shuffle mixes them anyway
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
@@ -185,7 +203,12 @@ def make_dataset(
     Raises UserError when the split has no files, or ``cache`` is asked for a split that does
     not fit in memory.
     """
-    files = [os.path.join(root, p) for p in manifest.shard_paths(split)]
+    if training and cache and tf.executing_eagerly():
+        data = load_in_memory(
+            root, manifest, split, schema, batch_size, seed=seed, input_context=input_context
+        )
+        return data.dataset(skip_batches)
+    files = shard_files(root, manifest, split, input_context if training else None, training)
     if not files:
         raise UserError(f"{root}: the data set has no {split!r} shards")
     compression = manifest.compression or None
@@ -194,11 +217,6 @@ def make_dataset(
         ds = _records(files, compression, None).batch(batch_size)
         ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
-    if cache and tf.executing_eagerly():
-        data = load_in_memory(
-            root, manifest, split, schema, batch_size, seed=seed, input_context=input_context
-        )
-        return data.dataset(skip_batches)
     ds = _records(files, compression, input_context)
     if cache:  # inside a tf.function (a per-worker dataset): tf.data's own cache
         ds = ds.cache()
@@ -291,7 +309,7 @@ def load_in_memory(
 
     Raises UserError if it cannot fit in half the available memory or has less than a batch.
     """
-    files = [os.path.join(root, p) for p in manifest.shard_paths(split)]
+    files = shard_files(root, manifest, split, input_context)
     if not files:
         raise UserError(f"{root}: the data set has no {split!r} shards")
     _check_fits(manifest, split)
