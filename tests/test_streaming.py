@@ -41,7 +41,9 @@ def data(tmp_path_factory) -> Path:
 
 
 def shards(data: Path, split: str) -> list[dict]:
-    return [s for s in json.loads((data / "manifest.json").read_text())["shards"] if s["split"] == split]
+    return [
+        s for s in json.loads((data / "manifest.json").read_text())["shards"] if s["split"] == split
+    ]
 
 
 def data_bytes(data: Path) -> int:

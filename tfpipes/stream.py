@@ -49,7 +49,7 @@ log = logging.getLogger("tfpipes.stream")
 
 SHARDS_ENV = "TFPIPES_STREAM_SHARDS"
 DIR_ENV = "TFPIPES_STREAM_DIR"
-DEFAULT_SHARDS = 10  # the interleave reads 8 shards at once; two more are being fetched
+DEFAULT_SHARDS = 10  # the interleave then reads 3 shards at once (StreamFiles.cycle)
 ERROR_TAG = "tfpipes-stream-error:"
 POLL_S = 0.01  # how often a reader looks for the shard it waits for
 
@@ -124,9 +124,11 @@ class StreamFiles(list):
         super().__init__(paths)
         self.directory = directory
         self.timeout_s = _wait_timeout_s()
-        # Shards the interleave reads at once: every one of them must fit in the cache with
-        # room to fetch ahead, or the reader would wait for a shard the cache has no room for.
-        self.cycle = max(1, min(8, limit - 2))
+        # Shards the interleave reads at once. tf.data opens up to three times as many (the
+        # current ones, the next ones it prepares and their prefetch): all of them must fit in
+        # the cache, or a reader would wait for a shard that only its own progress makes room
+        # for, holding a thread the step needs (a deadlock on a parameter-server worker).
+        self.cycle = max(1, min(8, (limit - 1) // 3))
 
     def reader(self, path, compression):
         return read_shard(path, self.directory, compression, self.timeout_s)
@@ -271,6 +273,7 @@ class ShardCache:
                         log.warning("%s: inotify queue overflowed", self.directory)
                     if name not in self.names:
                         continue
+                    log.debug("%s: %s %s", self.tag, "open" if mask & _IN_OPEN else "close", name)
                     if mask & _IN_OPEN:
                         opens[name] = opens.get(name, 0) + 1
                     elif mask & _IN_CLOSE_NOWRITE and opens.get(name):
@@ -295,6 +298,7 @@ class ShardCache:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         self.fetched += 1
+        log.debug("%s: fetched %s", self.tag, name)
 
     def _fail(self, error: TfpipesError) -> None:
         self.error = error
