@@ -217,7 +217,7 @@ def test_storage_stopped_mid_training_exits_138_and_a_rerun_resumes_exactly(
     from tfpipes import storage
 
     args = ["--train-steps", "300", "--batch-size", "32", "--log-every", "10"]
-    args += ["--checkpoint-every", "20"]
+    args += ["--checkpoint-every", "20", "--shuffle-buffer", "500"]
     with FakeGcsServer(root=tmp_path / "gcs") as server:
         point_tfpipes_at(server, monkeypatch)
         url = f"gs://{server.create_bucket()}/d"
@@ -230,16 +230,17 @@ def test_storage_stopped_mid_training_exits_138_and_a_rerun_resumes_exactly(
         env_cut = {**env, "TFPIPES_READ_LOG": str(cut_log)}
         run = Run(["train", "--data", url, "--model-dir", str(cut), *args], env_cut)
         try:
-            # the outage: once the run has streamed 12 shards (a third of an epoch)
-            while run.proc.poll() is None and len(reads_or_none(cut_log)) < 12:
+            # the outage: once the run has streamed 20 shards (past step 40 or so)
+            while run.proc.poll() is None and len(reads_or_none(cut_log)) < 20:
                 time.sleep(0.01)
             server.stop()
             code = run.wait(120)
         finally:
             run.stop()
-        err = [x for x in run.err if x.strip()]
+        err = [x for x in run.err if "error:" in x]
         assert code == EXIT_RETRYABLE, run
-        assert len(err) == 1 and "unreachable" in err[0] and "run again to resume" in err[0], err
+        assert len(err) == 1 and "object storage unreachable" in err[0], run
+        assert "run again to resume from" in err[0] and "ckpt-" in err[0], err
         assert not any("Traceback" in x for x in run.err)
 
         server.start()

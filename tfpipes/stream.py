@@ -141,7 +141,9 @@ def read_shard(path, directory: str, compression, timeout_s: float):
     import tensorflow as tf
     from tensorflow.python.data.experimental.ops.testing import sleep
 
-    errors = os.path.join(directory, "*.error")
+    # Derived from ``path`` in the graph: a constant pattern would be constant-folded (the
+    # listing taken once, when the graph is optimized) and a later error file never seen.
+    errors = tf.strings.join([tf.strings.regex_replace(path, "[^/]*$", ""), "*.error"])
 
     def missing():
         return tf.equal(tf.size(tf.io.matching_files(path)), 0)
@@ -286,6 +288,9 @@ class ShardCache:
         except OSError as e:
             kind = RetryableError if e.errno == errno.ENOSPC else UserError
             self._fail(kind(f"{self.directory}: cannot cache a shard: {e.strerror}"))
+        except Exception as e:  # a reader must not wait for a thread that died: say why
+            log.exception("the shard cache of %s failed", self.url)
+            self._fail(RetryableError(f"{self.url}: streaming a shard failed: {first_line(e)}"))
 
     def _fetch(self, shard, name: str) -> None:
         url = storage.join(self.url, shard.path)
@@ -303,7 +308,7 @@ class ShardCache:
     def _fail(self, error: TfpipesError) -> None:
         self.error = error
         kind = "user" if isinstance(error, UserError) else "retryable"
-        log.error("streaming %s: %s", self.url, error)
+        log.debug("streaming %s: %s", self.url, error)
         tmp = f"{self._error_file}.tmp"
         with open(tmp, "w") as f:
             f.write(f"{kind}|{first_line(error)}")
