@@ -247,7 +247,7 @@ def test_storage_stopped_mid_training_exits_138_and_a_rerun_resumes_exactly(
         wait_for_objects(url, server)
         again = train(["train", "--data", url, "--model-dir", str(cut), *args], env)
         assert again.proc.returncode == 0, again
-        assert any(x.startswith("resumed from") for x in again.out), again
+        assert any(x.startswith("resumed from") for x in again.out + again.err), again
     a, b = losses(tmp_path / "whole"), losses(cut)
     resumed = [s for s in b if s > 20]  # the cut run checkpointed at step 20 or later
     assert resumed and all(abs(a[s] - b[s]) < 1e-6 for s in resumed), (a, b)

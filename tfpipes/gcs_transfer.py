@@ -136,7 +136,12 @@ def delete_objects(url: str, names: Iterable[str]) -> None:
     _parallel(_delete, [f"gs://{bucket}/{prefix}{n}" for n in names])
 
 
-def _download_file(blob: gcs_storage.Blob, url: str, path: str, abort: threading.Event) -> None:
+def _download_file(
+    blob: gcs_storage.Blob, url: str, path: str, abort: threading.Event, expected: str | None = None
+) -> None:
+    """Download ``blob`` to ``path``, checked against ``expected`` (base64 CRC32C; default:
+    the object's own)."""
+
     def run() -> str:
         c = google_crc32c.Checksum()
 
@@ -151,7 +156,8 @@ def _download_file(blob: gcs_storage.Blob, url: str, path: str, abort: threading
             )
         return base64.b64encode(c.digest()).decode("ascii")
 
-    _check_crc(url, blob.crc32c, _request(url, run, abort), "read")
+    actual = _request(url, run, abort)
+    _check_crc(url, blob.crc32c if expected is None else expected, actual, "read")
 
 
 def download_dir(url: str, local_dir: str) -> None:
@@ -201,13 +207,9 @@ def object_sizes(url: str) -> dict[str, tuple[int, str | None]]:
 
 def download_object(url: str, path: str, crc32c_hex: str) -> None:
     """Download the object ``url`` to the local file ``path`` (streamed, never whole in
-    memory), checking its bytes against ``crc32c_hex`` (a manifest's CRC32C) and the object's
-    own CRC32C. UserError on a mismatch or a missing object, RetryableError past the deadline."""
-    blob = gcs._get_blob(url)
-    _download_file(blob, url, path, threading.Event())
+    memory), checking its bytes against ``crc32c_hex`` (a manifest's CRC32C). UserError on a
+    mismatch or a missing object, RetryableError past the deadline."""
+    bucket, key = split(url)
+    blob = gcs.client().bucket(bucket).blob(key)  # one request: no metadata fetched first
     expected = base64.b64encode(bytes.fromhex(crc32c_hex)).decode("ascii")
-    if blob.crc32c != expected:
-        raise UserError(
-            f"{url}: CRC32C does not match the data set's manifest; the shard was changed "
-            "after the data set was written"
-        )
+    _download_file(blob, url, path, threading.Event(), expected)

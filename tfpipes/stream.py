@@ -41,6 +41,7 @@ import struct
 import tempfile
 import threading
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from tfpipes import storage
 from tfpipes.errors import RetryableError, TfpipesError, UserError, first_line
@@ -51,6 +52,7 @@ SHARDS_ENV = "TFPIPES_STREAM_SHARDS"
 DIR_ENV = "TFPIPES_STREAM_DIR"
 DEFAULT_SHARDS = 10  # the interleave then reads 3 shards at once (StreamFiles.cycle)
 ERROR_TAG = "tfpipes-stream-error:"
+FETCHERS = 4  # shards fetched at once (each one request), within the limit
 POLL_S = 0.01  # how often a reader looks for the shard it waits for
 
 _IN_OPEN, _IN_CLOSE_NOWRITE, _IN_Q_OVERFLOW = 0x20, 0x10, 0x4000
@@ -250,32 +252,36 @@ class ShardCache:
                 pass
 
     def _run(self) -> None:
-        present: set[str] = set()  # downloaded, not yet read to the end
+        present: set[str] = set()  # fetched or being fetched, not yet read to the end
         opens: dict[str, int] = {}
         done: set[str] = set()  # kept shards (``keep``) already fetched
+        inflight: dict[str, Future] = {}
         order = 0  # the next position in the read order to fetch
         n = len(self.shards)
+        pool = ThreadPoolExecutor(max_workers=FETCHERS, thread_name_prefix=f"fetch-{self.tag}")
         try:
             while not self._stop.is_set():
-                more = self.repeat or order < n
-                if more and len(present) < self.limit and not (self.keep and order >= n):
+                for name, future in list(inflight.items()):
+                    if future.done():
+                        del inflight[name]
+                        future.result()  # raises the fetch's error
+                more = (self.repeat or order < n) and not (self.keep and order >= n)
+                timeout = 0.2 if not inflight else 0.02
+                if more and len(present) < self.limit and len(inflight) < FETCHERS:
                     shard = self.shards[order % n]
                     name = local_name(shard.path)
                     if name not in present and name not in done:
-                        self._fetch(shard, name)
+                        inflight[name] = pool.submit(self._fetch, shard, name)
                         present.add(name)
                         if self.keep:
                             done.add(name)
                     order += 1
                     timeout = 0.0
-                else:
-                    timeout = 0.2
                 for mask, name in self._watch.events(timeout):
                     if mask & _IN_Q_OVERFLOW:
                         log.warning("%s: inotify queue overflowed", self.directory)
                     if name not in self.names:
                         continue
-                    log.debug("%s: %s %s", self.tag, "open" if mask & _IN_OPEN else "close", name)
                     if mask & _IN_OPEN:
                         opens[name] = opens.get(name, 0) + 1
                     elif mask & _IN_CLOSE_NOWRITE and opens.get(name):
@@ -291,6 +297,8 @@ class ShardCache:
         except Exception as e:  # a reader must not wait for a thread that died: say why
             log.exception("the shard cache of %s failed", self.url)
             self._fail(RetryableError(f"{self.url}: streaming a shard failed: {first_line(e)}"))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _fetch(self, shard, name: str) -> None:
         url = storage.join(self.url, shard.path)
