@@ -161,20 +161,29 @@ def test_one_process_streams_a_data_set_several_times_the_temp_disk(
     assert not os.listdir(small_tmp / f"tfpipes-stream-{os.getuid()}")  # nothing left behind
 
 
-@pytest.mark.cluster
-def test_two_mwms_workers_each_stream_only_their_shards(data, remote, small_tmp, tmp_path):
+def on_cluster(shape: list[str], extra: list[str], remote, small_tmp, tmp_path):
+    """Train on a ``local-cluster`` of ``shape``, the shard caches on the tmpfs: (the objects
+    each task read, the peak footprint, the train shards' keys)."""
     url, server = remote
     log = tmp_path / "reads.log"
     seen = Footprint(small_tmp)
     run = train(
-        ["local-cluster", "--workers", "2", "--grace", "2", "--timeout", "200", "--",
-         "--data", url, "--model-dir", str(tmp_path / "m"), "--train-steps", "120",
-         "--batch-size", "64", "--log-every", "40"],
+        ["local-cluster", *shape, "--grace", "2", "--timeout", "200", "--", "--data", url,
+         "--model-dir", str(tmp_path / "m"), "--batch-size", "64", *extra],
         env_for(server, small_tmp, log, cache_only=True),
     )  # fmt: skip
     peak = seen.stop()
     assert run.proc.returncode == 0, run
-    got = reads(log)
+    assert not [p for p in small_tmp.rglob("*") if p.is_file()], sorted(small_tmp.rglob("*"))
+    return reads(log), peak
+
+
+@pytest.mark.cluster
+def test_two_mwms_workers_each_stream_only_their_shards(data, remote, small_tmp, tmp_path):
+    got, peak = on_cluster(
+        ["--workers", "2"], ["--train-steps", "120", "--log-every", "40"], remote, small_tmp,
+        tmp_path,
+    )  # fmt: skip
     train_keys = [s["path"] for s in shards(data, "train")]
     for i in (0, 1):
         mine = set(train_keys[i::2])
@@ -186,18 +195,11 @@ def test_two_mwms_workers_each_stream_only_their_shards(data, remote, small_tmp,
 
 @pytest.mark.cluster
 def test_parameter_server_workers_stream_only_their_shards(data, remote, small_tmp, tmp_path):
-    url, server = remote
-    log = tmp_path / "reads.log"
-    seen = Footprint(small_tmp)
-    run = train(
-        ["local-cluster", "--workers", "2", "--ps", "1", "--grace", "2", "--timeout", "200",
-         "--", "--data", url, "--model-dir", str(tmp_path / "m"), "--train-steps", "150",
-         "--batch-size", "64", "--log-every", "50", "--steps-per-loop", "10"],
-        env_for(server, small_tmp, log, cache_only=True),
+    got, peak = on_cluster(
+        ["--workers", "2", "--ps", "1"],
+        ["--train-steps", "150", "--log-every", "50", "--steps-per-loop", "10"],
+        remote, small_tmp, tmp_path,
     )  # fmt: skip
-    peak = seen.stop()
-    assert run.proc.returncode == 0, run
-    got = reads(log)
     train_keys = [s["path"] for s in shards(data, "train")]
     for i in (0, 1):
         read = set(got[f"worker:{i}"])
@@ -205,7 +207,6 @@ def test_parameter_server_workers_stream_only_their_shards(data, remote, small_t
     # the chief reads the eval split and the first train shard (its records checked), no more
     assert {k for k in got["chief:0"] if k in train_keys} == {train_keys[0]}
     assert peak <= bound(data, 3), (peak, bound(data, 3))
-    assert not [p for p in small_tmp.rglob("*") if p.is_file()], sorted(small_tmp.rglob("*"))
 
 
 def test_storage_stopped_mid_training_exits_138_and_a_rerun_resumes_exactly(
@@ -216,7 +217,7 @@ def test_storage_stopped_mid_training_exits_138_and_a_rerun_resumes_exactly(
     of an uninterrupted run."""
     from tfpipes import storage
 
-    args = ["--train-steps", "300", "--batch-size", "32", "--log-every", "10"]
+    args = ["--train-steps", "200", "--batch-size", "32", "--log-every", "10"]
     args += ["--checkpoint-every", "20", "--shuffle-buffer", "500"]
     with FakeGcsServer(root=tmp_path / "gcs") as server:
         point_tfpipes_at(server, monkeypatch)
