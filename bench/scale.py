@@ -120,7 +120,7 @@ def base_env(**extra) -> dict:
 
 def preprocess_section(a, work: str) -> dict[int, str]:
     """Preprocess 1x/2x/4x; returns the data set directory of each size."""
-    out = {}
+    out, times = {}, {}
     for k in SIZES:
         rows = a.rows * k
         csv = make_csv(work, rows)
@@ -136,10 +136,20 @@ def preprocess_section(a, work: str) -> dict[int, str]:
         )  # fmt: skip
         spent = time.monotonic() - t
         emit(f"preprocess s/Mrows {k}x", spent / rows * 1e6, "{:.1f}")
+        times[k] = (spent, rows)
         emit(f"preprocess peak RSS MB {k}x", rss / 2**20, "{:.0f}")
         emit(f"preprocess peak disk MB {k}x", disk / 2**20, "{:.2f}")
         out[k] = data
+    marginal("preprocess", times)
     return out
+
+
+def marginal(what: str, times: dict[int, tuple[float, int]]) -> None:
+    """The cost of the rows 4x adds over 2x, per million rows: the slope without the fixed
+    start-up (process start, TensorFlow import, tracing, the shuffle buffer's first fill)
+    that the per-size figures include."""
+    (t2, r2), (t4, r4) = times[2], times[4]
+    emit(f"{what} marginal s/Mrows 2x-4x", (t4 - t2) / (r4 - r2) * 1e6, "{:.1f}")
 
 
 # --- streaming training ----------------------------------------------------------------------
@@ -187,12 +197,15 @@ def train_section(a, work: str, server, datasets: dict[int, str], urls: dict[int
     cache = os.path.join(work, "cache")
     os.makedirs(cache, mode=0o700, exist_ok=True)
     env = stream_env(server, cache)
+    times = {}
     for k in SIZES:
         steps = max(1, train_rows(datasets[k]) // a.batch_size)  # one epoch
         spent, _, rss, disk = train_once(urls[k], steps, a, env, cache, work)
+        times[k] = (spent, steps * a.batch_size)
         emit(f"train s/Mrows {k}x", spent / (steps * a.batch_size) * 1e6, "{:.1f}")
         emit(f"peak RSS MB {k}x", rss / 2**20, "{:.0f}")
         emit(f"peak disk MB {k}x", disk / 2**20, "{:.2f}")
+    marginal("train", times)
 
 
 def stream_env(server, cache: str) -> dict:
