@@ -117,12 +117,12 @@ def test_block_shuffle_mixes_sorted_labels_no_worse_than_the_per_row_buffer(tmp_
 
     # Input pipelines (MWMS/PS workers) read disjoint rows that cover the split: by file with
     # as many files as pipelines, by block with fewer.
-    from tfpipes.input_pipeline import load_columns, split_files
+    from tfpipes.input_pipeline import load_columns, shard_files
 
     for pipelines in (2, 3):
         shares = [
             load_columns(
-                split_files(root, m, "train"), None, schema,
+                shard_files(root, m, "train"), None, schema,
                 tf.distribute.InputContext(pipelines, i, 1), "blocks",
             )[0]["__float32__"].numpy()[:, 0]
             for i in range(pipelines)

@@ -785,46 +785,23 @@ def test_parameter_servers_partition_converge_and_survive_failures(runs, data4, 
 # --- ParameterServerStrategy with the data set on gs:// ---------------------------------------
 
 
-@pytest.mark.gcs
-def test_a_worker_copies_remote_data_once_verified_and_again_when_corrupt(
-    data4, gcs_bucket, tmp_path, monkeypatch, caplog
-):
-    from tfpipes import storage
-    from tfpipes.training import worker_data as ps_train
-
-    monkeypatch.setenv(ps_train.WORKER_DATA_ENV, str(tmp_path / "copies"))
-    remote = f"{gcs_bucket}/d"
-    storage.publish_dir(str(data4), remote)
-    path, fetched = ps_train.fetch_worker_data(remote)
-    assert fetched and os.listdir(tmp_path / "copies") == [os.path.basename(path)]
-    manifest = (data4 / "manifest.json").read_text()
-    assert path == ps_train.worker_data_dir(remote, manifest)  # the path the chief computes
-    assert ps_train.fetch_worker_data(remote) == (path, False)
-    shard = Path(path) / json.loads(manifest)["shards"][0]["path"]
-    shard.write_bytes(b"x" + shard.read_bytes()[1:])
-    assert ps_train.fetch_worker_data(remote) == (path, True)
-    assert "CRC32C does not match" in caplog.text
-    assert shard.read_bytes() == (data4 / shard.relative_to(path)).read_bytes()
-    assert os.listdir(tmp_path / "copies") == [os.path.basename(path)]  # no staging leftovers
-
-
 @pytest.mark.cluster
 @pytest.mark.gcs
 @pytest.mark.timeout(420)
 def test_parameter_servers_train_from_a_gcs_data_set_into_a_gcs_model_dir(
     runs, data4, gcs_bucket, tmp_path
 ):
-    """Data and model dir on gs:// (the fake-gcs-server): each worker copies the data set
-    through tfpipes' storage layer before it serves (TensorFlow's own GCS filesystem is never
-    handed a gs:// path), the chief points the workers' input pipelines at that copy, the
-    checkpoints and metrics land in the bucket, and a rerun resumes from them with the copy
-    reused."""
+    """Data and model dir on gs:// (the fake-gcs-server): each worker streams its own shards
+    through tfpipes' storage layer (TensorFlow's own GCS filesystem is never handed a gs://
+    path; no worker copies the data set), the checkpoints and metrics land in the bucket, and
+    a rerun resumes from them."""
     from tfpipes import storage
 
     data, model = f"{gcs_bucket}/data4", f"{gcs_bucket}/runs/ps"
     storage.publish_dir(str(data4), data)
-    copies = tmp_path / "worker-data"
-    env = base_env(TFPIPES_WORKER_DATA=str(copies))
+    caches = tmp_path / "caches"
+    caches.mkdir(mode=0o700)
+    env = base_env(TFPIPES_STREAM_DIR=str(caches))
     args = ["--data", data, "--model-dir", model, "--hidden", "32", "--log-every", "50"]
     args += ["--checkpoint-every", "100", "--steps-per-loop", "10"]
 
@@ -838,18 +815,16 @@ def test_parameter_servers_train_from_a_gcs_data_set_into_a_gcs_model_dir(
         return run
 
     first = cluster(200)
-    (copy,) = copies.iterdir()  # one copy on this machine, shared by both workers
     for worker in ("worker:0", "worker:1"):
-        said = [line for line in first.of(worker) if line.startswith(f"{worker} data {data}")]
-        assert said and said[0].endswith(f"copied to {copy}"), first
+        said = [line for line in first.of(worker) if line.startswith(f"{worker} streams its")]
+        assert said and f"train shard(s) of {data} through {caches}" in said[0], first
+    assert not [p for p in caches.rglob("*") if p.is_file()]  # the caches removed their files
     metrics = json.loads(storage.read_text(f"{model}/metrics.json"))
     assert metrics["step"] >= 200
     assert metrics["accuracy"] > metrics["majority_baseline_accuracy"] + 0.2, metrics
     assert storage.exists(f"{model}/checkpoints/checkpoint")
 
     second = cluster(300)
-    for worker in ("worker:0", "worker:1"):
-        assert f"{worker} data {data} already copied to {copy}" in second.of(worker), second
     resumed = [line for line in second.of("chief:0") if line.startswith("resumed from")]
     assert resumed and resumed[0].endswith(f"at step {metrics['step']}"), second
     assert json.loads(storage.read_text(f"{model}/metrics.json"))["step"] >= 300

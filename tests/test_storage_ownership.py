@@ -153,22 +153,22 @@ def test_a_manifest_of_another_shape_is_one_line_error(tmp_path, doc):
     assert "\n" not in str(e.value) and str(e.value).startswith(str(tmp_path / "manifest.json"))
 
 
-def test_worker_data_copies_live_in_a_private_directory(tmp_path, monkeypatch):
-    from tfpipes.training import worker_data
+def test_shard_caches_live_in_a_private_directory(tmp_path, monkeypatch):
+    from tfpipes import stream
 
-    monkeypatch.delenv(worker_data.WORKER_DATA_ENV, raising=False)
-    path = worker_data.worker_data_dir("gs://b/d", "{}")
-    assert os.path.dirname(path) == os.path.join(
-        tempfile.gettempdir(), f"tfpipes-data-{os.getuid()}"
-    )
+    monkeypatch.delenv(stream.DIR_ENV, raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert stream.base_dir() == os.path.join(str(tmp_path), f"tfpipes-stream-{os.getuid()}")
+    assert os.path.dirname(stream.shared_dir("gs://b/d", "/m")) == stream.base_dir()
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    monkeypatch.setenv(worker_data.WORKER_DATA_ENV, str(shared))
+    monkeypatch.setenv(stream.DIR_ENV, str(shared))
     with pytest.raises(UserError, match="must belong to this user with mode 0700"):
-        worker_data._private_base(str(shared))
+        stream.base_dir()
     fresh = tmp_path / "fresh"
-    worker_data._private_base(str(fresh))
+    monkeypatch.setenv(stream.DIR_ENV, str(fresh))
+    stream.base_dir()
     assert (fresh.stat().st_mode & 0o777) == 0o700
 
 

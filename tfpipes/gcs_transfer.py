@@ -177,7 +177,12 @@ def delete_objects(url: str, names: Iterable[str]) -> None:
     _parallel(_delete, [f"gs://{bucket}/{prefix}{n}" for n in names])
 
 
-def _download_file(blob: gcs_storage.Blob, url: str, path: str, abort: threading.Event) -> None:
+def _download_file(
+    blob: gcs_storage.Blob, url: str, path: str, abort: threading.Event, expected: str | None = None
+) -> None:
+    """Download ``blob`` to ``path``, checked against ``expected`` (base64 CRC32C; default:
+    the object's own)."""
+
     def run() -> str:
         c = google_crc32c.Checksum()
 
@@ -192,7 +197,8 @@ def _download_file(blob: gcs_storage.Blob, url: str, path: str, abort: threading
             )
         return base64.b64encode(c.digest()).decode("ascii")
 
-    _check_crc(url, blob.crc32c, _request(url, run, abort), "read")
+    actual = _request(url, run, abort)
+    _check_crc(url, blob.crc32c if expected is None else expected, actual, "read")
 
 
 def download_dir(url: str, local_dir: str) -> None:
@@ -222,3 +228,29 @@ def download_dir(url: str, local_dir: str) -> None:
         _download_file(blob, obj_url, path, abort)
 
     _parallel(download, jobs)
+
+
+# --- single shards, for streaming ------------------------------------------------------------
+
+
+def object_sizes(url: str) -> dict[str, tuple[int, str | None]]:
+    """Every object under the prefix ``url/``: its name relative to the prefix, its size and
+    its CRC32C (hex, as a manifest writes it; None when the server has none). One listing."""
+    _, key = split(url)
+    prefix = _dir_key(key)
+    blobs, _ = _list(url, prefix)
+    out = {}
+    for b in blobs:
+        crc = base64.b64decode(b.crc32c).hex() if b.crc32c else None
+        out[b.name[len(prefix) :]] = (int(b.size or 0), crc)
+    return out
+
+
+def download_object(url: str, path: str, crc32c_hex: str) -> None:
+    """Download the object ``url`` to the local file ``path`` (streamed, never whole in
+    memory), checking its bytes against ``crc32c_hex`` (a manifest's CRC32C). UserError on a
+    mismatch or a missing object, RetryableError past the deadline."""
+    bucket, key = split(url)
+    blob = gcs.client().bucket(bucket).blob(key)  # one request: no metadata fetched first
+    expected = base64.b64encode(bytes.fromhex(crc32c_hex)).decode("ascii")
+    _download_file(blob, url, path, threading.Event(), expected)

@@ -152,9 +152,22 @@ def _parse_fn(schema: Schema, layout: str = "rows"):
     return parse
 
 
-def split_files(root: str, manifest: DatasetManifest, split: str) -> list[str]:
-    """The local paths of the ``split`` shards, from the manifest (never by globbing)."""
-    return [os.path.join(root, p) for p in manifest.shard_paths(split)]
+def shard_files(root, manifest: DatasetManifest, split: str, input_context=None, repeat=False):
+    """The local paths of the ``split`` shards: files under the directory ``root``, or, for a
+    remote data set (``root`` a :mod:`tfpipes.stream` source), the paths its shard cache
+    fetches them to (``repeat``: the pipeline reads them once per epoch)."""
+    if isinstance(root, str):
+        return [os.path.join(root, p) for p in manifest.shard_paths(split)]
+    return root.shard_files(split, input_context, repeat)
+
+
+def _shard_reader(files, compression):
+    """The function from a shard's path to the dataset of its records: a streamed shard
+    (``files`` from a shard cache) is read once the cache has it (``stream.read_shard``)."""
+    reader = getattr(files, "reader", None)
+    if reader is not None:
+        return lambda f: reader(f, compression)
+    return lambda f: tf.data.TFRecordDataset(f, compression_type=compression, buffer_size=1 << 20)
 
 
 def _records(
@@ -167,8 +180,8 @@ def _records(
     if by_file:
         ds = ds.shard(pipelines, input_context.input_pipeline_id)
     ds = ds.interleave(
-        lambda f: tf.data.TFRecordDataset(f, compression_type=compression, buffer_size=1 << 20),
-        cycle_length=max(1, min(len(files), 8)),
+        _shard_reader(files, compression),
+        cycle_length=max(1, min(len(files), getattr(files, "cycle", 8))),  # see stream.py
         block_length=block_length,  # fewer switches between files; the shuffle mixes them
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
@@ -204,14 +217,14 @@ def make_dataset(
     Raises UserError when the split has no files, or ``cache`` is asked for a split that does
     not fit in memory.
     """
-    files = split_files(root, manifest, split)
-    if not files:
-        raise UserError(f"{root}: the data set has no {split!r} shards")
     if training and cache and tf.executing_eagerly():
         data = load_in_memory(
             root, manifest, split, schema, batch_size, seed=seed, input_context=input_context
         )
         return data.dataset(skip_batches)
+    files = shard_files(root, manifest, split, input_context if training else None, training)
+    if not files:
+        raise UserError(f"{root}: the data set has no {split!r} shards")
     batches = _block_batches if manifest.layout == "blocks" else _row_batches
     ds = batches(
         files,
@@ -391,7 +404,7 @@ def load_in_memory(
 
     Raises UserError if it cannot fit in half the available memory or has less than a batch.
     """
-    files = split_files(root, manifest, split)
+    files = shard_files(root, manifest, split, input_context)
     if not files:
         raise UserError(f"{root}: the data set has no {split!r} shards")
     _check_fits(manifest, split)

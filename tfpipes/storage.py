@@ -535,6 +535,33 @@ def download_dir(path: str, dest: str) -> None:
     _gcs_transfer().download_dir(normalize(path), dest)
 
 
+def object_sizes(path: str) -> dict[str, tuple[int, str | None]]:
+    """The objects under the remote prefix ``path``: relative name -> (size, CRC32C hex)."""
+    return _gcs_transfer().object_sizes(normalize(path))
+
+
+READ_LOG_ENV = "TFPIPES_READ_LOG"  # a file: one line per object :func:`download_file` reads
+
+
+def download_file(url: str, dest: str, crc32c_hex: str) -> None:
+    """Download one remote object to the local file ``dest``, verified against the CRC32C
+    ``crc32c_hex`` (the manifest's). With ``$TFPIPES_READ_LOG`` set, append a line ``<pid>
+    <TF task> <url>`` to that file: tests check from it which process read which object."""
+    url = normalize(url)
+    _gcs_transfer().download_object(url, dest, crc32c_hex)
+    log_path = os.environ.get(READ_LOG_ENV)
+    if log_path:
+        try:
+            task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
+        except ValueError:
+            task = {}
+        who = f"{task.get('type', 'local')}:{task.get('index', 0)}"
+        with open(
+            log_path, "a"
+        ) as f:  # one short write: lines of several processes interleave whole
+            f.write(f"{os.getpid()} {who} {url}\n")
+
+
 def match_files(pattern_or_dir: str, suffixes: tuple[str, ...]) -> list[str]:
     """Expand a file, glob, directory or prefix into the sorted files ending in a suffix."""
     p = normalize(pattern_or_dir)

@@ -28,7 +28,7 @@ from tfpipes.errors import RetryableError
 from tfpipes.strategy import Resolution
 from tfpipes.training import compat
 from tfpipes.training.config import TrainConfig, TrainResult
-from tfpipes.training.data import TrainingData
+from tfpipes.training.data import TrainingData, open_training_data
 from tfpipes.training.runner import Runner
 
 log = logging.getLogger("tfpipes.train")
@@ -46,8 +46,7 @@ def run(cfg: TrainConfig, res: Resolution, runners: ModuleType, timeout: float) 
 
     t_start = time.monotonic()
     connection = runners.connect(cfg, res, timeout)
-    with storage.local_dir(cfg.data) as data_root:
-        data = TrainingData.load(data_root)
+    with open_training_data(cfg.data) as data:
         config = compat.model_config(cfg, data.schema, data.stats, connection.precision)
         compat.check_compatible(cfg.model_dir, config)
         if connection.precision:

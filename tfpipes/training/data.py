@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+from collections.abc import Iterator
 
 from tfpipes import layout, storage
 from tfpipes import manifest as manifest_lib
@@ -13,9 +16,10 @@ from tfpipes.schema import Schema
 
 @dataclasses.dataclass(frozen=True)
 class TrainingData:
-    """A data set on local disk (``storage.local_dir`` of ``TrainConfig.data``)."""
+    """A data set on local disk, or a remote one streamed (``root``: a
+    :class:`tfpipes.stream.StreamedDataset`; see :func:`open_training_data`)."""
 
-    root: str
+    root: object
     manifest: DatasetManifest
     schema: Schema
     stats: dict
@@ -33,6 +37,69 @@ class TrainingData:
         check_stats(stats, storage.join(root, layout.STATS))
         check_records(root, manifest, schema)
         return cls(root, manifest, schema, stats)
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the shards are streamed from object storage (not local files)."""
+        return not isinstance(self.root, str)
+
+
+@contextlib.contextmanager
+def open_training_data(data: str) -> Iterator[TrainingData]:
+    """The data set ``data`` (``--data``) for the length of a run: a local one as it is; a
+    remote one streamed, never copied (:mod:`tfpipes.stream`): its manifest, schema and
+    stats read, every object it lists checked (size, CRC32C) in one listing, the records of
+    its first shards checked, the shard caches removed at the end."""
+    if not storage.is_remote(data):
+        with storage.local_dir(data) as root:
+            yield TrainingData.load(root)
+        return
+    from tfpipes import stream
+    from tfpipes.schema import load_schema
+
+    manifest = _verify_remote(data)
+    source = stream.StreamedDataset(data, manifest)
+    try:
+        schema = load_schema(data)
+        stats = layout.read_stats(data)
+        check_stats(stats, storage.join(data, layout.STATS))
+        _check_first_records(source, manifest, schema)
+        yield TrainingData(source, manifest, schema, stats)
+    finally:
+        source.close()
+
+
+def _verify_remote(data: str) -> DatasetManifest:
+    """The manifest of the remote data set ``data``, each file it lists checked against the
+    object's size and CRC32C from one listing; UserError naming the first that differs."""
+    manifest = manifest_lib.read_manifest(data)
+    objects = storage.object_sizes(data)
+    for s in (*manifest.shards, *manifest.files):
+        url = storage.join(data, s.path)
+        if s.path not in objects:
+            raise UserError(
+                f"{url}: listed in the manifest but missing; the data set is incomplete"
+            )
+        size, crc = objects[s.path]
+        if size != s.bytes or (crc is not None and crc != s.crc32c):
+            raise UserError(f"{url}: size or CRC32C does not match the manifest; it was changed")
+    return manifest
+
+
+def _check_first_records(source, manifest: DatasetManifest, schema: Schema) -> None:
+    """Parse the first record of the first train and eval shard (one download each)."""
+    from tfpipes.input_pipeline import check_records
+
+    for split in ("train", "eval"):
+        path = source.first_shard(split)
+        if path is None:
+            continue
+        first = next(s for s in manifest.shards if s.split == split)
+        local = dataclasses.replace(manifest, shards=(dataclasses.replace(first, path=path),))
+        try:
+            check_records("/", local, schema)
+        finally:
+            os.unlink(path)
 
 
 def check_stats(stats: dict, where: str) -> None:

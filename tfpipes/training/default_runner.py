@@ -1,8 +1,9 @@
 """The runner for the default, OneDevice, Mirrored and MultiWorkerMirrored strategies.
 
 Where the data position lives: with ``--cache``, batch g is computed inside the step from the
-step count, which is the position. Streaming in a single task with one replica (the default
-strategy, OneDevice), the tf.data iterator's state is saved in the checkpoint. Otherwise the
+step count, which is the position. Streaming local files in a single task with one replica
+(the default strategy, OneDevice), the tf.data iterator's state is saved in the checkpoint.
+Otherwise (a remote data set too: its shard cache's files are gone once read) the
 pipeline is rebuilt on resume and skips the batches already consumed (the step count says how
 many): TensorFlow 2.21 cannot save a distributed iterator (MirroredStrategy on several GPUs),
 and under MultiWorkerMirroredStrategy the checkpoint is the chief's, which cannot hold the
@@ -143,7 +144,7 @@ class DefaultRunner(Runner):
                 input_context=ctx,
                 device=cache_device(data.manifest),
             )
-        elif plain and res.num_workers == 1:
+        elif plain and res.num_workers == 1 and not data.streamed:
             self.input = iter(dataset_fn(ctx))
             objects["iterator"] = self.input
         ckpt = tf.train.Checkpoint(**objects)
@@ -212,6 +213,9 @@ class DefaultRunner(Runner):
         try:
             yield
         except tf.errors.InvalidArgumentError as e:
+            streamed = stream_error(e, resume_from)
+            if streamed is not None:
+                raise streamed from None
             if "Feature" in str(e) or "Key:" in str(e) or "parse" in str(e).lower():
                 raise UserError(
                     f"{self.cfg.data}: records do not match the data set's schema.json "
@@ -230,6 +234,17 @@ class DefaultRunner(Runner):
                 f"a peer of the cluster became unreachable ({type(e).__name__}: "
                 f"{first_line(e)}); run again to resume from {resume_point(resume_from)}"
             ) from None
+
+
+def stream_error(error, resume_from: ResumeFrom):
+    """The error a shard cache reported (:mod:`tfpipes.stream`) as a RetryableError saying
+    where a rerun resumes, or its UserError; None for any other TensorFlow error."""
+    from tfpipes import stream
+
+    found = stream.error_from_tf(error)
+    if isinstance(found, RetryableError):
+        return RetryableError(f"{found}; run again to resume from {resume_point(resume_from)}")
+    return found
 
 
 def _stop_agreement(strategy):

@@ -24,16 +24,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 from collections.abc import Iterator
 
-from tfpipes import manifest as manifest_lib
-from tfpipes import peers, storage
+from tfpipes import peers, stream
 from tfpipes import strategy as strategy_lib
 from tfpipes.errors import RetryableError, UserError, first_line
 from tfpipes.strategy import Resolution
 from tfpipes.training import step as step_lib
-from tfpipes.training import worker_data
 from tfpipes.training.config import TrainConfig
 from tfpipes.training.data import TrainingData
 from tfpipes.training.runner import ResumeFrom, Runner
@@ -175,12 +172,13 @@ class PSRunner(Runner):
         self.cfg, self.res, self.data = cfg, res, data
         self.coordinator = conn.coordinator
         strategy = conn.strategy
-        # Workers read the shards themselves, from a path they can open: their own copy of a
-        # remote data set (fetched before they started serving), else the shared directory.
+        # Workers read the shards themselves, from a path they can open: the shared directory,
+        # or for a remote data set the files their own shard caches fetch (ps_serve).
         worker_root = data.root
-        if storage.is_remote(cfg.data):
-            manifest_text = storage.read_text(os.path.join(data.root, manifest_lib.MANIFEST))
-            worker_root = worker_data.worker_data_dir(cfg.data, manifest_text)
+        if data.streamed:
+            worker_root = stream.WorkerShards(
+                cfg.data, data.manifest, stream.shared_dir(cfg.data, cfg.model_dir)
+            )
         opt_name, lr = cfg.resolved_optimizer()
         keras.utils.set_random_seed(cfg.seed)
         weights = step_lib.class_weights(cfg.class_weights, data.schema, data.stats)
@@ -347,6 +345,12 @@ def _failure(res: Resolution, error: Exception, resume: str | None) -> Exception
     """A RetryableError naming the parameter servers that went away, or ``error`` itself."""
     import tensorflow as tf
 
+    streamed = stream.error_from_tf(error)
+    if isinstance(streamed, RetryableError):
+        where = f"from {resume}" if resume else "from the start (no checkpoint yet)"
+        return RetryableError(f"{streamed}; run the job again to resume {where}")
+    if streamed is not None:
+        return streamed
     text = getattr(error, "message", None) or str(error)
     first = first_line(error)
     # A ps is gone if it no longer answers, or if TensorFlow's error names its address (a

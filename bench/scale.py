@@ -1,0 +1,263 @@
+"""Data at cluster scale (issue 13): costs per row at 1x, 2x and 4x data, printed as slopes.
+
+One run, real processes, everything on this machine (the fake-gcs-server on 127.0.0.1):
+
+- ``preprocess``: ``tfpipes preprocess`` of a CSV of 1x, 2x and 4x ``--rows``: seconds per
+  million rows, peak RSS, and peak use of its temporary directory (the output excluded) at
+  each size. Flat lines mean a cost linear in the data and a bounded footprint.
+- ``train``: ``tfpipes train --data gs://...`` streaming one epoch of the 1x, 2x and 4x data set
+  from the fake-gcs-server: seconds per million rows trained (the run's own ``train: ... in X
+  s``, without start-up), peak RSS, and the peak size of its shard cache directory.
+- ``gcs/local``: the training rate streaming from the fake-gcs-server over the rate reading the
+  same data set from local files, each round one run of each (alternating which goes first);
+  the median of the per-round ratios (goal >= 0.9).
+- ``fanout``: the fan-out preprocess section (added by the fan-out work; see FANOUT below).
+
+  python bench/scale.py                 # about 10 minutes on a loaded 2-core box
+  python bench/scale.py --rows 5000 --rounds 1   # a quick look
+
+Every figure is a ``name: value`` line (``train s/Mrows 2x: 41.0``, ``peak disk MB 4x: 0.6``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+SIZES = (1, 2, 4)
+
+
+def _args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--rows", type=int, default=20_000, help="rows of the 1x data set")
+    p.add_argument("--shards", type=int, default=16, help="shards per split at 1x")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=3, help="rounds of gcs/local")
+    p.add_argument("--sections", default="preprocess,train,gcs,fanout")
+    return p.parse_args()
+
+
+def emit(name: str, value: float, fmt: str = "{:.3g}") -> None:
+    print(f"{name}: {fmt.format(value)}", flush=True)
+
+
+class DiskPeak:
+    """The peak total size of the files under ``path``, sampled every 20 ms."""
+
+    def __init__(self, path: str):
+        self.path, self.peak = path, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            for root, _, files in os.walk(self.path):
+                for f in files:
+                    try:
+                        total += os.path.getsize(os.path.join(root, f))
+                    except OSError:
+                        pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.02)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def run_tfpipes(args: list[str], env: dict, disk_dir: str) -> tuple[str, int, int]:
+    """Run ``tfpipes ARGS``: (its output, its peak RSS in bytes, peak bytes under
+    ``disk_dir``); raise if it fails."""
+    peak = DiskPeak(disk_dir)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tfpipes.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    disk = peak.stop()
+    if proc.returncode != 0:
+        raise SystemExit(f"tfpipes {args[0]} failed ({proc.returncode}):\n{out[-3000:]}")
+    return out, usage.ru_maxrss * 1024, disk
+
+
+def make_csv(work: str, rows: int) -> str:
+    from tfpipes.sample_data import write_csv
+
+    path = os.path.join(work, f"d{rows}.csv")
+    if not os.path.exists(path):
+        write_csv(path, rows, seed=7)
+    return path
+
+
+def base_env(**extra) -> dict:
+    env = dict(os.environ)
+    env.pop("TF_CONFIG", None)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", **extra})
+    return env
+
+
+# --- preprocess ----------------------------------------------------------------------------
+
+
+def preprocess_section(a, work: str) -> dict[int, str]:
+    """Preprocess 1x/2x/4x; returns the data set directory of each size."""
+    out, times = {}, {}
+    for k in SIZES:
+        rows = a.rows * k
+        csv = make_csv(work, rows)
+        tmp = tempfile.mkdtemp(prefix="pre-tmp-", dir=work)
+        data = os.path.join(work, f"data{k}x")
+        shutil.rmtree(data, ignore_errors=True)
+        t = time.monotonic()
+        _, rss, disk = run_tfpipes(
+            ["preprocess", "--source", csv, "--output", data, "--label", "label",
+             "--num-shards", str(a.shards * k)],
+            base_env(TMPDIR=tmp),
+            tmp,
+        )  # fmt: skip
+        spent = time.monotonic() - t
+        emit(f"preprocess s/Mrows {k}x", spent / rows * 1e6, "{:.1f}")
+        times[k] = (spent, rows)
+        emit(f"preprocess peak RSS MB {k}x", rss / 2**20, "{:.0f}")
+        emit(f"preprocess peak disk MB {k}x", disk / 2**20, "{:.2f}")
+        out[k] = data
+    marginal("preprocess", times)
+    return out
+
+
+def marginal(what: str, times: dict[int, tuple[float, int]]) -> None:
+    """The cost of the rows 4x adds over 2x, per million rows: the slope without the fixed
+    start-up (process start, TensorFlow import, tracing, the shuffle buffer's first fill)
+    that the per-size figures include."""
+    (t2, r2), (t4, r4) = times[2], times[4]
+    emit(f"{what} marginal s/Mrows 2x-4x", (t4 - t2) / (r4 - r2) * 1e6, "{:.1f}")
+
+
+# --- streaming training ----------------------------------------------------------------------
+
+TRAINED = re.compile(r"train: steps \d+ -> (\d+) \((\d+) run\) in ([\d.]+) s, ([\d.]+) examples/s")
+
+
+def train_once(data: str, steps: int, a, env: dict, cache_dir: str, work: str):
+    """One ``tfpipes train`` run: (seconds of training, examples/s, peak RSS, peak disk)."""
+    model = tempfile.mkdtemp(prefix="model-", dir=work)
+    try:
+        out, rss, disk = run_tfpipes(
+            ["train", "--data", data, "--model-dir", model, "--train-steps", str(steps),
+             "--batch-size", str(a.batch_size), "--log-every", str(steps)],
+            env,
+            cache_dir,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(model, ignore_errors=True)
+    m = TRAINED.search(out)
+    if not m:
+        raise SystemExit(f"no 'train: ...' line in:\n{out[-2000:]}")
+    return float(m.group(3)), float(m.group(4)), rss, disk
+
+
+def publish(server, datasets: dict[int, str]) -> dict[int, str]:
+    from tfpipes import storage
+
+    bucket = server.create_bucket()
+    urls = {}
+    for k, d in datasets.items():
+        urls[k] = f"gs://{bucket}/data{k}x"
+        storage.publish_dir(d, urls[k])
+    return urls
+
+
+def train_rows(data: str) -> int:
+    import json
+
+    with open(os.path.join(data, "manifest.json")) as f:
+        return int(json.load(f)["rows"]["train"])
+
+
+def train_section(a, work: str, server, datasets: dict[int, str], urls: dict[int, str]) -> None:
+    cache = os.path.join(work, "cache")
+    os.makedirs(cache, mode=0o700, exist_ok=True)
+    env = stream_env(server, cache)
+    times = {}
+    for k in SIZES:
+        steps = max(1, train_rows(datasets[k]) // a.batch_size)  # one epoch
+        spent, _, rss, disk = train_once(urls[k], steps, a, env, cache, work)
+        times[k] = (spent, steps * a.batch_size)
+        emit(f"train s/Mrows {k}x", spent / (steps * a.batch_size) * 1e6, "{:.1f}")
+        emit(f"peak RSS MB {k}x", rss / 2**20, "{:.0f}")
+        emit(f"peak disk MB {k}x", disk / 2**20, "{:.2f}")
+    marginal("train", times)
+
+
+def stream_env(server, cache: str) -> dict:
+    return base_env(
+        STORAGE_EMULATOR_HOST=server.url, GOOGLE_CLOUD_PROJECT="bench", TFPIPES_STREAM_DIR=cache
+    )
+
+
+def gcs_section(a, work: str, server, datasets: dict[int, str], urls: dict[int, str]) -> None:
+    cache = os.path.join(work, "cache")
+    os.makedirs(cache, mode=0o700, exist_ok=True)
+    env = stream_env(server, cache)
+    steps = max(1, train_rows(datasets[2]) // a.batch_size)
+    ratios = []
+    for r in range(a.rounds):
+        order = ("gcs", "local") if r % 2 == 0 else ("local", "gcs")
+        rate = {}
+        for which in order:
+            data = urls[2] if which == "gcs" else datasets[2]
+            rate[which] = train_once(data, steps, a, env, cache, work)[1]
+        ratios.append(rate["gcs"] / rate["local"])
+        print(
+            f"  round {r}: gcs {rate['gcs']:.0f} ex/s, local {rate['local']:.0f} ex/s", flush=True
+        )
+    emit("gcs/local", statistics.median(ratios), "{:.2f}")
+
+
+# --- FANOUT: the fan-out preprocess section goes here ------------------------------------------
+# def fanout_section(a, work: str) -> None:
+#     """Commit time against the number of parts (1, 10, 100, 1000)."""
+
+
+def main() -> None:
+    a = _args()
+    sections = set(a.sections.split(","))
+    work = tempfile.mkdtemp(prefix="tfpipes-scale-")
+    try:
+        datasets = preprocess_section(a, work)  # the data sets the other sections train on
+        if sections & {"train", "gcs"}:
+            from tests.gcs_fixtures import FakeGcsServer
+
+            with FakeGcsServer(backend="memory") as server:
+                os.environ.update(STORAGE_EMULATOR_HOST=server.url, GOOGLE_CLOUD_PROJECT="bench")
+                urls = publish(server, datasets)
+                if "train" in sections:
+                    train_section(a, work, server, datasets, urls)
+                if "gcs" in sections:
+                    gcs_section(a, work, server, datasets, urls)
+        # FANOUT: if "fanout" in sections: fanout_section(a, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
