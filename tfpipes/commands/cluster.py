@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from tfpipes.commands import add_command
 from tfpipes.errors import UserError
 
 _TFJOB_EPILOG = """\
@@ -47,8 +48,10 @@ task's code (128+N if killed by signal N), 124 on --timeout. See docs/distribute
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    tfjob = subparsers.add_parser(
+    tfjob = add_command(
+        subparsers,
         "tfjob",
+        run_tfjob,
         help="print a Kubeflow TFJob manifest that runs `tfpipes train`",
         description=(
             "Print a Kubeflow TFJob (kubeflow.org/v1) manifest as YAML: Chief/Worker/PS "
@@ -56,13 +59,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "`tensorflow`."
         ),
         epilog=_TFJOB_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_job_flags(tfjob)
-    tfjob.set_defaults(handler=run_tfjob)
 
-    launch = subparsers.add_parser(
+    launch = add_command(
+        subparsers,
         "launch",
+        run_launch,
         help="print every object a launcher needs to run `tfpipes train` on a cluster",
         description=(
             "Print, as YAML documents for `kubectl apply -f -`, every object one launcher "
@@ -71,7 +74,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "headless Service). Pods without an operator derive TF_CONFIG themselves."
         ),
         epilog=_LAUNCH_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     launch.add_argument("--launcher", required=True, choices=["tfjob", "trainjob", "jobset", "job"])
     launch.add_argument(
@@ -80,7 +82,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="trainjob: an installed ClusterTrainingRuntime to use instead of printing ours",
     )
     add_job_flags(launch)
-    launch.set_defaults(handler=run_launch)
 
     trainjob = subparsers.add_parser(
         "trainjob",
@@ -99,8 +100,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_job_flags(runtime)
     runtime.set_defaults(handler=run_trainjob_runtime)
 
-    local = subparsers.add_parser(
+    local = add_command(
+        subparsers,
         "local-cluster",
+        run_local_cluster,
         help="run `tfpipes train` as a multi-process cluster on 127.0.0.1",
         description=(
             "Start the chief, workers and parameter servers as local processes with the "
@@ -108,7 +111,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "prefixed by task, and stop them all when the job is decided."
         ),
         epilog=_LOCAL_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     local.add_argument("--workers", type=int, default=2, metavar="N", help="workers (default 2)")
     local.add_argument(
@@ -137,7 +139,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "servers are then reachable from other machines, unauthenticated",
     )
     local.add_argument("args", nargs="*", metavar="-- ARGS", help="arguments for `tfpipes train`")
-    local.set_defaults(handler=run_local_cluster)
 
 
 def add_job_flags(parser: argparse.ArgumentParser) -> None:

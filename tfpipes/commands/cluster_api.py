@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from tfpipes.commands import add_command
 from tfpipes.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -124,13 +125,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     choice.add_argument("--experiment-id", metavar="ID", help="an existing experiment's ID")
 
-    submit = subparsers.add_parser(
+    submit = add_command(
+        subparsers,
         "submit",
+        _submit,
         parents=[connection, pipeline, placement],
         help="upload the pipeline to a KFP cluster and start a run",
         description="Compile the training pipeline, upload it to Kubeflow Pipelines and run it.",
         epilog=_SUBMIT_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     submit.add_argument("--run-name", help="display name of the run (default: pipeline + time)")
     submit.add_argument("--wait", action="store_true", help="follow the run until it ends")
@@ -148,24 +150,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         help="with --wait: seconds between state checks (default 5)",
     )
-    submit.set_defaults(handler=_submit)
 
-    schedule = subparsers.add_parser(
+    schedule = add_command(
+        subparsers,
         "schedule",
         help="create, list, enable, disable, update or delete recurring runs on a KFP cluster",
         description="Manage recurring runs (schedules) of the training pipeline on Kubeflow "
         "Pipelines.",
         epilog=_SCHEDULE_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = schedule.add_subparsers(dest="schedule_action", metavar="ACTION", required=True)
 
-    create = actions.add_parser(
+    create = add_command(
+        actions,
         "create",
+        _schedule_create,
         parents=[connection, pipeline, placement],
         help="upload a pipeline version and create a recurring run of it",
         epilog=_SCHEDULE_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     create.add_argument(
         "--name", required=True, help="schedule name (how the other actions find it)"
@@ -190,7 +192,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="each run uses the pipeline's latest version at the time (versions uploaded later"
         " by `tfpipes submit` or anyone else included), not the one uploaded now (KFP >= 2.5)",
     )
-    create.set_defaults(handler=_schedule_create)
 
     listing = actions.add_parser("list", parents=[connection], help="list schedules")
     listing.set_defaults(handler=_schedule_list)

@@ -3,10 +3,10 @@ N processes on any engine that can run them (the KFP pipeline's ParallelFor is o
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 
+from tfpipes.commands import add_command
 from tfpipes.commands.steps import add_preprocess_flags, log_result, preprocess_config
 
 log = logging.getLogger("tfpipes")
@@ -20,11 +20,11 @@ _STEPS = (
 
 
 def register(sub) -> None:
-    fmt = argparse.RawDescriptionHelpFormatter
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "preprocess-plan",
+        _plan,
         help="fan-out preprocess, step 1: cut the input into N parts and plan the columns",
-        formatter_class=fmt,
         description=(
             "Read the input once as `tfpipes preprocess` reads it first: the column types\n"
             "from the same sample, and the row-aligned blocks of each plain CSV file (a\n"
@@ -48,12 +48,12 @@ def register(sub) -> None:
         action="store_true",
         help="decide the column types from every row, not a sample (when the commit asks)",
     )
-    p.set_defaults(handler=_plan)
 
-    q = sub.add_parser(
+    q = add_command(
+        sub,
         "preprocess-part",
+        _part,
         help="fan-out preprocess, step 2: preprocess one part of a plan",
-        formatter_class=fmt,
         description=(
             "Preprocess part --part of the plan in --staging: its shards and its partial\n"
             "statistics go into the staging place, the statistics last (they mark the part\n"
@@ -63,12 +63,12 @@ def register(sub) -> None:
     q.add_argument("--staging", required=True, help="the staging place preprocess-plan printed")
     q.add_argument("--part", type=int, required=True, help="the part's number (0 .. parts-1)")
     q.add_argument("--workers", type=int, default=0, help="parsing threads (0: one per core)")
-    q.set_defaults(handler=_part)
 
-    c = sub.add_parser(
+    c = add_command(
+        sub,
         "preprocess-commit",
+        _commit,
         help="fan-out preprocess, step 3: verify and merge the parts, commit the data set",
-        formatter_class=fmt,
         description=(
             "Check every part of the plan in --staging is whole (a missing or corrupt part\n"
             "stops the commit with its number), merge their statistics and commit the data\n"
@@ -79,7 +79,6 @@ def register(sub) -> None:
     c.add_argument("--staging", required=True, help="the staging place preprocess-plan printed")
     c.add_argument("--output", default="", help="the data set to create (default: the plan's)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    c.set_defaults(handler=_commit)
 
 
 def _plan(args) -> int:

@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from tfpipes.commands import add_command
+
 
 def add_threshold_flags(p: argparse.ArgumentParser) -> None:
     from tfpipes.datacheck import Thresholds
@@ -41,11 +43,11 @@ def thresholds_from_args(args):
 
 
 def register(sub) -> None:
-    fmt = argparse.RawDescriptionHelpFormatter
-    c = sub.add_parser(
+    c = add_command(
+        sub,
         "check-data",
+        _check_data,
         help="compare a data set with the one the published model was trained on",
-        formatter_class=fmt,
         description="Schema changes fail; per-feature drift (JS divergence, L-inf distance, new\n"
         "or vanished values, missing share, label shift) above a threshold warns or fails.\n"
         "With nothing published under --base it passes and says so. Exit 2 on failure.\n\n"
@@ -55,12 +57,12 @@ def register(sub) -> None:
     c.add_argument("--base", default="", help="publish base holding the reference version")
     c.add_argument("--report", default="", help="write the Markdown report here")
     add_threshold_flags(c)
-    c.set_defaults(handler=_check_data)
 
-    e = sub.add_parser(
+    e = add_command(
+        sub,
         "evaluate",
+        _evaluate,
         help="champion/challenger gate: evaluate a SavedModel against the published one",
-        formatter_class=fmt,
         description="Evaluate --model (a SavedModel) and the newest version under --base on the\n"
         "eval split of --data; blessed when every --require rule holds. With --publish a\n"
         "blessed model is published under --base with its lineage; a run that is not\n"
@@ -76,12 +78,11 @@ def register(sub) -> None:
     e.add_argument("--publish", action="store_true", help="publish to --base when blessed")
     e.add_argument("--version", type=int, default=0, help="published version (0: newest + 1)")
     e.add_argument("--report", default="", help="write the Markdown report here")
-    e.set_defaults(handler=_evaluate)
 
-    m = sub.add_parser(
+    m = add_command(
+        sub,
         "models",
         help="published versions and their lineage; rollback",
-        formatter_class=fmt,
         description="list: every published version and every run that published nothing.\n"
         "show: one version's lineage record. rollback: republish an earlier version under a\n"
         "new, higher number (nothing is deleted or edited).",

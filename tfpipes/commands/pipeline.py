@@ -6,6 +6,8 @@ import argparse
 import logging
 import os
 
+from tfpipes.commands import add_command
+
 log = logging.getLogger("tfpipes")
 
 PIPELINE_FLAGS = (
@@ -96,13 +98,13 @@ def _add_pipeline_params(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
-    fmt = argparse.RawDescriptionHelpFormatter
-    c = sub.add_parser(
+    c = add_command(
+        sub,
         "compile",
+        _compile,
         help="write the KFP pipeline spec (YAML) for preprocess -> train -> export",
         description="Compile the tfpipes training pipeline to a KFP v2 pipeline spec (YAML) that\n"
         "any Kubeflow Pipelines 2.x cluster accepts (upload it, or use `tfpipes submit`).",
-        formatter_class=fmt,
     )
     c.add_argument("-o", "--output", default="pipeline.yaml", help="output path (pipeline.yaml)")
     c.add_argument(
@@ -112,10 +114,11 @@ def register(sub) -> None:
         "run parameters)",
     )
     add_cluster_options(c)
-    c.set_defaults(handler=_compile)
 
-    r = sub.add_parser(
+    r = add_command(
+        sub,
         "run-local",
+        _run_local,
         help="run the whole pipeline on this machine with kfp.local",
         description="Run preprocess -> train -> export with kfp.local and print where each\n"
         "artifact landed. --runner subprocess uses this Python environment; --runner docker\n"
@@ -123,27 +126,25 @@ def register(sub) -> None:
         "the host: as the image's user, uid 1000), and only the paths it names mounted: the\n"
         "inputs read-only, the output directories (created if missing) read-write.\n\n"
         "example:\n  tfpipes run-local --source data.csv --label label --train-steps 500",
-        formatter_class=fmt,
     )
     r.add_argument("--source", required=True, help="CSV file, glob, directory or gs:// prefix")
     r.add_argument("--label", required=True, help="name of the label column")
     r.add_argument("--pipeline-root", default="tfpipes-local", help="where artifacts go")
     r.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess")
     _add_pipeline_params(r)
-    r.set_defaults(handler=_run_local)
 
-    d = sub.add_parser(
+    d = add_command(
+        sub,
         "demo",
+        _demo,
         help="synthetic data -> the whole pipeline locally -> a prediction from the model",
         description="Make a synthetic data set (float, int and string columns, a 3-class label),\n"
         "run the whole pipeline locally and print predictions of the exported SavedModel.",
-        formatter_class=fmt,
     )
     d.add_argument("--workdir", default="tfpipes-demo", help="where everything goes")
     d.add_argument("--rows", type=int, default=5000, help="rows of synthetic data (5000)")
     d.add_argument("--train-steps", type=int, default=600, help="training steps (600)")
     d.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess")
-    d.set_defaults(handler=_demo)
 
 
 def _abs(path: str) -> str:

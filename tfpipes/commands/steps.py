@@ -5,17 +5,18 @@ from __future__ import annotations
 import argparse
 import logging
 
+from tfpipes.commands import add_command
 from tfpipes.layout import DEFAULT_RECORD_LAYOUT, RECORD_LAYOUTS
 
 log = logging.getLogger("tfpipes")
 
 
 def register(sub) -> None:
-    fmt = argparse.RawDescriptionHelpFormatter
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "preprocess",
+        _preprocess,
         help="CSV -> sharded TFRecords with schema, statistics and a train/eval split",
-        formatter_class=fmt,
         description=(
             "Turn CSV/TSV (plain or .gz) or Parquet files (a file, glob, directory or gs://\n"
             "prefix) into a data set of sharded TFRecord files of tf.train.Example (one per\n"
@@ -28,12 +29,12 @@ def register(sub) -> None:
         ),
     )
     add_preprocess_flags(p)
-    p.set_defaults(handler=_preprocess)
 
-    t = sub.add_parser(
+    t = add_command(
+        sub,
         "train",
+        _train,
         help="train a model on a data set with a graph-mode custom loop; resumes automatically",
-        formatter_class=fmt,
         description=(
             "Train with a tf.function custom loop under the tf.distribute strategy the\n"
             "environment asks for (TF_CONFIG with ps tasks: ParameterServerStrategy; workers\n"
@@ -51,12 +52,12 @@ def register(sub) -> None:
         ),
     )
     _add_train_flags(t)  # TrainConfig's fields (the parameter surface imports no TensorFlow)
-    t.set_defaults(handler=_train)
 
-    e = sub.add_parser(
+    e = add_command(
+        sub,
         "export",
+        _export,
         help="newest checkpoint -> verified SavedModel at <export-base>/<version>/",
-        formatter_class=fmt,
         description=(
             "Restore the newest checkpoint of --model-dir and export a SavedModel with the\n"
             "signatures serving_default (serialized tf.train.Example strings) and predict (raw\n"
@@ -78,7 +79,6 @@ def register(sub) -> None:
     e.add_argument("--version", type=int, default=0, help="version number (default: now, epoch s)")
     e.add_argument("--data", default="", help="data set whose eval split verifies the export")
     e.add_argument("--overwrite", action="store_true", help="replace an existing version")
-    e.set_defaults(handler=_export)
 
 
 def add_preprocess_flags(p: argparse.ArgumentParser) -> None:

@@ -107,16 +107,10 @@ def _family(arr) -> str:
     t = arr.type
     if pa.types.is_null(t) or arr.null_count == len(arr):
         return "null"
-    if pa.types.is_integer(t):
-        return "int"
-    if pa.types.is_floating(t):
-        return "float"
-    if pa.types.is_boolean(t):
-        return "boolean"
-    if pa.types.is_date(t) or pa.types.is_timestamp(t):
-        return "timestamp"
     if not pa.types.is_string(t):
-        return "string"  # binary: not UTF-8, which the main pass reports
+        # what Arrow's CSV inference yields besides text (no decimal, no dictionary): as a
+        # Parquet column's; binary (not UTF-8, which the main pass reports) is "string"
+        return arrow_family(t)
     present = arr.drop_null()
     words = pc.unique(pc.utf8_lower(pc.utf8_trim_whitespace(present)))
     if len(words) <= len(BOOL_WORDS) and set(words.to_pylist()) <= BOOL_WORDS:
