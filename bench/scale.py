@@ -11,7 +11,8 @@ One run, real processes, everything on this machine (the fake-gcs-server on 127.
 - ``gcs/local``: the training rate streaming from the fake-gcs-server over the rate reading the
   same data set from local files, each round one run of each (alternating which goes first);
   the median of the per-round ratios (goal >= 0.9).
-- ``fanout``: the fan-out preprocess section (added by the fan-out work; see FANOUT below).
+- ``fanout``: the fan-out preprocess section (``bench/scale_fanout.py``): commit time against the
+  number of parts.
 
   python bench/scale.py                 # about 10 minutes on a loaded 2-core box
   python bench/scale.py --rows 5000 --rounds 1   # a quick look
@@ -233,9 +234,12 @@ def gcs_section(a, work: str, server, datasets: dict[int, str], urls: dict[int, 
     emit("gcs/local", statistics.median(ratios), "{:.2f}")
 
 
-# --- FANOUT: the fan-out preprocess section goes here ------------------------------------------
-# def fanout_section(a, work: str) -> None:
-#     """Commit time against the number of parts (1, 10, 100, 1000)."""
+def fanout_section(a) -> None:
+    """Commit time against the number of parts (1, 10, 100, 1000): bench/scale_fanout.py."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from scale_fanout import bench_fanout
+
+    bench_fanout(rounds=max(1, a.rounds))
 
 
 def main() -> None:
@@ -254,7 +258,8 @@ def main() -> None:
                     train_section(a, work, server, datasets, urls)
                 if "gcs" in sections:
                     gcs_section(a, work, server, datasets, urls)
-        # FANOUT: if "fanout" in sections: fanout_section(a, work)
+        if "fanout" in sections:
+            fanout_section(a)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -28,16 +28,31 @@ K = 4  # TFPIPES_STREAM_SHARDS in these tests
 TMPFS_KB = 320  # the temporary directory's size; the data set is several times larger
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """8000 rows in 32 shards per split: about 1.2 MB, 30 KB per train shard."""
+def write_data(root: Path, rows: int, layout: str) -> Path:
     from tfpipes.preprocess import PreprocessConfig, preprocess
     from tfpipes.sample_data import write_csv
 
-    root = tmp_path_factory.mktemp("stream-data")
-    write_csv(str(root / "d.csv"), 8000, seed=3)
-    preprocess(PreprocessConfig(str(root / "d.csv"), str(root / "data"), "label", num_shards=32))
+    write_csv(str(root / "d.csv"), rows, seed=3)
+    preprocess(
+        PreprocessConfig(
+            str(root / "d.csv"), str(root / "data"), "label", num_shards=32, layout=layout
+        )
+    )
     return root / "data"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """8000 rows in 32 shards per split, one record per row: about 1.2 MB, 30 KB per train
+    shard (per-row records are about 4.5 times the block layout's bytes: few rows make a data
+    set several times the tmpfs)."""
+    return write_data(tmp_path_factory.mktemp("stream-data"), 8000, "rows")
+
+
+@pytest.fixture(scope="module")
+def block_data(tmp_path_factory) -> Path:
+    """The default block layout: 36,000 rows in 32 shards per split, about 1 MB."""
+    return write_data(tmp_path_factory.mktemp("stream-blocks"), 36000, "blocks")
 
 
 def shards(data: Path, split: str) -> list[dict]:
@@ -121,13 +136,23 @@ def bound(data: Path, caches: int) -> int:
     return caches * K * (biggest + 4096) + 64 * 1024
 
 
+@pytest.fixture(params=["rows"])
+def layout(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def remote(data, gcs_bucket, gcs_server):
+def remote(request, layout, gcs_bucket, gcs_server):
+    """The data set of ``layout`` (``data`` or ``block_data``) in the bucket: (url, server)."""
     from tfpipes import storage
 
     url = f"{gcs_bucket}/d"
-    storage.publish_dir(str(data), url)
+    storage.publish_dir(str(data_of(request, layout)), url)
     return url, gcs_server.url
+
+
+def data_of(request, layout: str) -> Path:
+    return request.getfixturevalue("block_data" if layout == "blocks" else "data")
 
 
 def train(args, env, timeout=240) -> Run:
@@ -139,15 +164,18 @@ def train(args, env, timeout=240) -> Run:
     return run
 
 
+@pytest.mark.parametrize("layout", ["rows", "blocks"], indirect=True)
 def test_one_process_streams_a_data_set_several_times_the_temp_disk(
-    data, remote, small_tmp, tmp_path
+    request, layout, remote, small_tmp, tmp_path
 ):
     url, server = remote
+    data = data_of(request, layout)
     assert data_bytes(data) > 3 * TMPFS_KB * 1024
     log = tmp_path / "reads.log"
     seen = Footprint(small_tmp)
+    steps = "60" if layout == "rows" else "260"  # a little more than an epoch of 128-row batches
     run = train(
-        ["train", "--data", url, "--model-dir", str(tmp_path / "m"), "--train-steps", "60",
+        ["train", "--data", url, "--model-dir", str(tmp_path / "m"), "--train-steps", steps,
          "--batch-size", "128", "--log-every", "20"],
         env_for(server, small_tmp, log),
     )  # fmt: skip
@@ -155,7 +183,7 @@ def test_one_process_streams_a_data_set_several_times_the_temp_disk(
     assert run.proc.returncode == 0, run
     got = reads(log)["local:0"]
     train_keys = [s["path"] for s in shards(data, "train")]
-    # 60 steps of 128 rows is more than an epoch: every train shard was fetched, some twice.
+    # more than an epoch: every train shard was fetched (and the eval's), some twice.
     assert all(k in got for k in train_keys) and len(got) > len(train_keys) + 32, got
     assert peak <= bound(data, 1), (peak, bound(data, 1))
     assert not os.listdir(small_tmp / f"tfpipes-stream-{os.getuid()}")  # nothing left behind
@@ -194,7 +222,11 @@ def test_two_mwms_workers_each_stream_only_their_shards(data, remote, small_tmp,
 
 
 @pytest.mark.cluster
-def test_parameter_server_workers_stream_only_their_shards(data, remote, small_tmp, tmp_path):
+@pytest.mark.parametrize("layout", ["blocks"], indirect=True)
+def test_parameter_server_workers_stream_only_their_shards(
+    request, layout, remote, small_tmp, tmp_path
+):
+    data = data_of(request, layout)
     got, peak = on_cluster(
         ["--workers", "2", "--ps", "1"],
         ["--train-steps", "150", "--log-every", "50", "--steps-per-loop", "10"],
