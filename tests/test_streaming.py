@@ -51,8 +51,8 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def block_data(tmp_path_factory) -> Path:
-    """The default block layout: 36,000 rows in 32 shards per split, about 1 MB."""
-    return write_data(tmp_path_factory.mktemp("stream-blocks"), 36000, "blocks")
+    """The default block layout: 40,000 rows in 32 shards per split, about 1 MB."""
+    return write_data(tmp_path_factory.mktemp("stream-blocks"), 40000, "blocks")
 
 
 def shards(data: Path, split: str) -> list[dict]:
@@ -173,7 +173,7 @@ def test_one_process_streams_a_data_set_several_times_the_temp_disk(
     assert data_bytes(data) > 3 * TMPFS_KB * 1024
     log = tmp_path / "reads.log"
     seen = Footprint(small_tmp)
-    steps = "60" if layout == "rows" else "260"  # a little more than an epoch of 128-row batches
+    steps = "60" if layout == "rows" else "280"  # a little more than an epoch of 128-row batches
     run = train(
         ["train", "--data", url, "--model-dir", str(tmp_path / "m"), "--train-steps", steps,
          "--batch-size", "128", "--log-every", "20"],
