@@ -235,6 +235,24 @@ def test_missing_or_corrupt_part_fails_the_commit_naming_it(tmp_path):
     assert not os.path.exists(fp.staging)
 
 
+def test_the_commit_deletes_only_what_the_fanout_wrote(tmp_path):
+    """An output inside the staging place is refused (removing the staging place would take
+    it along); a file of the user's in the staging place outlives the commit."""
+    src = _write_inputs(tmp_path, rows=300)
+    staging = tmp_path / "staging"
+    cfg = PreprocessConfig(src, str(tmp_path / "out"), "label", num_shards=2, block_size=BLOCK)
+    fp = plan_fanout(cfg, 2, staging=str(staging))
+    for i in range(2):
+        run_part(fp.staging, i)
+    with pytest.raises(UserError, match="must not contain each other"):
+        commit_fanout(fp.staging, output=str(staging / "out"))
+    (staging / "train" / "notes.txt").write_text("mine")
+    commit_fanout(fp.staging)
+    assert (staging / "train" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in staging.rglob("*")) == ["notes.txt", "train"]
+    assert manifest.read_manifest(str(tmp_path / "out")).rows["train"] > 0
+
+
 @pytest.mark.gcs
 def test_gcs_staging_and_output_equal_local(gcs_bucket, tmp_path):
     src = _write_inputs(tmp_path, rows=900)

@@ -233,8 +233,27 @@ def _fresh_staging(staging: str) -> None:
                 f"{staging}: exists and is not a fan-out's staging directory; choose another "
                 "--staging"
             )
-        storage.rmtree(staging)
+        remove_local_staging(load_plan(staging))
     os.makedirs(os.path.join(staging, "_fanout"), exist_ok=True)
+
+
+def remove_local_staging(fp: FanoutPlan) -> None:
+    """Delete what the fan-out of ``fp`` wrote into its local staging directory: the
+    ``_fanout`` folder (plan, partial statistics, the parts' attempt folders) and the shards
+    the plan names, then the folders that leaves empty. Anything else stays, with the folders
+    that hold it: we delete only what we provably wrote."""
+    staging = fp.staging
+    storage.rmtree(os.path.join(staging, "_fanout"))
+    for part in range(fp.num_parts):
+        for split in ("train", "eval"):
+            for name in fp.shard_names(part, split):
+                try:
+                    os.remove(os.path.join(staging, *name.split("/")))
+                except FileNotFoundError:
+                    pass
+    for folder, _, _ in os.walk(staging, topdown=False):
+        if not os.listdir(folder):
+            os.rmdir(folder)
 
 
 def load_plan(staging: str) -> FanoutPlan:

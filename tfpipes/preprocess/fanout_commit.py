@@ -29,6 +29,7 @@ from tfpipes.preprocess.fanout import (
     check_whole_input,
     load_plan,
     partial_name,
+    remove_local_staging,
 )
 from tfpipes.preprocess.partials import merge_partials, read_partial
 from tfpipes.preprocess.pipeline import _Run, _sample_may_mislead
@@ -100,6 +101,11 @@ def commit_fanout(
             f"{final}: the output and the staging place {fp.staging} must both be local or "
             "both in object storage (the shards are moved, not copied through here)"
         )
+    if storage._same_or_inside(final, fp.staging) or storage._same_or_inside(fp.staging, final):
+        raise UserError(
+            f"{final}: the output and the staging place {fp.staging} must not contain each "
+            "other (the staging place is removed after the commit); choose another output"
+        )
     listed = storage.list_checksums(fp.staging) if remote else None
     partials = [_verified(fp, i, listed) for i in range(fp.num_parts)]
     merged = _Merged(cfg, fp, partials)
@@ -124,7 +130,7 @@ def commit_fanout(
             merged.tmp = tmp
             result = merged.commit(fp.files, fp.overrides, fp.task)
         if os.path.isfile(os.path.join(fp.staging, *PLAN_FILE.split("/"))):
-            storage.rmtree(fp.staging)  # ours: the plan made it
+            remove_local_staging(fp)
     secs, cpu = time.monotonic() - t0, time.process_time() - cpu0
     return dataclasses.replace(result, seconds=secs, cpu_seconds=cpu)
 
