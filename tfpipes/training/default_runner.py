@@ -134,16 +134,19 @@ class DefaultRunner(Runner):
         )
         self.input = None
         if plain and cfg.cache:
-            self.input = load_in_memory(
-                data.root,
-                data.manifest,
-                "train",
-                data.schema,
-                ctx.get_per_replica_batch_size(cfg.batch_size),
-                seed=cfg.seed,
-                input_context=ctx,
-                device=cache_device(data.manifest),
-            )
+            # A streamed split is read here, before any step: a storage outage is retryable
+            # (exit 138) here too, not a traceback.
+            with self.errors("the model dir's newest checkpoint, if any"):
+                self.input = load_in_memory(
+                    data.root,
+                    data.manifest,
+                    "train",
+                    data.schema,
+                    ctx.get_per_replica_batch_size(cfg.batch_size),
+                    seed=cfg.seed,
+                    input_context=ctx,
+                    device=cache_device(data.manifest),
+                )
         elif plain and res.num_workers == 1 and not data.streamed:
             self.input = iter(dataset_fn(ctx))
             objects["iterator"] = self.input
