@@ -19,7 +19,6 @@ from typing import NamedTuple
 from kfp import compiler, dsl
 from kfp.dsl import Dataset, Metrics, Model
 from tfpipes_components.tfjob_op import IMAGE, tfjob_train_op
-from tfpipes_pipelines.parameters import TRAINING, params, pick, pipeline_signature
 from tfpipes_pipelines.training import (
     PipelineOptions,
     check_step,
@@ -29,6 +28,7 @@ from tfpipes_pipelines.training import (
 )
 
 from tfpipes.errors import UserError
+from tfpipes.pipeline_params import TRAINING, params, pick, pipeline_signature
 
 PIPELINE_NAME = "tfpipes-distributed-training"
 # The distributed pipeline's own parameters. The job's (JOB, PLACE, TIMEOUT) are passed on to

@@ -19,7 +19,8 @@ from tfpipes_components.fanout import input_bytes_op
 from tfpipes_components.retrain import check_data_op, evaluate_op, publish_op
 from tfpipes_components.steps import IMAGE
 from tfpipes_pipelines.fanout import fanout_steps
-from tfpipes_pipelines.parameters import (
+
+from tfpipes.pipeline_params import (
     DATA_CHECK,
     DATA_STEPS,
     SINGLE_POD,

@@ -19,11 +19,11 @@ from tfpipes_pipelines.distributed import (
     compile_distributed_pipeline,
     distributed_pipeline,
 )
-from tfpipes_pipelines.parameters import DATA_CHECK, DATA_STEPS, REQUIRED
 from tfpipes_pipelines.training import compile_pipeline, training_pipeline
 
 from tfpipes.cli import build_parser, main
 from tfpipes.errors import UserError
+from tfpipes.pipeline_params import DATA_CHECK, DATA_STEPS, REQUIRED
 from tfpipes.training import TrainConfig
 from tfpipes.training.params import (
     PARAMS,

@@ -12,7 +12,7 @@ log = logging.getLogger("tfpipes")
 
 PIPELINE_FLAGS = (
     # Flags for some of the pipeline's own parameters: (flag, pipeline parameter, help); their
-    # types and defaults are the pipeline's (tfpipes_pipelines.parameters, no kfp). The training
+    # types and defaults are the pipeline's (tfpipes.pipeline_params, no kfp). The training
     # parameters' flags come from TrainConfig (tfpipes.training.params).
     ("--eval-fraction", "eval_fraction", "share of rows for eval"),
     ("--num-shards", "num_shards", "shards per split"),
@@ -27,7 +27,7 @@ PIPELINE_FLAGS = (
 def _pipeline_params() -> dict:
     """{pipeline parameter: inspect.Parameter} of :data:`PIPELINE_FLAGS`, from the pipeline's
     own tables."""
-    from tfpipes_pipelines.parameters import FANOUT, OUTPUT, SINGLE_POD, SPLIT
+    from tfpipes.pipeline_params import FANOUT, OUTPUT, SINGLE_POD, SPLIT
 
     tables = {q.name: q for q in SPLIT + FANOUT + OUTPUT + SINGLE_POD}
     return {dest: tables[dest] for _, dest, _ in PIPELINE_FLAGS}

@@ -5,7 +5,7 @@ The parameters are written once, as the fields of :class:`TrainConfig` with thei
 
 - ``tfpipes train``'s flags (:func:`add_train_flags`, :func:`config_from_args`);
 - the pipeline parameters (:data:`PIPELINE_PARAMS`: KFP name, type and default): both
-  pipelines' signatures are built from them (``tfpipes_pipelines.parameters``); the KFP
+  pipelines' signatures are built from them (``tfpipes.pipeline_params``); the KFP
   components write them out (KFP ships a component's source, so they are typed by hand;
   ``tests/test_params.py`` compares each with this); and run-local's flags
   (:func:`add_pipeline_flags`);
