@@ -52,23 +52,22 @@ def plan_op(
     """Plan ``parts`` parts of preprocessing ``source`` into the ``staging`` artifact; returns
     the part numbers for ``dsl.ParallelFor``. Parameters as ``preprocess_op``'s."""
     from tfpipes.errors import exit_on_error
-    from tfpipes.preprocess import PreprocessConfig
+    from tfpipes.preprocess.config import component_config
     from tfpipes.preprocess.fanout import plan_fanout
 
     with exit_on_error("preprocess-plan"):
         fp = plan_fanout(
-            PreprocessConfig(
-                source=source,
-                output="",  # the commit task's examples artifact
-                label=label,
+            component_config(
+                source,
+                "",  # the commit task's examples artifact
+                label,
+                na_values,
                 eval_fraction=eval_fraction,
                 num_shards=num_shards,
                 compression=compression,
-                progress=False,
                 task=task,
                 on_missing_label=on_missing_label,
                 block_size=block_size,
-                **({"na_values": tuple(na_values.split(","))} if na_values else {}),
             ),
             parts,
             # gs://: the parts upload, the commit copies server side (no bytes through FUSE)

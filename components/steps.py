@@ -71,23 +71,23 @@ def preprocess_op(
     default set); ``task``, ``on_missing_label`` and ``layout`` as ``tfpipes preprocess``'s
     flags."""
     from tfpipes.errors import exit_on_error
-    from tfpipes.preprocess import PreprocessConfig, preprocess
+    from tfpipes.preprocess import preprocess
+    from tfpipes.preprocess.config import component_config
 
     with exit_on_error("preprocess"):
         r = preprocess(
-            PreprocessConfig(
-                source=source,
-                output=examples.path,
-                label=label,
+            component_config(
+                source,
+                examples.path,
+                label,
+                na_values,
                 eval_fraction=eval_fraction,
                 num_shards=num_shards,
                 compression=compression,
                 overwrite=True,  # a retried task replaces its own partial output
-                progress=False,
                 task=task,
                 on_missing_label=on_missing_label,
                 layout=layout,
-                **({"na_values": tuple(na_values.split(","))} if na_values else {}),
             )
         )
     examples.metadata.update(

@@ -274,9 +274,10 @@ def shuffle_window_blocks(batch_size: int) -> int:
 
 def _block_batches(files, compression, schema, batch_size, training, **kw) -> tf.data.Dataset:
     """Block records: shuffled block by block (a buffer of BLOCK_BUFFER_FACTOR x
-    ``shuffle_buffer`` rows' worth of blocks, at least two windows), a window of blocks parsed
-    at once and its rows permuted (stateless, seeded by the window's index: the iterator's
-    state stays checkpointable), then cut into batches of ``batch_size`` rows."""
+    ``shuffle_buffer`` rows' worth of blocks, at least two windows; the same block order each
+    epoch), a window of blocks parsed at once and its rows permuted (stateless, seeded by the
+    window's running index: another mix every epoch), then cut into batches of ``batch_size``
+    rows. A restored iterator gives exactly the batches the saved one would have."""
     parse = _parse_fn(schema, "blocks")
     if not training:
         per = max(1, batch_size // BLOCK_ROWS)
@@ -288,7 +289,12 @@ def _block_batches(files, compression, schema, batch_size, training, **kw) -> tf
     if kw["cache"]:
         ds = ds.cache()
     buffer = max(2 * window, -(-BLOCK_BUFFER_FACTOR * kw["shuffle_buffer"] // BLOCK_ROWS))
-    ds = ds.shuffle(buffer, seed=kw["seed"], reshuffle_each_iteration=True)
+    # One block order for every epoch (reshuffle_each_iteration=False); the window's row
+    # permutation, seeded by the window's running index, differs from epoch to epoch. TF's
+    # reshuffling seed generator did not come back right from a checkpoint once the pipeline
+    # had read an epoch ahead (a small data set), and the restored iterator then gave other
+    # batches (a per-epoch seed inside flat_map cannot be saved at all).
+    ds = ds.shuffle(buffer, seed=kw["seed"], reshuffle_each_iteration=False)
     # Windows end with the epoch (its last one is shorter): every row once per epoch, as
     # with per-row records, however few blocks a pipeline reads.
     ds = ds.batch(window).repeat()

@@ -225,7 +225,9 @@ def _is_empty_dir(path: str) -> bool:
     return os.path.isdir(path) and not os.listdir(path)
 
 
-def _same_or_inside(path: str, root: str) -> bool:
+def same_or_inside(path: str, root: str) -> bool:
+    """Whether ``path`` is ``root`` or lies under it (local paths compared after resolving
+    links; a local path is never inside a ``gs://`` one)."""
     if is_remote(path) != is_remote(root):
         return False
     if is_remote(path):
@@ -233,6 +235,11 @@ def _same_or_inside(path: str, root: str) -> bool:
     else:
         a, b = os.path.realpath(path) + os.sep, os.path.realpath(root) + os.sep
     return a.startswith(b)
+
+
+def overlap(a: str, b: str) -> bool:
+    """Whether one of the two locations is or contains the other."""
+    return same_or_inside(a, b) or same_or_inside(b, a)
 
 
 def check_output_location(final: str, inputs: tuple[str, ...] = ()) -> None:
@@ -243,7 +250,7 @@ def check_output_location(final: str, inputs: tuple[str, ...] = ()) -> None:
         raise UserError(f"{final}: a bucket root cannot be an output; name a prefix in it")
     for source in inputs:
         source = normalize(source)
-        if source and _same_or_inside(source, final):
+        if source and same_or_inside(source, final):
             raise UserError(
                 f"{final}: the output would contain the input {source}; choose another output"
             )

@@ -86,6 +86,15 @@ class PreprocessConfig:
             raise UserError(f"block_size must be positive, got {self.block_size}")
 
 
+def component_config(source: str, output: str, label: str, na_values: str = "", **params):
+    """The :class:`PreprocessConfig` a KFP component builds from its parameters: no progress
+    bar (a task's log is not a terminal), and ``na_values`` comma-separated as
+    ``--na-values`` ("": the default set). ``params``: the other fields, by name."""
+    if na_values:
+        params["na_values"] = tuple(na_values.split(","))
+    return PreprocessConfig(source=source, output=output, label=label, progress=False, **params)
+
+
 @dataclasses.dataclass(frozen=True)
 class PreprocessResult:
     """What one run wrote: the committed data set, row counts, its schema and content hash

@@ -101,7 +101,7 @@ def commit_fanout(
             f"{final}: the output and the staging place {fp.staging} must both be local or "
             "both in object storage (the shards are moved, not copied through here)"
         )
-    if storage._same_or_inside(final, fp.staging) or storage._same_or_inside(fp.staging, final):
+    if storage.overlap(final, fp.staging):
         raise UserError(
             f"{final}: the output and the staging place {fp.staging} must not contain each "
             "other (the staging place is removed after the commit); choose another output"

@@ -112,10 +112,6 @@ class DefaultRunner(Runner):
         # dataset, whose iterator TF cannot save. The checkpoint is the chief's, so it can hold
         # the iterator of a single task only; other workers' positions follow from the step.
         plain = replicas == res.num_workers
-        # The block layout resumes by the step number (a rebuilt pipeline skips the consumed
-        # batches), never by a saved iterator: a restored iterator of the block pipeline
-        # (window permutation, then rebatch) did not give back the same batches.
-        blocks = data.manifest.layout == "blocks"
         ctx = tf.distribute.InputContext(res.num_workers, res.input_pipeline_id, replicas)
 
         def dataset_fn(input_context, skip=0):
@@ -151,7 +147,7 @@ class DefaultRunner(Runner):
                     input_context=ctx,
                     device=cache_device(data.manifest),
                 )
-        elif plain and res.num_workers == 1 and not data.streamed and not blocks:
+        elif plain and res.num_workers == 1 and not data.streamed:
             self.input = iter(dataset_fn(ctx))
             objects["iterator"] = self.input
         ckpt = tf.train.Checkpoint(**objects)
