@@ -318,3 +318,36 @@ def test_run_local_docker_matches_subprocess(tfpipes_image, outside_dir):
             open(os.path.join(arts["docker"]["examples"], rel), "rb") as f2,
         ):
             assert f1.read() == f2.read()
+
+
+@pytest.mark.slow
+def test_fanout_preprocess_in_containers_equals_single_process(tfpipes_image, outside_dir, capfd):
+    """The fan-out (plan, a ParallelFor of 3 parts, the Collected commit) through kfp.local's
+    DockerRunner, each step in the image with no network: the same rows per split and the same
+    statistics as single-process preprocess on the host."""
+    import warnings
+
+    from kfp import local
+    from tfpipes_pipelines.fanout import fanout_preprocess
+    from tfpipes_pipelines.training import docker_run_options, writable_for_containers
+
+    from tests.test_preprocess_fanout import BLOCK, _check_same, _dataset, _single, _write_inputs
+
+    d = str(outside_dir)
+    src = _write_inputs(d)
+    _single(src, os.path.join(d, "single"))
+    single = _dataset(os.path.join(d, "single"))
+    root = os.path.join(d, "root")
+    os.makedirs(root)
+    options = docker_run_options({"source": src})  # the input mounted read-only
+    assert [(m["Source"], m["ReadOnly"]) for m in options["mounts"]] == [(src, True)]
+    local.init(runner=local.DockerRunner(**options), pipeline_root=root, raise_on_error=True)
+    with writable_for_containers([root]), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        task = fanout_preprocess(source=src, label="label", parts=3, num_shards=4, block_size=BLOCK)
+    _check_same(task.output.path, single, 3)
+    (run,) = os.listdir(root)
+    steps = sorted(os.listdir(os.path.join(root, run)))
+    loop = [f"for-loop-1-iteration-{i}" for i in range(3)]
+    assert steps == ["commit-op", *loop, "plan-op"], steps  # three parts ran, then the commit
+    assert "Found image 'tfpipes:" in capfd.readouterr().out  # the steps ran in the image
