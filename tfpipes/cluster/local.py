@@ -41,7 +41,7 @@ from tfpipes.cluster.private_network import (
     up_interfaces,
 )
 from tfpipes.errors import EXIT_TIMEOUT
-from tfpipes.tf_log import QUIET_TF_LOG_LEVEL, TF_LOG_ENV
+from tfpipes.tf_log import ONEDNN_DEFAULT, ONEDNN_ENV, QUIET_TF_LOG_LEVEL, TF_LOG_ENV
 
 TASK_TYPES = ("chief", "worker", "ps")
 LAUNCHER = "local-cluster"
@@ -249,7 +249,8 @@ def run_cluster(
     stderr merged and written to ``out`` (default ``sys.stdout``) line by line as
     ``[worker:0] ...``. Launcher notes go there too as ``[local-cluster] ...``.
     ``TF_CPP_MIN_LOG_LEVEL`` is the launcher's (or ``env``'s), 2 when neither sets it: the tasks'
-    TensorFlow C++ notices stay quiet unless asked for.
+    TensorFlow C++ notices stay quiet unless asked for (``TF_ENABLE_ONEDNN_OPTS``: see
+    :data:`tfpipes.tf_log.ONEDNN_ENV`).
 
     Network: TensorFlow's servers listen on every interface, unauthenticated, so the tasks run
     in a private network namespace with only loopback (:mod:`tfpipes.cluster.private_network`;
@@ -275,6 +276,7 @@ def run_cluster(
     base_env.update(env or {})
     base_env["PYTHONUNBUFFERED"] = "1"
     base_env.setdefault(TF_LOG_ENV, QUIET_TF_LOG_LEVEL)
+    base_env.setdefault(ONEDNN_ENV, ONEDNN_DEFAULT)
     network, sockets, where = _open_network(len(tasks), base_env, allow_network)
     addresses = {t: f"127.0.0.1:{s.getsockname()[1]}" for t, s in zip(tasks, sockets)}
     cluster = cluster_spec(addresses)
