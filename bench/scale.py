@@ -112,7 +112,7 @@ def base_env(**extra) -> dict:
     env = dict(os.environ)
     env.pop("TF_CONFIG", None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
-    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0", **extra})
+    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", **extra})
     return env
 
 

@@ -118,7 +118,6 @@ def _shuffle_tv(args, work: str) -> dict:
 def main() -> int:
     args = _args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # as the tfpipes command runs
     import keras
     import tensorflow as tf
 

@@ -332,7 +332,7 @@ def docker_run_options(params: dict) -> dict:
     """
     import docker.types
 
-    from tfpipes.tf_log import ONEDNN_DEFAULT, ONEDNN_ENV, QUIET_TF_LOG_LEVEL, TF_LOG_ENV
+    from tfpipes.tf_log import QUIET_TF_LOG_LEVEL, TF_LOG_ENV
 
     writable = output_dirs(params)
     readable = []
@@ -357,7 +357,6 @@ def docker_run_options(params: dict) -> dict:
         "environment": {
             "HOME": "/tmp",
             TF_LOG_ENV: os.environ.get(TF_LOG_ENV, QUIET_TF_LOG_LEVEL),
-            ONEDNN_ENV: os.environ.get(ONEDNN_ENV, ONEDNN_DEFAULT),
         },
     }
 
@@ -405,7 +404,7 @@ def run_local(params: dict, pipeline_root: str, runner: str = "subprocess") -> d
     """
     from kfp import local
 
-    from tfpipes.tf_log import ONEDNN_DEFAULT, ONEDNN_ENV, QUIET_TF_LOG_LEVEL, TF_LOG_ENV
+    from tfpipes.tf_log import QUIET_TF_LOG_LEVEL, TF_LOG_ENV
 
     params = absolute_local_paths(params)
     pipeline_root = os.path.abspath(pipeline_root)
@@ -422,7 +421,6 @@ def run_local(params: dict, pipeline_root: str, runner: str = "subprocess") -> d
     local.init(runner=cfg, pipeline_root=pipeline_root, raise_on_error=True)
     # The subprocess runner's steps inherit this environment.
     os.environ.setdefault(TF_LOG_ENV, QUIET_TF_LOG_LEVEL)
-    os.environ.setdefault(ONEDNN_ENV, ONEDNN_DEFAULT)
     with writable_for_containers(writable), warnings.catch_warnings():
         # The subprocess runner warns about any base image without "python" in its name.
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -13,9 +13,6 @@ pytest_plugins = ["tests.gcs_fixtures", "tests.kfp_api_server", "tests.docker_fi
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# As the tfpipes command sets it (tfpipes.tf_log.ONEDNN_ENV): the in-process runs here compute
-# as the commands they are compared with do, on every CPU.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 def tfpipes_exe() -> str:

@@ -397,7 +397,6 @@ def test_parameter_server_job_ends_with_the_chief(tmp_path, monkeypatch):
     # Whether TensorFlow prints notices depends on the CPU: with the variable unset here (TF's
     # own default is 0, everything), the launcher's level must be what keeps them out.
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
-    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)  # printed at any level if on
     script = tmp_path / "ps.py"
     script.write_text(PS_SCRIPT)
     out = Capture()

@@ -6,3 +6,7 @@ Importing this package is cheap: TensorFlow is imported only by the modules that
 """
 
 __version__ = "0.1.0"
+
+from tfpipes.tf_log import quiet_tensorflow_import as _quiet_tensorflow_import  # noqa: E402
+
+_quiet_tensorflow_import()

@@ -41,7 +41,7 @@ from tfpipes.cluster.private_network import (
     up_interfaces,
 )
 from tfpipes.errors import EXIT_TIMEOUT
-from tfpipes.tf_log import ONEDNN_DEFAULT, ONEDNN_ENV, QUIET_TF_LOG_LEVEL, TF_LOG_ENV
+from tfpipes.tf_log import QUIET_TF_LOG_LEVEL, TF_LOG_ENV, hidden_notice
 
 TASK_TYPES = ("chief", "worker", "ps")
 LAUNCHER = "local-cluster"
@@ -206,11 +206,16 @@ class LauncherTerminated(Exception):
 
 
 class _Printer:
-    """Writes whole lines from several threads to one stream, each with its prefix."""
+    """Writes whole lines from several threads to one stream, each with its prefix. A task's
+    TensorFlow C++ notices that its ``TF_CPP_MIN_LOG_LEVEL`` (``tf_level``) hides are dropped:
+    TensorFlow prints some while it loads, before it applies the level
+    (:func:`tfpipes.tf_log.quiet_tensorflow_import`; a task's script may import TensorFlow
+    without tfpipes)."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, tf_level: str | None = None) -> None:
         self._out: TextIO | None = out
         self._lock = threading.Lock()
+        self._tf_level = tf_level
 
     def line(self, prefix: str, text: str) -> None:
         with self._lock:
@@ -227,6 +232,8 @@ class _Printer:
     def pump(self, prefix: str, pipe) -> None:
         with pipe:
             for raw in iter(pipe.readline, b""):
+                if hidden_notice(raw, self._tf_level):
+                    continue
                 self.line(prefix, raw.decode("utf-8", errors="replace").rstrip("\r\n"))
 
 
@@ -249,8 +256,7 @@ def run_cluster(
     stderr merged and written to ``out`` (default ``sys.stdout``) line by line as
     ``[worker:0] ...``. Launcher notes go there too as ``[local-cluster] ...``.
     ``TF_CPP_MIN_LOG_LEVEL`` is the launcher's (or ``env``'s), 2 when neither sets it: the tasks'
-    TensorFlow C++ notices stay quiet unless asked for (``TF_ENABLE_ONEDNN_OPTS``: see
-    :data:`tfpipes.tf_log.ONEDNN_ENV`).
+    TensorFlow C++ notices stay quiet unless asked for.
 
     Network: TensorFlow's servers listen on every interface, unauthenticated, so the tasks run
     in a private network namespace with only loopback (:mod:`tfpipes.cluster.private_network`;
@@ -267,7 +273,6 @@ def run_cluster(
     """
     tasks = cluster_tasks(workers, ps, chief)
     out = sys.stdout if out is None else out
-    printer = _Printer(out)
     deadline = None if timeout is None else time.monotonic() + timeout
     ps_mode = ps > 0
     finishing = {t for t in tasks if t.type == "chief" or (t.type == "worker" and not ps_mode)}
@@ -276,7 +281,7 @@ def run_cluster(
     base_env.update(env or {})
     base_env["PYTHONUNBUFFERED"] = "1"
     base_env.setdefault(TF_LOG_ENV, QUIET_TF_LOG_LEVEL)
-    base_env.setdefault(ONEDNN_ENV, ONEDNN_DEFAULT)
+    printer = _Printer(out, base_env[TF_LOG_ENV])
     network, sockets, where = _open_network(len(tasks), base_env, allow_network)
     addresses = {t: f"127.0.0.1:{s.getsockname()[1]}" for t, s in zip(tasks, sockets)}
     cluster = cluster_spec(addresses)
