@@ -11,6 +11,7 @@ work is a few byte slices and joins per column.
 
 from __future__ import annotations
 
+import google_crc32c
 import numpy as np
 
 from tfpipes.layout import BLOCK_MISSING_KEY, BLOCK_ROWS_KEY, MISSING_VALUES
@@ -19,7 +20,6 @@ from tfpipes.preprocess.example_codec import (
     _as_large_binary,
     _join,
     _varint,
-    frame_records,
 )
 
 # The Feature oneof field of each dtype's list (feature.proto): bytes 1, float 2, int64 3.
@@ -108,19 +108,26 @@ def encode_blocks(columns: list[tuple], bounds: list[int], block_rows: int) -> l
     out = []
     heads: dict = {}  # (column, payload bytes) -> the bytes before the payload
     for lo_chunk, hi_chunk in zip(bounds[:-1], bounds[1:]):
-        records = [
-            _block_record(cols, missing, lo, min(lo + block_rows, hi_chunk), heads)
-            for lo in range(lo_chunk, hi_chunk, block_rows)
-        ]
-        if not records:
-            out.append(np.zeros(0, np.uint8))
-            continue
-        offsets = np.zeros(len(records) + 1, dtype=np.int64)
-        np.cumsum([len(r) for r in records], out=offsets[1:])
-        flat = np.frombuffer(b"".join(records), dtype=np.uint8)
-        frames, _ = frame_records(flat, offsets)
-        out.append(np.frombuffer(frames, dtype=np.uint8))
+        # Each frame goes straight into the chunk's one join: length, its masked CRC, the
+        # record, the record's masked CRC (what frame_records writes, without its copies).
+        parts: list = []
+        for lo in range(lo_chunk, hi_chunk, block_rows):
+            record = _block_record(cols, missing, lo, min(lo + block_rows, hi_chunk), heads)
+            parts += (_frame_head(len(record)), record, _masked(google_crc32c.value(record)))
+        out.append(np.frombuffer(b"".join(parts), dtype=np.uint8))
     return out
+
+
+def _masked(crc: int) -> bytes:
+    """A TFRecord's masked CRC32C, little-endian."""
+    rot = ((crc >> 15) | (crc << 17)) & 0xFFFFFFFF
+    return ((rot + 0xA282EAD8) & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+def _frame_head(length: int) -> bytes:
+    """A TFRecord's length and its masked CRC32C."""
+    lb = length.to_bytes(8, "little")
+    return lb + _masked(google_crc32c.value(lb))
 
 
 def _column_head(key_field: bytes, dt: str, n: int) -> bytes:
@@ -137,23 +144,27 @@ def _column_head(key_field: bytes, dt: str, n: int) -> bytes:
 
 def _block_record(cols: list, missing, lo: int, hi: int, heads: dict) -> bytes:
     """One serialized Example of rows lo..hi (``heads``: a cache of :func:`_column_head`)."""
-    entries = []
+    entries: list = [b"\x0a", b""]  # Example{1: Features}: the length goes in [1]
+    size = 0
     for c, (key, dt, flat, off) in enumerate(cols):
         a, b = int(off[lo]), int(off[hi])
         head = heads.get((c, b - a))
         if head is None:
             head = heads[(c, b - a)] = _column_head(key, dt, b - a)
         entries.append(head)
-        entries.append(flat[a:b].tobytes())
+        entries.append(memoryview(flat[a:b]))
+        size += len(head) + b - a
     rows = _len_prefix(hi - lo)  # a non-negative int64's varint
-    entries.append(_entry(_field(0x0A, BLOCK_ROWS_KEY.encode()), _field(0x1A, _field(0x0A, rows))))
+    tail = [_entry(_field(0x0A, BLOCK_ROWS_KEY.encode()), _field(0x1A, _field(0x0A, rows)))]
     if missing is not None:
         cells = np.flatnonzero(missing[lo:hi])
         if len(cells):
             flat_cells = _flat_varints(cells)[0].tobytes()
             key = _field(0x0A, BLOCK_MISSING_KEY.encode())
-            entries.append(_entry(key, _field(0x1A, _field(0x0A, flat_cells))))
-    return _field(0x0A, b"".join(entries))
+            tail.append(_entry(key, _field(0x1A, _field(0x0A, flat_cells))))
+    entries += tail
+    entries[1] = _len_prefix(size + sum(len(t) for t in tail))
+    return b"".join(entries)
 
 
 def _entry(key_field: bytes, feature: bytes) -> bytes:
