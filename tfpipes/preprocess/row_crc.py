@@ -20,6 +20,7 @@ from __future__ import annotations
 import google_crc32c
 import numpy as np
 
+from tfpipes.preprocess.crc32c import crc32c_extend_array
 from tfpipes.preprocess.example_codec import (
     _as_large_binary,
     _int_pieces,
@@ -34,19 +35,27 @@ _shift_tables: dict[int, np.ndarray] = {}
 _BITS = ((np.arange(256)[:, None] >> np.arange(8)[None, :]) & 1).astype(bool)  # (256, 8)
 
 
+_DIRECT_SHIFT = 4096  # up to this length a shift's table comes from CRCs of zero bytes
+
+
 def _shift_table(length: int) -> np.ndarray:
     """(4, 256) uint32: the shift by ``length`` zero bytes of each byte of a CRC value, so
     that ``shift(c) = t[0][c & 255] ^ t[1][c >> 8 & 255] ^ t[2][c >> 16 & 255] ^ t[3][c >> 24]``.
     """
     table = _shift_tables.get(length)
     if table is None:
-        zeros = bytes(length)
-        z = google_crc32c.value(zeros)
-        # shift(c) = crc(A + zeros) ^ crc(zeros) for any A with crc(A) = c: extend does that
-        basis = np.array(
-            [google_crc32c.extend(1 << i, zeros) ^ z for i in range(32)], dtype=np.uint32
-        ).reshape(4, 8)
+        if length <= _DIRECT_SHIFT:
+            zeros = bytes(length)
+            z = google_crc32c.value(zeros)
+            # shift(c) = crc(A + zeros) ^ crc(zeros) for any A with crc(A) = c: extend does that
+            bits = [google_crc32c.extend(1 << i, zeros) ^ z for i in range(32)]
+            basis = np.array(bits, dtype=np.uint32)
+        else:  # a long string: shift by half, then by the rest (no long run of zeros)
+            half = length // 2
+            basis = np.array([1 << i for i in range(32)], dtype=np.uint32)
+            basis = _apply(_shift_table(length - half), _apply(_shift_table(half), basis))
         table = np.zeros((4, 256), dtype=np.uint32)
+        basis = basis.reshape(4, 8)
         for bit in range(8):
             table ^= np.where(_BITS[None, :, bit], basis[:, bit, None], np.uint32(0))
         if len(_shift_tables) > 4096:
@@ -55,26 +64,32 @@ def _shift_table(length: int) -> np.ndarray:
     return table
 
 
-def _shift(acc: np.ndarray, lens) -> np.ndarray:
-    """``shift(acc[i], lens[i])`` for each row (``lens``: an int for all rows, or per row)."""
+def _apply(t: np.ndarray, acc: np.ndarray) -> np.ndarray:
     b0, b1 = acc & np.uint32(0xFF), (acc >> np.uint32(8)) & np.uint32(0xFF)
     b2, b3 = (acc >> np.uint32(16)) & np.uint32(0xFF), acc >> np.uint32(24)
+    return t[0][b0] ^ t[1][b1] ^ t[2][b2] ^ t[3][b3]
+
+
+def _shift(acc: np.ndarray, lens) -> np.ndarray:
+    """``shift(acc[i], lens[i])`` for each row (``lens``: an int for all rows, or per row)."""
     if np.ndim(lens) == 0:
-        t = _shift_table(int(lens))
-        return t[0][b0] ^ t[1][b1] ^ t[2][b2] ^ t[3][b3]
+        return _apply(_shift_table(int(lens)), acc)
     uniq, inv = np.unique(lens, return_inverse=True)
     if len(uniq) == 1:
         return _shift(acc, int(uniq[0]))
+    b0, b1 = acc & np.uint32(0xFF), (acc >> np.uint32(8)) & np.uint32(0xFF)
+    b2, b3 = (acc >> np.uint32(16)) & np.uint32(0xFF), acc >> np.uint32(24)
     flat = np.stack([_shift_table(int(u)) for u in uniq]).reshape(-1)
     base = inv.reshape(-1).astype(np.intp) * 1024
     return flat[base + b0] ^ flat[base + 256 + b1] ^ flat[base + 512 + b2] ^ flat[base + 768 + b3]
 
 
 def _per_value(flat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """The CRC32C of each of a few byte strings (one call each)."""
-    buf, value = flat.tobytes(), google_crc32c.value
+    """The CRC32C of each of a few byte strings (one call each, no copy)."""
+    flat = np.ascontiguousarray(flat)
     ends = offsets.tolist()
-    return np.array([value(buf[a:b]) for a, b in zip(ends[:-1], ends[1:])], dtype=np.uint32)
+    crcs = [crc32c_extend_array(0, flat[a:b]) for a, b in zip(ends[:-1], ends[1:])]
+    return np.array(crcs, dtype=np.uint32)
 
 
 def _value_bytes(piece) -> int:
