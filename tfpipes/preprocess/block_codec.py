@@ -99,23 +99,42 @@ def encode_blocks(columns: list[tuple], bounds: list[int], block_rows: int) -> l
         cols.append((key, dt, flat, off))
         absent.append(None if pres is None else ~pres)
     n = len(columns[0][2]) if columns else 0
-    missing = None
-    if any(a is not None for a in absent):
-        missing = np.zeros((n, len(columns)), dtype=bool)
-        for c, a in enumerate(absent):
-            if a is not None:
-                missing[:, c] = a
+    starts = [lo for a, b in zip(bounds[:-1], bounds[1:]) for lo in range(a, b, block_rows)]
+    missing = _missing_cells(absent, n, starts, bounds[-1] if starts else 0)
     out = []
     heads: dict = {}  # (column, payload bytes) -> the bytes before the payload
+    i = 0  # the block's number in ``starts``
     for lo_chunk, hi_chunk in zip(bounds[:-1], bounds[1:]):
         # Each frame goes straight into the chunk's one join: length, its masked CRC, the
         # record, the record's masked CRC (what frame_records writes, without its copies).
         parts: list = []
         for lo in range(lo_chunk, hi_chunk, block_rows):
-            record = _block_record(cols, missing, lo, min(lo + block_rows, hi_chunk), heads)
+            cells = missing(i)
+            record = _block_record(cols, cells, lo, min(lo + block_rows, hi_chunk), heads)
             parts += (_frame_head(len(record)), record, _masked(google_crc32c.value(record)))
+            i += 1
         out.append(np.frombuffer(b"".join(parts), dtype=np.uint8))
     return out
+
+
+def _missing_cells(absent: list, n: int, starts: list, end: int):
+    """A function of a block's number (its first row in ``starts``) giving the varints of its
+    missing cells (row in the block x columns + column, in that order; b"" for none),
+    encoded for every block at once; the last block ends at row ``end``."""
+    if all(a is None for a in absent) or not starts:
+        return lambda i: b""
+    missing = np.zeros((n, len(absent)), dtype=bool)
+    for c, a in enumerate(absent):
+        if a is not None:
+            missing[:, c] = a
+    cells = np.flatnonzero(missing)  # row x columns + column
+    first = np.asarray(starts, dtype=np.int64) * len(absent)  # each block's first cell
+    cells = cells[(cells >= first[0]) & (cells < end * len(absent))]  # the chunks' rows only
+    block = np.searchsorted(first, cells, side="right") - 1
+    flat, offsets = _flat_varints(cells - first[block])
+    cut = offsets[np.searchsorted(cells, np.append(first, end * len(absent)))].tolist()
+    data = flat.tobytes()
+    return lambda i: data[cut[i] : cut[i + 1]]
 
 
 def _masked(crc: int) -> bytes:
@@ -142,8 +161,9 @@ def _column_head(key_field: bytes, dt: str, n: int) -> bytes:
     )  # fmt: skip
 
 
-def _block_record(cols: list, missing, lo: int, hi: int, heads: dict) -> bytes:
-    """One serialized Example of rows lo..hi (``heads``: a cache of :func:`_column_head`)."""
+def _block_record(cols: list, missing: bytes, lo: int, hi: int, heads: dict) -> bytes:
+    """One serialized Example of rows lo..hi; ``missing``: the varints of its missing cells
+    (``heads``: a cache of :func:`_column_head`)."""
     entries: list = [b"\x0a", b""]  # Example{1: Features}: the length goes in [1]
     size = 0
     for c, (key, dt, flat, off) in enumerate(cols):
@@ -156,12 +176,9 @@ def _block_record(cols: list, missing, lo: int, hi: int, heads: dict) -> bytes:
         size += len(head) + b - a
     rows = _len_prefix(hi - lo)  # a non-negative int64's varint
     tail = [_entry(_field(0x0A, BLOCK_ROWS_KEY.encode()), _field(0x1A, _field(0x0A, rows)))]
-    if missing is not None:
-        cells = np.flatnonzero(missing[lo:hi])
-        if len(cells):
-            flat_cells = _flat_varints(cells)[0].tobytes()
-            key = _field(0x0A, BLOCK_MISSING_KEY.encode())
-            tail.append(_entry(key, _field(0x1A, _field(0x0A, flat_cells))))
+    if missing:
+        key = _field(0x0A, BLOCK_MISSING_KEY.encode())
+        tail.append(_entry(key, _field(0x1A, _field(0x0A, missing))))
     entries += tail
     entries[1] = _len_prefix(size + sum(len(t) for t in tail))
     return b"".join(entries)
