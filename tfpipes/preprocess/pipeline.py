@@ -276,6 +276,7 @@ class _Run:
         self.cfg, self.tmp, self.plan = cfg, tmp, plan
         self.header = list(plan.header)
         self.runner = runner
+        self.workers = runner.workers  # threads for the statistics at the end
         self.writers = {
             s: SplitWriter(tmp, s, cfg.num_shards, cfg.compression) for s in ("train", "eval")
         }
@@ -361,7 +362,12 @@ class _Run:
         source_hash = fingerprint(self.crcs)
         storage.write_text(os.path.join(self.tmp, layout.SCHEMA), schema.to_json())
         stats = self.stats.to_dict(
-            train_rows, eval_rows, list(schema.label_vocabulary), self.skipped, kinds
+            train_rows,
+            eval_rows,
+            list(schema.label_vocabulary),
+            self.skipped,
+            kinds,
+            workers=self.workers,
         )
         storage.write_text(os.path.join(self.tmp, layout.STATS), json.dumps(stats, indent=2) + "\n")
         shards = [
