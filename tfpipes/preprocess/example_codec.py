@@ -73,7 +73,8 @@ def _varint(values: np.ndarray):
     width = int(lengths.max()) if n else 1
     shifts = np.arange(width, dtype=np.uint64) * np.uint64(7)
     groups = ((v[:, None] >> shifts[None, :]) & np.uint64(0x7F)).astype(np.uint8)
-    groups[np.arange(width)[None, :] < (lengths[:, None] - 1)] |= 0x80
+    more = np.arange(width)[None, :] < (lengths[:, None] - 1)  # a continuation bit
+    groups |= more.view(np.uint8) << np.uint8(7)
     if n == 0 or lengths.min() == width:
         return ("u8", groups)
     return ("pad", groups, lengths)

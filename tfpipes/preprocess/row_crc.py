@@ -23,7 +23,6 @@ import numpy as np
 from tfpipes.preprocess.crc32c import crc32c_extend_array
 from tfpipes.preprocess.example_codec import (
     _as_large_binary,
-    _int_pieces,
     _join,
     _linear_crcs,
     _string_pieces,
@@ -111,16 +110,21 @@ def _float_pieces(key: bytes, values) -> list:
     return [("const", head), ("f32", np.asarray(values))]
 
 
-def _int_entry(key: bytes, values, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """An int64 entry of varint widths that vary: one table pass per width."""
-    piece = _varint(values)  # ("pad", groups, widths)
+def _int_head(key: bytes, vl: int) -> bytes:
+    """The bytes of an int64 entry before its varint of ``vl`` bytes (as _int_pieces)."""
+    k = len(key)
+    return bytes([0x0A, k + 8 + vl, 0x0A, k]) + key + bytes([0x12, 4 + vl, 0x1A, 2 + vl, 0x0A, vl])
+
+
+def _int_entry(key: bytes, piece, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """An int64 entry of varint widths that vary (``piece``: ("pad", groups, widths)): one
+    table pass per width."""
     groups, widths = piece[1], piece[2]
     crc = np.zeros(n, dtype=np.uint32)
     k = len(key)
     for vl in np.unique(widths).tolist():
         sel = np.flatnonzero(widths == vl)
-        head = bytes([0x0A, k + 8 + vl, 0x0A, k]) + key
-        head += bytes([0x12, 4 + vl, 0x1A, 2 + vl, 0x0A, vl])
+        head = _int_head(key, vl)
         crc[sel] = _fixed_entry([("const", head), ("u8", groups[sel, :vl])], len(sel))[0]
     return crc, k + 10 + widths
 
@@ -160,11 +164,12 @@ def example_crcs(columns: list[tuple]) -> np.ndarray:
             if dt == "float32":
                 pieces = _float_pieces(key, values)
             elif dt == "int64":
-                pieces = _int_pieces(key, values)
-                if pieces[0][0] != "const":  # varint widths that vary
+                piece = _varint(values)
+                if piece[0] != "u8":  # varint widths that vary
                     flush()
-                    entries.append((*_int_entry(key, values, n), pres))
+                    entries.append((*_int_entry(key, piece, n), pres))
                     continue
+                pieces = [("const", _int_head(key, piece[1].shape[1])), piece]
             else:
                 flush()
                 entries.append((*_string_entry(key, values), pres))
