@@ -23,6 +23,7 @@ import numpy as np
 from tfpipes.preprocess.crc32c import crc32c_extend_array
 from tfpipes.preprocess.example_codec import (
     _as_large_binary,
+    _byte_tables,
     _join,
     _linear_crcs,
     _string_pieces,
@@ -69,10 +70,29 @@ def _apply(t: np.ndarray, acc: np.ndarray) -> np.ndarray:
     return t[0][b0] ^ t[1][b1] ^ t[2][b2] ^ t[3][b3]
 
 
+def _halves(t: np.ndarray) -> np.ndarray:
+    """(2, 65536) uint32: a (4, 256) byte table as tables of the low and the high 16 bits
+    (two lookups a value instead of four: ~3x faster)."""
+    x = np.arange(1 << 16)
+    return np.stack([t[0][x & 255] ^ t[1][x >> 8], t[2][x & 255] ^ t[3][x >> 8]])
+
+
+def _apply16(t: np.ndarray, acc: np.ndarray) -> np.ndarray:
+    return np.take(t[0], acc & np.uint32(0xFFFF)) ^ np.take(t[1], acc >> np.uint32(16))
+
+
+_shift16: dict[int, np.ndarray] = {}
+
+
 def _shift(acc: np.ndarray, lens) -> np.ndarray:
     """``shift(acc[i], lens[i])`` for each row (``lens``: an int for all rows, or per row)."""
     if np.ndim(lens) == 0:
-        return _apply(_shift_table(int(lens)), acc)
+        t = _shift16.get(int(lens))
+        if t is None:
+            if len(_shift16) > 64:
+                _shift16.clear()
+            t = _shift16[int(lens)] = _halves(_shift_table(int(lens)))
+        return _apply16(t, acc)
     uniq, inv = np.unique(lens, return_inverse=True)
     if len(uniq) == 1:
         return _shift(acc, int(uniq[0]))
@@ -103,6 +123,26 @@ def _fixed_entry(pieces: list, n: int) -> tuple[np.ndarray, int]:
         flat, offsets = _join(pieces, n)
         crc = _per_value(flat, offsets)
     return crc, width
+
+
+_float16: dict[bytes, tuple[int, np.ndarray]] = {}
+
+
+def _float_entry(key: bytes, values) -> tuple[np.ndarray, int]:
+    """(CRCs, width) of a float32 entry: ``crc(head + v) = shift(crc(head), 4) ^ crc(v)``,
+    ``crc(v)`` linear in v's bits (two 16-bit table lookups)."""
+    head = _float_pieces(key, values)[0][1]
+    got = _float16.get(head)
+    if got is None:
+        value_crc = _halves(_byte_tables(4, (0, 1, 2, 3)))  # crc(v) ^ crc(0000)
+        base = _shift(np.array([google_crc32c.value(head)], np.uint32), 4)[0]
+        got = (int(base) ^ google_crc32c.value(bytes(4)), value_crc)
+        if len(_float16) > 4096:
+            _float16.clear()
+        _float16[head] = got
+    base, t = got
+    bits = np.ascontiguousarray(values, dtype="<f4").view("<u4").astype(np.uint32, copy=False)
+    return _apply16(t, bits) ^ np.uint32(base), len(head) + 4
 
 
 def _float_pieces(key: bytes, values) -> list:
@@ -162,6 +202,10 @@ def example_crcs(columns: list[tuple]) -> np.ndarray:
             pres = None if present is None or bool(np.all(present)) else np.asarray(present, bool)
             pieces = None
             if dt == "float32":
+                if pres is not None:  # the column's own entry, kept where present
+                    flush()
+                    entries.append((*_float_entry(key, values), pres))
+                    continue
                 pieces = _float_pieces(key, values)
             elif dt == "int64":
                 piece = _varint(values)
