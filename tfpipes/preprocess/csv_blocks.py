@@ -204,9 +204,11 @@ class CsvInput:
         self._line += count_lines(head)
         return header
 
-    def blocks(self) -> Iterator[Block]:
+    def blocks(self, lines: bool = True) -> Iterator[Block]:
         """Row-aligned blocks: what each read of ``block_size`` bytes completes (the first one
-        is what the header's read brought in), the rest at the end of the input."""
+        is what the header's read brought in), the rest at the end of the input. Without
+        ``lines`` the line ends are not counted and every block's ``first`` is 0 (the first
+        pass, which names no line, saves a count of the whole input)."""
         delim = ord(self.delimiter)
         while True:
             if self._eof:  # what is left: the last rows, perhaps without a line end
@@ -217,8 +219,9 @@ class CsvInput:
             if end:
                 with memoryview(self._pending) as view:
                     data = bytes(view[:end])
-                yield Block(self.path, self._line, data, self.delimiter)
-                self._line += count_lines(self._pending, end)
+                yield Block(self.path, self._line if lines else 0, data, self.delimiter)
+                if lines:
+                    self._line += count_lines(self._pending, end)
                 self.offset += end
                 del self._pending[:end]
             elif len(self._pending) > max(MAX_ROW_BYTES, 4 * self.block_size):
