@@ -89,7 +89,7 @@ def _shift(acc: np.ndarray, lens) -> np.ndarray:
     if np.ndim(lens) == 0:
         t = _shift16.get(int(lens))
         if t is None:
-            if len(_shift16) > 64:
+            if len(_shift16) > 16:  # 512 KiB each
                 _shift16.clear()
             t = _shift16[int(lens)] = _halves(_shift_table(int(lens)))
         return _apply16(t, acc)
