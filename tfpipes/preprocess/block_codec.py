@@ -11,6 +11,7 @@ work is a few byte slices and joins per column.
 
 from __future__ import annotations
 
+import google_crc32c
 import numpy as np
 
 from tfpipes.layout import BLOCK_MISSING_KEY, BLOCK_ROWS_KEY, MISSING_VALUES
@@ -19,7 +20,6 @@ from tfpipes.preprocess.example_codec import (
     _as_large_binary,
     _join,
     _varint,
-    frame_records,
 )
 
 # The Feature oneof field of each dtype's list (feature.proto): bytes 1, float 2, int64 3.
@@ -99,28 +99,54 @@ def encode_blocks(columns: list[tuple], bounds: list[int], block_rows: int) -> l
         cols.append((key, dt, flat, off))
         absent.append(None if pres is None else ~pres)
     n = len(columns[0][2]) if columns else 0
-    missing = None
-    if any(a is not None for a in absent):
-        missing = np.zeros((n, len(columns)), dtype=bool)
-        for c, a in enumerate(absent):
-            if a is not None:
-                missing[:, c] = a
+    starts = [lo for a, b in zip(bounds[:-1], bounds[1:]) for lo in range(a, b, block_rows)]
+    missing = _missing_cells(absent, n, starts, bounds[-1] if starts else 0)
     out = []
     heads: dict = {}  # (column, payload bytes) -> the bytes before the payload
+    i = 0  # the block's number in ``starts``
     for lo_chunk, hi_chunk in zip(bounds[:-1], bounds[1:]):
-        records = [
-            _block_record(cols, missing, lo, min(lo + block_rows, hi_chunk), heads)
-            for lo in range(lo_chunk, hi_chunk, block_rows)
-        ]
-        if not records:
-            out.append(np.zeros(0, np.uint8))
-            continue
-        offsets = np.zeros(len(records) + 1, dtype=np.int64)
-        np.cumsum([len(r) for r in records], out=offsets[1:])
-        flat = np.frombuffer(b"".join(records), dtype=np.uint8)
-        frames, _ = frame_records(flat, offsets)
-        out.append(np.frombuffer(frames, dtype=np.uint8))
+        # Each frame goes straight into the chunk's one join: length, its masked CRC, the
+        # record, the record's masked CRC (what frame_records writes, without its copies).
+        parts: list = []
+        for lo in range(lo_chunk, hi_chunk, block_rows):
+            cells = missing(i)
+            record = _block_record(cols, cells, lo, min(lo + block_rows, hi_chunk), heads)
+            parts += (_frame_head(len(record)), record, _masked(google_crc32c.value(record)))
+            i += 1
+        out.append(np.frombuffer(b"".join(parts), dtype=np.uint8))
     return out
+
+
+def _missing_cells(absent: list, n: int, starts: list, end: int):
+    """A function of a block's number (its first row in ``starts``) giving the varints of its
+    missing cells (row in the block x columns + column, in that order; b"" for none),
+    encoded for every block at once; the last block ends at row ``end``."""
+    if all(a is None for a in absent) or not starts:
+        return lambda i: b""
+    missing = np.zeros((n, len(absent)), dtype=bool)
+    for c, a in enumerate(absent):
+        if a is not None:
+            missing[:, c] = a
+    cells = np.flatnonzero(missing)  # row x columns + column
+    first = np.asarray(starts, dtype=np.int64) * len(absent)  # each block's first cell
+    cells = cells[(cells >= first[0]) & (cells < end * len(absent))]  # the chunks' rows only
+    block = np.searchsorted(first, cells, side="right") - 1
+    flat, offsets = _flat_varints(cells - first[block])
+    cut = offsets[np.searchsorted(cells, np.append(first, end * len(absent)))].tolist()
+    data = flat.tobytes()
+    return lambda i: data[cut[i] : cut[i + 1]]
+
+
+def _masked(crc: int) -> bytes:
+    """A TFRecord's masked CRC32C, little-endian."""
+    rot = ((crc >> 15) | (crc << 17)) & 0xFFFFFFFF
+    return ((rot + 0xA282EAD8) & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+def _frame_head(length: int) -> bytes:
+    """A TFRecord's length and its masked CRC32C."""
+    lb = length.to_bytes(8, "little")
+    return lb + _masked(google_crc32c.value(lb))
 
 
 def _column_head(key_field: bytes, dt: str, n: int) -> bytes:
@@ -135,25 +161,27 @@ def _column_head(key_field: bytes, dt: str, n: int) -> bytes:
     )  # fmt: skip
 
 
-def _block_record(cols: list, missing, lo: int, hi: int, heads: dict) -> bytes:
-    """One serialized Example of rows lo..hi (``heads``: a cache of :func:`_column_head`)."""
-    entries = []
+def _block_record(cols: list, missing: bytes, lo: int, hi: int, heads: dict) -> bytes:
+    """One serialized Example of rows lo..hi; ``missing``: the varints of its missing cells
+    (``heads``: a cache of :func:`_column_head`)."""
+    entries: list = [b"\x0a", b""]  # Example{1: Features}: the length goes in [1]
+    size = 0
     for c, (key, dt, flat, off) in enumerate(cols):
         a, b = int(off[lo]), int(off[hi])
         head = heads.get((c, b - a))
         if head is None:
             head = heads[(c, b - a)] = _column_head(key, dt, b - a)
         entries.append(head)
-        entries.append(flat[a:b].tobytes())
+        entries.append(memoryview(flat[a:b]))
+        size += len(head) + b - a
     rows = _len_prefix(hi - lo)  # a non-negative int64's varint
-    entries.append(_entry(_field(0x0A, BLOCK_ROWS_KEY.encode()), _field(0x1A, _field(0x0A, rows))))
-    if missing is not None:
-        cells = np.flatnonzero(missing[lo:hi])
-        if len(cells):
-            flat_cells = _flat_varints(cells)[0].tobytes()
-            key = _field(0x0A, BLOCK_MISSING_KEY.encode())
-            entries.append(_entry(key, _field(0x1A, _field(0x0A, flat_cells))))
-    return _field(0x0A, b"".join(entries))
+    tail = [_entry(_field(0x0A, BLOCK_ROWS_KEY.encode()), _field(0x1A, _field(0x0A, rows)))]
+    if missing:
+        key = _field(0x0A, BLOCK_MISSING_KEY.encode())
+        tail.append(_entry(key, _field(0x1A, _field(0x0A, missing))))
+    entries += tail
+    entries[1] = _len_prefix(size + sum(len(t) for t in tail))
+    return b"".join(entries)
 
 
 def _entry(key_field: bytes, feature: bytes) -> bytes:

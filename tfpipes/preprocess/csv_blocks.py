@@ -29,15 +29,24 @@ from tfpipes.preprocess.inputs import delimiter
 # almost certainly broken (an unterminated quote) and buffering more would break the memory
 # bound.
 MAX_ROW_BYTES = 64 << 20
+_NUMPY_COUNT_BYTES = 1 << 16  # count_lines counts longer data with numpy
 
 
 def count_lines(data: bytes | bytearray, end: int | None = None) -> int:
     """Line ends (\\n, \\r\\n or a lone \\r) in ``data[:end]``."""
     end = len(data) if end is None else end
-    n = data.count(b"\n", 0, end)
+    if end < _NUMPY_COUNT_BYTES:
+        n = data.count(b"\n", 0, end)
+        if data.find(b"\r", 0, end) == -1:
+            return n
+        return n + data.count(b"\r", 0, end) - data.count(b"\r\n", 0, end)
+    # A block: numpy counts ~4x faster than bytes.count, and lets the workers run meanwhile.
+    a = np.frombuffer(data, dtype=np.uint8, count=end)
+    n = int(np.count_nonzero(a == 10))
     if data.find(b"\r", 0, end) == -1:
         return n
-    return n + data.count(b"\r", 0, end) - data.count(b"\r\n", 0, end)
+    cr = a == 13
+    return n + int(np.count_nonzero(cr)) - int(np.count_nonzero(cr[:-1] & (a[1:] == 10)))
 
 
 def quoted_spans(buf: bytes, delim: int) -> tuple[list[int], list[int]]:
@@ -195,9 +204,11 @@ class CsvInput:
         self._line += count_lines(head)
         return header
 
-    def blocks(self) -> Iterator[Block]:
+    def blocks(self, lines: bool = True) -> Iterator[Block]:
         """Row-aligned blocks: what each read of ``block_size`` bytes completes (the first one
-        is what the header's read brought in), the rest at the end of the input."""
+        is what the header's read brought in), the rest at the end of the input. Without
+        ``lines`` the line ends are not counted and every block's ``first`` is 0 (the first
+        pass, which names no line, saves a count of the whole input)."""
         delim = ord(self.delimiter)
         while True:
             if self._eof:  # what is left: the last rows, perhaps without a line end
@@ -208,8 +219,9 @@ class CsvInput:
             if end:
                 with memoryview(self._pending) as view:
                     data = bytes(view[:end])
-                yield Block(self.path, self._line, data, self.delimiter)
-                self._line += count_lines(self._pending, end)
+                yield Block(self.path, self._line if lines else 0, data, self.delimiter)
+                if lines:
+                    self._line += count_lines(self._pending, end)
                 self.offset += end
                 del self._pending[:end]
             elif len(self._pending) > max(MAX_ROW_BYTES, 4 * self.block_size):

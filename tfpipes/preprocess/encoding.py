@@ -15,7 +15,7 @@ import zlib
 import numpy as np
 
 from tfpipes.layout import BLOCK_ROWS
-from tfpipes.preprocess import block_codec, example_codec
+from tfpipes.preprocess import block_codec, example_codec, row_crc
 from tfpipes.preprocess.blocks import Plan
 
 SPLIT_BUCKETS = 10_000
@@ -37,12 +37,17 @@ def encode_splits(plan: Plan, cols: dict, present: dict | None = None) -> dict[s
     ``present`` (column -> bool mask or None) leaves missing cells out of their Example."""
     present = present or {}
     columns = [(c, plan.types[c], cols[c], present.get(c)) for c in plan.order]
-    batch = example_codec.ExampleBatch(columns)
-    is_eval = split_mask(batch.crcs(), plan.eval_fraction, plan.split_seed)
+    if plan.layout == "blocks":
+        # No per-row records to write: their CRCs come from the values (:mod:`.row_crc`).
+        batch, crcs = None, row_crc.example_crcs(columns)
+    else:
+        batch = example_codec.ExampleBatch(columns)
+        crcs = batch.crcs()
+    is_eval = split_mask(crcs, plan.eval_fraction, plan.split_seed)
     splits = {}
     for split, sel in (("train", ~is_eval), ("eval", is_eval)):
         rows = np.flatnonzero(sel)
-        if plan.layout == "blocks":
+        if batch is None:
             splits[split] = _block_chunks(columns, rows, plan.num_shards, plan.compression)
         else:
             frames, starts = batch.frames(rows)

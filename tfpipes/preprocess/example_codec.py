@@ -73,7 +73,8 @@ def _varint(values: np.ndarray):
     width = int(lengths.max()) if n else 1
     shifts = np.arange(width, dtype=np.uint64) * np.uint64(7)
     groups = ((v[:, None] >> shifts[None, :]) & np.uint64(0x7F)).astype(np.uint8)
-    groups[np.arange(width)[None, :] < (lengths[:, None] - 1)] |= 0x80
+    more = np.arange(width)[None, :] < (lengths[:, None] - 1)  # a continuation bit
+    groups |= more.view(np.uint8) << np.uint8(7)
     if n == 0 or lengths.min() == width:
         return ("u8", groups)
     return ("pad", groups, lengths)
@@ -197,8 +198,8 @@ def _column_pieces(name: str, dt: str, values, present, n: int) -> list:
     return _absent_where(make(key, values), np.asarray(present, dtype=bool), n)
 
 
-def _example_pieces(columns: list[tuple], n: int) -> list:
-    columns = [c if len(c) == 4 else (*c, None) for c in columns]
+def check_columns(columns: list[tuple], n: int) -> None:
+    """The ValueErrors of :class:`ExampleBatch` for (name, dtype, values, present) columns."""
     for name, dt, values, present in columns:
         if dt not in ("float32", "int64", "string"):
             raise ValueError(f"column {name!r}: unknown dtype {dt!r}")
@@ -208,6 +209,11 @@ def _example_pieces(columns: list[tuple], n: int) -> list:
             raise ValueError(f"column {name!r}: {len(values)} values, expected {n}")
         if present is not None and len(present) != n:
             raise ValueError(f"column {name!r}: {len(present)} presence flags, expected {n}")
+
+
+def _example_pieces(columns: list[tuple], n: int) -> list:
+    columns = [c if len(c) == 4 else (*c, None) for c in columns]
+    check_columns(columns, n)
     pieces: list = []
     # Map order carries no meaning in a proto map: floats first, then int64, then strings.
     for kind in ("float32", "int64", "string"):

@@ -31,6 +31,7 @@ from tfpipes.preprocess.fanout import (
     partial_name,
     remove_local_staging,
 )
+from tfpipes.preprocess.parallel import default_workers
 from tfpipes.preprocess.partials import merge_partials, read_partial
 from tfpipes.preprocess.pipeline import _Run, _sample_may_mislead
 
@@ -58,6 +59,7 @@ class _Merged:
     def __init__(self, cfg, fp: FanoutPlan, partials: list[dict]) -> None:
         self.cfg, self.plan = cfg, fp.plan
         self.stats = merge_partials(fp.plan, partials)
+        self.workers = default_workers()  # threads for the statistics at the end
         self.skipped = sum(p["meta"]["skipped"] for p in partials)
         self.notes = [n for p in partials for n in p["meta"]["notes"]][:5]
         self.crcs = [tuple(x) for x in fp.crcs]

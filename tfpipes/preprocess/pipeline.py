@@ -218,7 +218,8 @@ def _scan(
                         listing.file(inp)
                     continue
                 last = None
-                for block in inp.blocks():  # one behind: the last block's tail is read too
+                # one behind: the last block's tail is read too
+                for block in _scan_blocks(inp, cfg.block_size, listing):
                     if listing is not None:
                         listing.block(inp, block)
                     if last is not None:
@@ -240,6 +241,25 @@ def _scan(
     finally:
         runner.close()
     return inference
+
+
+def _scan_blocks(inp: CsvInput, block_size: int, listing):
+    """The first pass's blocks of ``inp``: without counting line ends unless a fan-out plan
+    records them; a reading error (an unterminated quote, a row too long) is raised with its
+    line all the same, from a second read that counts them."""
+    if listing is not None:
+        yield from inp.blocks()
+        return
+    try:
+        yield from inp.blocks(lines=False)
+    except UserError:
+        again = open_input(inp.path, block_size)
+        try:
+            for _ in again.blocks():
+                pass
+        finally:
+            again.close()
+        raise
 
 
 def _make_plan(cfg, header, overrides, inference: ColumnInference) -> tuple[Plan, str]:
@@ -276,6 +296,7 @@ class _Run:
         self.cfg, self.tmp, self.plan = cfg, tmp, plan
         self.header = list(plan.header)
         self.runner = runner
+        self.workers = runner.workers  # threads for the statistics at the end
         self.writers = {
             s: SplitWriter(tmp, s, cfg.num_shards, cfg.compression) for s in ("train", "eval")
         }
@@ -361,7 +382,12 @@ class _Run:
         source_hash = fingerprint(self.crcs)
         storage.write_text(os.path.join(self.tmp, layout.SCHEMA), schema.to_json())
         stats = self.stats.to_dict(
-            train_rows, eval_rows, list(schema.label_vocabulary), self.skipped, kinds
+            train_rows,
+            eval_rows,
+            list(schema.label_vocabulary),
+            self.skipped,
+            kinds,
+            workers=self.workers,
         )
         storage.write_text(os.path.join(self.tmp, layout.STATS), json.dumps(stats, indent=2) + "\n")
         shards = [
