@@ -3,13 +3,14 @@
 The protocol between a :class:`ShardCache` and the tf.data reader (``stream.read_shard``,
 graph ops only, so that it runs on a parameter-server worker too):
 
-- before it waits for shard ``N``, the reader writes an empty *want* file
-  ``.want-<token>-<N>`` (``token``: unique to this read); the cache removes it and knows where
+- before it waits for shard ``N``, the reader reads the cache's ticket (``token``) and writes
+  an empty *want* file ``.want-<token>-<N>``; the cache removes it and knows where
   the reader is, whatever it fetched before (a pipeline built again from its first shard, by a
   restarted chief, is served like the first one);
 - the cache answers with the shard itself, renamed into place whole once its CRC32C matched, or,
   if the download failed for good, with ``.error-<token>-<N>`` (``user|`` or ``retryable|`` and
-  one line): an error answers the one read that asked, never a later one;
+  one line), after it changed its ticket: an error answers the reads that asked before it,
+  never a later one;
 - the cache sees tf.data open and close each shard (inotify): a shard read to its end and
   closed leaves the cache when it is no longer among the next ones to read.
 
@@ -45,6 +46,7 @@ log = logging.getLogger("tfpipes.stream")
 FETCHERS = 4  # shards fetched at once (each one request), within the limit
 WANT, ANSWER = ".want-", ".error-"  # file name prefixes of the protocol above
 STAMP = ".tfpipes-shard-cache"  # marks a directory a shard cache created
+TICKET = ".ticket"  # a reader's token: changed before each error answer
 CLOSE_WAIT_S = 10.0  # close() waits this long for the downloads it aborted to return
 
 _IN_OPEN, _IN_CLOSE_WRITE, _IN_CLOSE_NOWRITE, _IN_Q_OVERFLOW = 0x20, 0x8, 0x10, 0x4000
@@ -128,6 +130,7 @@ class ShardCache:
         os.mkdir(directory, 0o700)
         try:
             self._put(STAMP, b"")
+            self._put(TICKET, uuid.uuid4().hex.encode())
             self._watch = _Inotify(directory)
         except BaseException:
             self._remove_own()
@@ -249,7 +252,7 @@ class ShardCache:
         if not name.startswith(WANT):
             return None
         token, _, shard = name[len(WANT) :].partition("-")
-        return (shard, token) if shard in self.index and token.isdigit() else None
+        return (shard, token) if shard in self.index and token.isalnum() else None
 
     def _event(self, mask: int, name: str) -> None:
         if mask & _IN_Q_OVERFLOW:
@@ -277,6 +280,7 @@ class ShardCache:
     def _tell(self, name: str, token: str, error: TfpipesError) -> None:
         kind = "user" if isinstance(error, UserError) else "retryable"
         log.debug("streaming %s: %s", self.url, error)
+        self._put(TICKET, uuid.uuid4().hex.encode())  # later reads: another token
         self._put(f"{ANSWER}{token}-{name}", f"{kind}|{first_line(error)}".encode())
 
     def _reap(self) -> None:

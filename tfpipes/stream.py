@@ -41,7 +41,7 @@ import tempfile
 
 from tfpipes import storage
 from tfpipes.errors import RetryableError, TfpipesError, UserError
-from tfpipes.shard_cache import ANSWER, STAMP, WANT, ShardCache, local_name
+from tfpipes.shard_cache import ANSWER, STAMP, TICKET, WANT, ShardCache, local_name
 
 __all__ = ["ShardCache", "StreamFiles", "StreamedDataset", "WorkerShards", "local_name"]
 
@@ -152,8 +152,14 @@ def read_shard(path, directory: str, compression, timeout_s: float):
 
     folder = tf.strings.regex_replace(path, "[^/]*$", "")
     name = tf.strings.regex_replace(path, "^.*/", "")
-    # This read's own token: an error file answers the read that asked, never a later one.
-    token = tf.strings.as_string(tf.cast(tf.timestamp() * 1e6, tf.int64))
+    # This read's token: the cache's ticket, which it changes before it answers with an
+    # error, so that an error file answers the reads that asked before it, never a later one.
+    token = (
+        tf.data.Dataset.from_tensors(tf.strings.join([folder, TICKET]))
+        .map(tf.io.read_file)
+        .ignore_errors()  # no ticket: no cache; the wait below then says so
+        .reduce(tf.constant(""), lambda _, t: t)
+    )
     want = tf.strings.join([folder, WANT, token, "-", name])
     error = tf.strings.join([folder, ANSWER, token, "-", name])
 
@@ -321,7 +327,7 @@ def _clear_leftovers(directory: str, names: set[str]) -> None:
         )
 
     def cache_file(entry: str, temporary: bool = True) -> bool:
-        if entry == STAMP or entry in names:
+        if entry in (STAMP, TICKET) or entry in names:
             return True
         if entry.startswith((WANT, ANSWER)):
             return entry.split("-", 2)[-1] in names
