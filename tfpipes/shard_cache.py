@@ -228,18 +228,17 @@ class ShardCache:
     def _answer_errors(self) -> None:
         """After the cache failed: answer every read asked for (and every one still waiting)
         with its error, until closed."""
-        for name, wants in self._wants.items():
-            for token, _ in wants:
-                self._tell(name, token, self.error)
-        while not self._stop.is_set():
-            try:
+        try:
+            for name, wants in self._wants.items():
+                for token, _ in wants:
+                    self._tell(name, token, self.error)
+            while not self._stop.is_set():
                 for mask, name in self._watch.events(0.2):
                     want = self._parse_want(mask, name)
                     if want is not None:
                         self._tell(want[0], want[1], self.error)
-            except Exception:
-                log.exception("the shard cache of %s cannot answer", self.url)
-                return
+        except Exception:  # its readers then time out ("stopped answering")
+            log.exception("the shard cache of %s cannot answer", self.url)
 
     def _parse_want(self, mask: int, name: str) -> tuple[str, str] | None:
         """(shard name, token) of a want file of this cache's shards (removed), else None."""
