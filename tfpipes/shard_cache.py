@@ -269,7 +269,14 @@ class ShardCache:
                 self._opens[name] -= 1
 
     def _want(self, name: str, token: str) -> None:
-        self._cursor = self.index[name]
+        i, n = self.index[name], len(self.index)
+        gap = abs(i - self._cursor)
+        if (min(gap, n - gap) if self.repeat else gap) > self.limit:
+            # Far from where its reader was: the pipeline was built again (one cache serves
+            # one pipeline); the old one's waits are over, its wants must not take the room.
+            for wants in self._wants.values():
+                wants.clear()
+        self._cursor = i
         failed = self._failed.pop(name, None)
         if failed is not None:  # a download no reader was told about: this one is
             self._tell(name, token, failed)
@@ -325,7 +332,10 @@ class ShardCache:
         for wants in self._wants.values():  # a reader that asked this long ago gave up
             while wants and now - wants[0][1] > self.wait_s + 5:
                 wants.popleft()
-        wanted = [n for n, w in self._wants.items() if w]
+        # newest first: the reader's latest wants before any it may have abandoned
+        wanted = sorted(
+            (n for n, w in self._wants.items() if w), key=lambda n: -self._wants[n][-1][1]
+        )
         busy = {n for n in (*self._ready, *self._inflight) if self._opens[n]} | set(wanted)
         keep, sequence = set(busy), self._sequence()
         for name in sequence:
