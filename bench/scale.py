@@ -8,6 +8,8 @@ One run, real processes, everything on this machine (the fake-gcs-server on 127.
 - ``train``: ``tfpipes train --data gs://...`` streaming one epoch of the 1x, 2x and 4x data set
   from the fake-gcs-server: seconds per million rows trained (the run's own ``train: ... in X
   s``, without start-up), peak RSS, and the peak size of its shard cache directory.
+- ``first step``: seconds from launching a one-step ``tfpipes train --data gs://...`` of the
+  1x, 2x and 4x data set to its ``step 1/`` line (start-up included): flat, whatever the size.
 - ``gcs/local``: the training rate streaming from the fake-gcs-server over the rate reading the
   same data set from local files, each round one run of each (alternating which goes first);
   the median of the per-round ratios (goal >= 0.9).
@@ -79,10 +81,14 @@ class DiskPeak:
         return self.peak
 
 
-def run_tfpipes(args: list[str], env: dict, disk_dir: str) -> tuple[str, int, int]:
+def run_tfpipes(
+    args: list[str], env: dict, disk_dir: str, marks: dict | None = None
+) -> tuple[str, int, int]:
     """Run ``tfpipes ARGS``: (its output, its peak RSS in bytes, peak bytes under
-    ``disk_dir``); raise if it fails."""
+    ``disk_dir``); raise if it fails. ``marks``: {line prefix: None}, filled with the seconds
+    from the start to the first line with that prefix."""
     peak = DiskPeak(disk_dir)
+    started = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tfpipes.cli", *args],
         env=env,
@@ -90,7 +96,13 @@ def run_tfpipes(args: list[str], env: dict, disk_dir: str) -> tuple[str, int, in
         stderr=subprocess.STDOUT,
         text=True,
     )
-    out = proc.stdout.read()
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        for prefix, seen in (marks or {}).items():
+            if seen is None and line.startswith(prefix):
+                marks[prefix] = time.monotonic() - started
+    out = "".join(lines)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     disk = peak.stop()
@@ -207,6 +219,28 @@ def train_section(a, work: str, server, datasets: dict[int, str], urls: dict[int
         emit(f"peak RSS MB {k}x", rss / 2**20, "{:.0f}")
         emit(f"peak disk MB {k}x", disk / 2**20, "{:.2f}")
     marginal("train", times)
+    for k in SIZES:  # from the launch to the first step's line: flat, whatever the size
+        emit(f"first step s {k}x", first_step(urls[k], a, env, cache, work), "{:.1f}")
+
+
+def first_step(data: str, a, env: dict, cache_dir: str, work: str) -> float:
+    """Seconds from launching ``tfpipes train --data DATA`` to its ``step 1/`` line (Python
+    and TensorFlow start-up, the data set's checks, the first shards, the first step)."""
+    model = tempfile.mkdtemp(prefix="model-", dir=work)
+    marks = {"step 1/": None}
+    try:
+        run_tfpipes(
+            ["train", "--data", data, "--model-dir", model, "--train-steps", "1",
+             "--batch-size", str(a.batch_size), "--log-every", "1"],
+            env,
+            cache_dir,
+            marks,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(model, ignore_errors=True)
+    if marks["step 1/"] is None:
+        raise SystemExit("no 'step 1/' line from a one-step run")
+    return marks["step 1/"]
 
 
 def stream_env(server, cache: str) -> dict:

@@ -287,3 +287,77 @@ def test_storage_stopped_mid_training_exits_138_and_a_rerun_resumes_exactly(
     ma = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     mb = json.loads((cut / "metrics.json").read_text())
     assert abs(ma["loss"] - mb["loss"]) < 1e-6 and ma["accuracy"] == mb["accuracy"], (ma, mb)
+
+
+def ps_task(cluster: dict, task: str, index: int, args: list[str], env: dict) -> Run:
+    """One task of a parameter-server job, started by hand (as a TFJob's pod would be): so
+    that one of them can be restarted alone."""
+    tf_config = json.dumps({"cluster": cluster, "task": {"type": task, "index": index}})
+    return Run(["train", *args], {**env, "TF_CONFIG": tf_config})
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(400)
+def test_a_parameter_server_chief_restarted_alone_after_an_outage_resumes(
+    data, tmp_path, monkeypatch
+):
+    """The storage server stops while a parameter-server job streams: the chief exits 138.
+    The Training Operator restarts the chief's pod alone (its restart policy on exit codes):
+    the workers, their shard caches and what those fetched ahead for the old chief's pipelines
+    stay. The new chief's pipelines start again from each worker's first shard: the caches
+    serve them (no old error, no shard left unfetched) and the job resumes and completes."""
+    from tests.test_distributed import free_port
+    from tfpipes import storage
+
+    with FakeGcsServer(root=tmp_path / "gcs") as server:
+        point_tfpipes_at(server, monkeypatch)
+        url = f"gs://{server.create_bucket()}/d"
+        storage.publish_dir(str(data), url)
+        log = tmp_path / "reads.log"
+        env = env_for(server.url, tmp_path, log, cache_only=True)
+        caches = tmp_path / "cache"
+        cluster = {
+            "chief": [f"127.0.0.1:{free_port()}"],
+            "worker": [f"127.0.0.1:{free_port()}" for _ in range(2)],
+            "ps": [f"127.0.0.1:{free_port()}"],
+        }
+        args = ["--data", url, "--model-dir", str(tmp_path / "m"), "--batch-size", "32"]
+        args += ["--log-every", "20", "--checkpoint-every", "20", "--steps-per-loop", "5"]
+        args += ["--shuffle-buffer", "64"]
+        serving = [ps_task(cluster, "ps", 0, args, env)]
+        serving += [ps_task(cluster, "worker", i, args, env) for i in (0, 1)]
+        try:
+            first = ps_task(cluster, "chief", 0, [*args, "--train-steps", "2000"], env)
+            try:
+                deadline = time.monotonic() + 200
+                while first.proc.poll() is None and time.monotonic() < deadline:
+                    if any(line.startswith("step 60/") for line in first.out + first.err):
+                        break
+                    time.sleep(0.05)
+                server.stop()
+                assert first.wait(120) == EXIT_RETRYABLE, first
+            finally:
+                first.stop()
+            err = [x for x in first.err if x.startswith("tfpipes train: error:")]
+            assert len(err) == 1 and "object storage unreachable" in err[0], first
+
+            server.start()
+            wait_for_objects(url, server)
+            log.unlink()
+            second = ps_task(cluster, "chief", 0, [*args, "--train-steps", "200"], env)
+            try:
+                code = second.wait(200)
+            finally:
+                second.stop()
+            assert code == 0, (second, *[s for r in serving for s in r.stamped[-15:]])
+            resumed = [x for x in second.out + second.err if x.startswith("resumed from")]
+            assert resumed and "ckpt-" in resumed[0], second
+        finally:
+            for task in serving:
+                task.stop()
+    train_keys = [s["path"] for s in shards(data, "train")]
+    got = reads(log)
+    for i in (0, 1):  # the new chief's steps ran on both workers, each on its own shards
+        read = set(got[f"worker:{i}"])
+        assert read and read <= set(train_keys[i::2]), (i, sorted(read))
+    assert not [p for p in caches.rglob("*") if p.is_file()], sorted(caches.rglob("*"))

@@ -19,7 +19,7 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud import storage as gcs_storage
 
 from tfpipes import gcs
-from tfpipes.errors import UserError
+from tfpipes.errors import RetryableError, UserError
 from tfpipes.gcs import _call, _check_crc, _dir_key, _file_crc32c, _list, _request, _timeout, split
 
 WORKERS = 8
@@ -188,9 +188,13 @@ def _download_file(
 
         class _Writer:  # folds every byte into the checksum on its way to disk
             def write(self, chunk: bytes) -> int:
+                if abort.is_set():
+                    raise RetryableError(f"{url}: download stopped")
                 c.update(chunk)
                 return f.write(chunk)
 
+        if abort.is_set():
+            raise RetryableError(f"{url}: download stopped")
         with open(path, "wb") as f:  # "wb": a retry starts the file over
             blob.download_to_file(
                 _Writer(), raw_download=True, checksum=None, retry=None, timeout=_timeout()
@@ -246,11 +250,14 @@ def object_sizes(url: str) -> dict[str, tuple[int, str | None]]:
     return out
 
 
-def download_object(url: str, path: str, crc32c_hex: str) -> None:
+def download_object(
+    url: str, path: str, crc32c_hex: str, abort: threading.Event | None = None
+) -> None:
     """Download the object ``url`` to the local file ``path`` (streamed, never whole in
     memory), checking its bytes against ``crc32c_hex`` (a manifest's CRC32C). UserError on a
-    mismatch or a missing object, RetryableError past the deadline."""
+    mismatch or a missing object, RetryableError past the deadline or once ``abort`` is set
+    (checked before each retry and each chunk written)."""
     bucket, key = split(url)
     blob = gcs.client().bucket(bucket).blob(key)  # one request: no metadata fetched first
     expected = base64.b64encode(bytes.fromhex(crc32c_hex)).decode("ascii")
-    _download_file(blob, url, path, threading.Event(), expected)
+    _download_file(blob, url, path, abort or threading.Event(), expected)

@@ -550,12 +550,13 @@ def object_sizes(path: str) -> dict[str, tuple[int, str | None]]:
 READ_LOG_ENV = "TFPIPES_READ_LOG"  # a file: one line per object :func:`download_file` reads
 
 
-def download_file(url: str, dest: str, crc32c_hex: str) -> None:
+def download_file(url: str, dest: str, crc32c_hex: str, abort=None) -> None:
     """Download one remote object to the local file ``dest``, verified against the CRC32C
-    ``crc32c_hex`` (the manifest's). With ``$TFPIPES_READ_LOG`` set, append a line ``<pid>
-    <TF task> <url>`` to that file: tests check from it which process read which object."""
+    ``crc32c_hex`` (the manifest's); ``abort`` (a ``threading.Event``), once set, stops it
+    (RetryableError). With ``$TFPIPES_READ_LOG`` set, append a line ``<pid> <TF task>
+    <url>`` to that file: tests check from it which process read which object."""
     url = normalize(url)
-    _gcs_transfer().download_object(url, dest, crc32c_hex)
+    _gcs_transfer().download_object(url, dest, crc32c_hex, abort)
     log_path = os.environ.get(READ_LOG_ENV)
     if log_path:
         try:

@@ -87,17 +87,24 @@ def _verify_remote(data: str) -> DatasetManifest:
 
 
 def _check_first_records(source, manifest: DatasetManifest, schema: Schema) -> None:
-    """Parse the first record of the first train and eval shard (one download each)."""
+    """Parse the first record of the first train and eval shard (one download each); a
+    UserError names the shard's gs:// URL, not the local copy checked."""
     from tfpipes.input_pipeline import check_records
 
     for split in ("train", "eval"):
-        path = source.first_shard(split)
-        if path is None:
+        got = source.first_shard(split)
+        if got is None:
             continue
+        path, url = got
         first = next(s for s in manifest.shards if s.split == split)
         local = dataclasses.replace(manifest, shards=(dataclasses.replace(first, path=path),))
         try:
             check_records("/", local, schema)
+        except UserError as e:
+            text = str(e)
+            if not text.startswith(path):
+                raise
+            raise UserError(url + text[len(path) :]) from None
         finally:
             os.unlink(path)
 
