@@ -292,3 +292,31 @@ def test_records_not_matching_the_schema_name_the_gs_object(gcs_bucket, tmp_path
     first = f"{url}/train/part-00000-of-00002.tfrecord"
     assert str(e.value).startswith(f"{first}: records do not match schema.json"), e.value
     assert "\n" not in str(e.value) and "check-" not in str(e.value)
+
+
+def test_leftovers_without_the_stamp_are_cleared_only_when_they_are_protocol_files(tmp_path):
+    """A reader's want can recreate a worker's directory after its cache removed it (and a kill
+    can come between the directory and its stamp): such a directory, holding only the
+    protocol's files, is cleared for the next cache; one holding shard data or anything else
+    without the stamp is refused (exit 2), and left as it is."""
+    from tfpipes.errors import UserError
+    from tfpipes.shard_cache import STAMP, WANT
+
+    names = {"train__part-00000.tfrecord"}
+    only_wants = tmp_path / "w0"
+    only_wants.mkdir()
+    (only_wants / f"{WANT}1234-train__part-00000.tfrecord").write_bytes(b"")
+    (only_wants / f".{STAMP}.part-0a1b2c3d").write_bytes(b"")
+    stream._clear_leftovers(str(only_wants), names)
+    assert not only_wants.exists()
+    empty = tmp_path / "w1"
+    empty.mkdir()
+    stream._clear_leftovers(str(empty), names)
+    assert not empty.exists()
+    for extra in ("train__part-00000.tfrecord", "notes.txt"):
+        d = tmp_path / f"w-{extra}"
+        d.mkdir()
+        (d / extra).write_bytes(b"data")
+        with pytest.raises(UserError, match="not made by a shard cache"):
+            stream._clear_leftovers(str(d), names)
+        assert (d / extra).read_bytes() == b"data"

@@ -27,8 +27,9 @@ GUARD_TAIL = b"To enable the following instructions: AVX2 AVX512F FMA, in other 
 WARN = b"W1202 06:14:08.803210    4897 loader.cc:12] Could not find a file"
 ERROR = b"E1202 06:14:08.803210    4897 context.cc:911] Failed to remove function remotely"
 OURS = b"a line of the program's own"
+PY_ABSL = b"I1202 07:30:01.123456 140234567 train.py:10] a Python script's own absl line"
 
-LINES = [PREAMBLE, ONEDNN, GUARD, GUARD_TAIL, WARN, ERROR, OURS]
+LINES = [PREAMBLE, ONEDNN, GUARD, GUARD_TAIL, WARN, ERROR, OURS, PY_ABSL]
 
 
 @pytest.mark.parametrize(
@@ -36,9 +37,9 @@ LINES = [PREAMBLE, ONEDNN, GUARD, GUARD_TAIL, WARN, ERROR, OURS]
     [
         (None, LINES),  # TensorFlow's own default: everything
         ("0", LINES),
-        ("1", [WARN, ERROR, OURS]),
-        ("2", [ERROR, OURS]),
-        ("3", [ERROR, OURS]),  # errors are TensorFlow's own to hide: it does at 3
+        ("1", [WARN, ERROR, OURS, PY_ABSL]),
+        ("2", [ERROR, OURS, PY_ABSL]),
+        ("3", [ERROR, OURS, PY_ABSL]),  # errors are TensorFlow's own to hide: it does at 3
         ("x", LINES),
     ],
 )
@@ -50,7 +51,7 @@ def _fake_tensorflow(tmp_path) -> str:
     """A ``tensorflow`` package that writes every kind of line to file descriptor 2 while it is
     imported, as TensorFlow's C++ code does, and one more line after (at its first use)."""
     pkg = tmp_path / "tensorflow"
-    pkg.mkdir()
+    pkg.mkdir(exist_ok=True)
     body = "".join(f"os.write(2, {x!r} + b'\\n')\n" for x in LINES)
     (pkg / "__init__.py").write_text(
         "import os\n" + body + "def later():\n    os.write(2, b'after the import\\n')\n"
@@ -58,7 +59,7 @@ def _fake_tensorflow(tmp_path) -> str:
     return str(tmp_path)
 
 
-@pytest.mark.parametrize(("level", "shown"), [("2", [ERROR, OURS]), ("0", LINES)])
+@pytest.mark.parametrize(("level", "shown"), [("2", [ERROR, OURS, PY_ABSL]), ("0", LINES)])
 def test_a_tfpipes_process_imports_tensorflow_with_its_level(tmp_path, level, shown):
     script = textwrap.dedent(
         """
@@ -90,4 +91,37 @@ def test_the_local_cluster_drops_its_tasks_hidden_notices(tmp_path):
         lambda t, i: [sys.executable, "-c", script], workers=1, timeout=50, out=out, env=env
     )
     assert result.exit_code == 0, out.lines
-    assert out.of("worker:0") == [x.decode() for x in (ERROR, OURS)] + ["done"], out.lines
+    assert out.of("worker:0") == [x.decode() for x in (ERROR, OURS, PY_ABSL)] + ["done"], out.lines
+
+
+def _run(
+    tmp_path, script: str, stderr=subprocess.PIPE, body: str = ""
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": _fake_tensorflow(tmp_path)}
+    if body:
+        with open(tmp_path / "tensorflow" / "__init__.py", "a") as f:
+            f.write(body)
+    return subprocess.run(
+        [sys.executable, "-c", script], stderr=stderr, env=env, timeout=60, cwd=tmp_path
+    )
+
+
+def test_a_crash_during_the_import_loses_no_line(tmp_path):
+    """An error TensorFlow prints just before it aborts while loading still reaches stderr."""
+    p = _run(tmp_path, "import tfpipes, tensorflow", body="os.abort()\n")
+    assert p.returncode != 0
+    assert p.stderr.splitlines() == [ERROR, OURS, PY_ABSL], p.stderr
+
+
+def test_a_probe_before_the_import_leaves_the_filter_in_place(tmp_path):
+    script = (
+        "import importlib.util, tfpipes; importlib.util.find_spec('tensorflow'); import tensorflow"
+    )
+    p = _run(tmp_path, script)
+    assert p.returncode == 0 and p.stderr.splitlines() == [ERROR, OURS, PY_ABSL], p.stderr
+
+
+def test_the_import_works_without_a_python_stderr(tmp_path):
+    """A process whose sys.stderr is None (a daemon's, say) imports TensorFlow as before."""
+    script = "import sys; sys.stderr = None; import tfpipes, tensorflow"
+    assert _run(tmp_path, script, stderr=subprocess.DEVNULL).returncode == 0

@@ -186,7 +186,8 @@ class ShardCache:
             names += [n for n in os.listdir(self.directory) if self._parse_name(n)]
         except FileNotFoundError:
             pass
-        for name in names:
+        # the stamp last: a kill in between leaves a directory still marked as a cache's
+        for name in sorted(names, key=lambda n: n == STAMP):
             try:
                 os.unlink(os.path.join(self.directory, name))
             except FileNotFoundError:

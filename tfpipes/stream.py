@@ -314,10 +314,6 @@ def _clear_leftovers(directory: str, names: set[str]) -> None:
         entries = os.listdir(directory)
     except FileNotFoundError:
         return
-    if STAMP not in entries:
-        raise UserError(
-            f"{directory}: exists and was not made by a shard cache; remove it or set {DIR_ENV}"
-        )
 
     def cache_file(entry: str, temporary: bool = True) -> bool:
         if entry in (STAMP, TICKET) or entry in names:
@@ -326,6 +322,18 @@ def _clear_leftovers(directory: str, names: set[str]) -> None:
             return entry.split("-", 2)[-1] in names
         base, _, tag = entry[1:].rpartition(".part-")
         return temporary and entry.startswith(".") and len(tag) == 8 and cache_file(base, False)
+
+    # Without its stamp (removed last when a cache cleans up) the directory is a cache's only
+    # when it holds nothing but the protocol's files: a reader's want can recreate the
+    # directory after the cache removed it (TensorFlow's WriteFile makes parent directories),
+    # and a kill can come between the directory and its stamp.
+    if STAMP not in entries and not all(
+        e == TICKET or e.startswith((WANT, ANSWER, f".{STAMP}.part-")) and cache_file(e)
+        for e in entries
+    ):
+        raise UserError(
+            f"{directory}: exists and was not made by a shard cache; remove it or set {DIR_ENV}"
+        )
 
     others = [e for e in entries if not cache_file(e)]
     if others:
