@@ -254,3 +254,15 @@ def test_a_malformed_cache_index_entry_is_one_line_naming_it(doc, tmp_path):
         assert key.startswith("k") and reason
     except TfpipesError as e:
         assert str(e).startswith(str(index / "k.json")) and "\n" not in str(e), str(e)
+
+
+def test_a_malformed_label_histogram_counts_as_none():
+    """Found by the test above: stats.json's "label": null gave a traceback in train."""
+    from types import SimpleNamespace
+
+    from tfpipes.training.step import label_histogram
+
+    schema = SimpleNamespace(task="classification", num_classes=3, label_vocabulary=())
+    for stats in ({"label": None}, {"label": []}, {"label": {"histogram": {"a": 1}}}, []):
+        assert label_histogram(schema, stats) == []
+    assert label_histogram(schema, {"label": {"histogram": {"1": 5}}}) == [0, 5, 0]

@@ -37,15 +37,19 @@ def label_histogram(schema, stats: dict) -> list[int]:
     """Rows per class id (``stats.json``'s label ``histogram``: class -> count, by label
     vocabulary entry for string labels, else by the integer label); [] when the stats have
     none or the task is regression."""
-    hist = stats.get("label", {}).get("histogram")
+    label = stats.get("label") if isinstance(stats, dict) else None
+    hist = label.get("histogram") if isinstance(label, dict) else None
     if schema.task != "classification" or not isinstance(hist, dict):
         return []
     counts = [0] * schema.num_classes
     vocab = {v: i for i, v in enumerate(schema.label_vocabulary)}
-    for key, count in hist.items():
-        cls = vocab[key] if vocab else int(key)
-        if 0 <= cls < len(counts):
-            counts[cls] = int(count)
+    try:
+        for key, count in hist.items():
+            cls = vocab[key] if vocab else int(key)
+            if 0 <= cls < len(counts):
+                counts[cls] = int(count)
+    except (KeyError, ValueError, TypeError, OverflowError):
+        return []  # a histogram that does not fit the schema: as if there were none
     return counts
 
 
