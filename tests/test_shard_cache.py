@@ -137,6 +137,16 @@ def test_a_share_just_over_the_limit_closed_out_of_order_reads_every_shard_each_
     assert most <= 7, most
 
 
+def train_cache(url: str, shards, directory: str) -> stream.ShardCache:
+    """The cache a trainer's input pipeline reads from: 4 shards at a time, repeated."""
+    return stream.ShardCache(url, shards, directory, repeat=True, limit=4, tag="train")
+
+
+def read_cache(cache: stream.ShardCache, directory: str, epochs: int | None):
+    """A trainer's pipeline (see :func:`pipeline`) over ``cache``'s shards."""
+    return pipeline(stream.StreamFiles(cache.paths(), directory, 4), epochs)
+
+
 def test_a_reader_started_again_from_the_first_shard_gets_it(gcs_bucket, tmp_path, cache_dir):
     """A parameter-server worker's cache outlives the chief: a restarted chief builds the
     pipeline again, which reads the share from its first shard while the cache had fetched
@@ -146,14 +156,14 @@ def test_a_reader_started_again_from_the_first_shard_gets_it(gcs_bucket, tmp_pat
     sizes = [50] * 16
     shards = publish_shards(url, tmp_path / "src", sizes)
     directory = str(cache_dir / "c")
-    cache = stream.ShardCache(url, shards, directory, repeat=True, limit=4, tag="train")
+    cache = train_cache(url, shards, directory)
     try:
         for _ in range(2):  # a pipeline read into its 8th shard, then dropped (the old chief)
-            it = iter(pipeline(stream.StreamFiles(cache.paths(), directory, 4), None))
+            it = iter(read_cache(cache, directory, None))
             for _ in range(7 * 50 + 10):
                 next(it)
             del it
-        got = [r.numpy() for r in pipeline(stream.StreamFiles(cache.paths(), directory, 4), 1)]
+        got = [r.numpy() for r in read_cache(cache, directory, 1)]
     finally:
         cache.close()
     assert sorted(got) == expected(sizes)
@@ -174,9 +184,9 @@ def test_a_failed_download_is_reported_and_the_next_reader_gets_the_shard(
         sizes = [50] * 12
         shards = publish_shards(url, tmp_path / "src", sizes)
         directory = str(cache_dir / "c")
-        cache = stream.ShardCache(url, shards, directory, repeat=True, limit=4, tag="train")
+        cache = train_cache(url, shards, directory)
         try:
-            it = iter(pipeline(stream.StreamFiles(cache.paths(), directory, 4), None))
+            it = iter(read_cache(cache, directory, None))
             for _ in range(50):
                 next(it)
             server.stop()
@@ -186,8 +196,7 @@ def test_a_failed_download_is_reported_and_the_next_reader_gets_the_shard(
             del it  # the pipeline is gone: its shards are closed
             server.start()
             wait_for_objects(url, server)
-            files = stream.StreamFiles(cache.paths(), directory, 4)
-            got = [r.numpy() for r in pipeline(files, 1)]
+            got = [r.numpy() for r in read_cache(cache, directory, 1)]
         finally:
             cache.close()
     assert sorted(got) == expected(sizes)

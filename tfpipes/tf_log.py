@@ -111,10 +111,11 @@ def _notices_filtered(level: str | None):
     is filtered where that cannot be set up (no stderr, no process)."""
     import subprocess
 
+    if sys.stderr is None or _level(level) < 1:  # nothing to filter, or nowhere to write
+        yield
+        return
     fd = None
     try:
-        if sys.stderr is None or _level(level) < 1:
-            raise OSError("nothing to filter")
         os.fstat(2)
         sys.stderr.flush()
         read, write = os.pipe()
