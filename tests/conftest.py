@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -13,6 +15,29 @@ pytest_plugins = ["tests.gcs_fixtures", "tests.kfp_api_server", "tests.docker_fi
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _stream_handlers() -> set:
+    """Every logger's handlers that write to a stream, pytest's own left out."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    return {
+        (getattr(lg, "name", "root"), h)
+        for lg in loggers
+        for h in getattr(lg, "handlers", ())
+        if isinstance(h, logging.StreamHandler) and not type(h).__module__.startswith("_pytest")
+    }
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_log_handler(request):
+    """A stream handler a test leaves on a logger keeps the stream it was made with, which
+    capture closes when the test ends: a later test's log line then fails with "I/O operation
+    on closed file" far from the cause. Remove it, and name the test that left it."""
+    before = _stream_handlers()
+    yield
+    for name, handler in _stream_handlers() - before:
+        logging.getLogger(None if name == "root" else name).removeHandler(handler)
+        warnings.warn(f"{request.node.nodeid} left {handler!r} on logger {name!r}", stacklevel=1)
 
 
 def tfpipes_exe() -> str:

@@ -63,19 +63,45 @@ def leading_verbosity(argv: list[str]) -> int:
     return count
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not the stream it was
+    made with: a caller that swaps stderr (a test's capture, a notebook) keeps seeing our lines,
+    and a stream closed since is never written to."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # noqa: D102 - logging.StreamHandler's attribute
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure_logging(verbose: int) -> None:
     """Quiet by default: our INFO lines only; TensorFlow's C++ and Python chatter only with -vv.
 
     ``TF_CPP_MIN_LOG_LEVEL`` is set here for this process and, through the environment, for
     every process it starts (tfpipes.tf_log); :func:`main` calls this before parsing, since
-    parsing some commands' flags imports TensorFlow.
+    parsing some commands' flags imports TensorFlow. Called again (a second ``main`` in one
+    process), it replaces the handler it installed, so the new verbosity holds; a handler
+    someone else put on the root logger is left alone.
     """
     set_tf_log_level(verbose)
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s" if verbose else "%(message)s",
-        stream=sys.stderr,
-    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(old)
+    if not root.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s %(name)s %(levelname)s %(message)s" if verbose else "%(message)s"
+            )
+        )
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("tensorflow", "absl", "kfp", "urllib3", "google", "h5py"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose >= 2 else logging.ERROR)
 
