@@ -1,8 +1,10 @@
 """The bytes preprocess writes for a fixed block of rows, pinned (both record layouts).
 
-The SHA-256 values are those of the encoder as of main 8afcba0 (2026-12-02), before the
-block layout's speed-ups: a faster encoder must write the very same bytes (the split too: it
-hashes each row's record CRC). A deliberate format change updates them, and says so.
+The SHA-256 values were those of the encoder as of main 8afcba0 (2026-12-02), before the
+block layout's speed-ups: a faster encoder must write the very same bytes (the split too). A
+deliberate format change updates them, and says so: on 2026-12-02 (later) the split's hash
+became one of each row's values (row_hash) instead of its record's CRC32C; the records' bytes
+did not change, only which rows went to which split.
 """
 
 import hashlib
@@ -15,8 +17,8 @@ from tfpipes.preprocess.blocks import Plan
 from tfpipes.preprocess.encoding import encode_splits
 
 EXPECTED = {
-    "blocks": "d462689eb11a40a938976244a3e5dc9e3c4c525b5e7f94847427f09df28f7dff",
-    "rows": "d7d8d0ee97f9970bbf992b2a9956afe21b2674bed40eacad293ec327f21cd3b6",
+    "blocks": "0038e90c9dfcf3a65791623f3ff0dbb494ad784439f62a3be53d3758a9142fe2",
+    "rows": "416e39de46a1ed2f71c9ae486d611ec15f4e76a241699444caf91fe9c0717372",
 }
 
 

@@ -1,9 +1,9 @@
 """Encoding a block's rows: ``tf.train.Example`` records (:mod:`.example_codec`, one per row;
 or :mod:`.block_codec`, one per block of rows), the train/eval split by a hash of each row's
-record, and each split cut into ``num_shards`` chunks.
+values, and each split cut into ``num_shards`` chunks.
 
-The split hashes the row's serialized example, so the same row always lands in the same split
-whatever the file order, block size, worker count or record layout. With ``--compression
+The split hashes the row's values (:mod:`.row_hash`), so the same row always lands in the same
+split whatever the file order, block size, worker count or record layout. With ``--compression
 GZIP`` each chunk is one gzip member; TensorFlow reads a shard of such members as one stream.
 """
 
@@ -15,7 +15,7 @@ import zlib
 import numpy as np
 
 from tfpipes.layout import BLOCK_ROWS
-from tfpipes.preprocess import block_codec, example_codec, row_crc
+from tfpipes.preprocess import block_codec, example_codec, row_hash
 from tfpipes.preprocess.blocks import Plan
 
 SPLIT_BUCKETS = 10_000
@@ -37,13 +37,9 @@ def encode_splits(plan: Plan, cols: dict, present: dict | None = None) -> dict[s
     ``present`` (column -> bool mask or None) leaves missing cells out of their Example."""
     present = present or {}
     columns = [(c, plan.types[c], cols[c], present.get(c)) for c in plan.order]
-    if plan.layout == "blocks":
-        # No per-row records to write: their CRCs come from the values (:mod:`.row_crc`).
-        batch, crcs = None, row_crc.example_crcs(columns)
-    else:
-        batch = example_codec.ExampleBatch(columns)
-        crcs = batch.crcs()
-    is_eval = split_mask(crcs, plan.eval_fraction, plan.split_seed)
+    # The block layout writes no per-row records; the rows layout frames them for its shards.
+    batch = None if plan.layout == "blocks" else example_codec.ExampleBatch(columns)
+    is_eval = split_mask(row_hash.row_hashes(columns), plan.eval_fraction, plan.split_seed)
     splits = {}
     for split, sel in (("train", ~is_eval), ("eval", is_eval)):
         rows = np.flatnonzero(sel)
@@ -93,12 +89,12 @@ def _compressed(piece: np.ndarray, compression: str) -> np.ndarray:
     return piece
 
 
-def split_mask(data_crc: np.ndarray, eval_fraction: float, seed: int) -> np.ndarray:
-    """True for eval rows: a hash of the serialized example, so identical rows stay together."""
-    h = (data_crc.astype(np.uint64) * np.uint64(0x9E3779B1) + np.uint64(seed)) & np.uint64(
-        0xFFFFFFFF
-    )
-    h ^= h >> np.uint64(16)
+def split_mask(hashes: np.ndarray, eval_fraction: float, seed: int) -> np.ndarray:
+    """True for eval rows, by each row's hash (:mod:`.row_hash`: of its values, so identical
+    rows stay together) mixed with the seed."""
+    seeded = np.uint64(seed % (1 << 64))
+    with np.errstate(over="ignore"):
+        h = row_hash.mix(hashes ^ row_hash.mix(np.array([seeded], dtype=np.uint64)))
     return (h % np.uint64(SPLIT_BUCKETS)) < np.uint64(round(eval_fraction * SPLIT_BUCKETS))
 
 
