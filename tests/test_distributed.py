@@ -502,7 +502,7 @@ def test_two_mwms_workers_follow_the_single_worker_loss_trajectory(runs, tmp_pat
     same gradient and differ only in floating-point summation order. A mini-batch run could
     not be compared this tightly: two workers draw different rows than one worker would.
     """
-    data = make_data(tmp_path / "equal", 84, 2, seed=3)
+    data = make_data(tmp_path / "equal", 78, 2, seed=3)
     rows = train_rows(data)
     assert rows == [32, 32], rows  # what makes the full-batch comparison above hold
     args = ["--data", str(data), "--batch-size", "64", "--train-steps", "30", "--seed", "7"]

@@ -211,7 +211,7 @@ def run_pods(tmp_path: Path, scheme: str, spec: TFJobSpec, timeout: float) -> di
 
 @pytest.fixture(scope="module")
 def full_batch_data(tmp_path_factory) -> Path:
-    data = make_data(tmp_path_factory.mktemp("podenv"), 84, 2, seed=3)
+    data = make_data(tmp_path_factory.mktemp("podenv"), 78, 2, seed=3)
     assert train_rows(data) == [32, 32]  # full-batch steps: trajectories comparable exactly
     return data
 

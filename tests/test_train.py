@@ -249,7 +249,7 @@ def test_warm_start_from_a_model_dir_and_from_an_export(data, tmp_path):
     from tfpipes.training import train
 
     src = tmp_path / "src"
-    train(_cfg(data, src, train_steps=50))
+    before = train(_cfg(data, src, train_steps=50)).metrics["accuracy"]
     export(ExportConfig(str(src), str(tmp_path / "exp"), version=1, data=data))
     want = {k: v for k, v in _state(str(src)).items() if k.startswith("model_variables/")}
     for name, source in (("from_dir", src), ("from_export", tmp_path / "exp" / "1")):
@@ -257,9 +257,12 @@ def test_warm_start_from_a_model_dir_and_from_an_export(data, tmp_path):
         assert r.final_step == 0
         got = {k: v for k, v in _state(str(tmp_path / name)).items() if k in want}
         _assert_same(want, got)
-    # training on continues from the loaded weights, a fresh optimizer and step
+    # Training on continues from the loaded weights, with a fresh optimizer and step: 30 more
+    # steps end about where 50 did, or better (a fresh model after 30 steps is well below:
+    # 0.42 against 0.50 here, 0.57 warm-started).
     r = train(_cfg(data, tmp_path / "more", train_steps=30, warm_start_from=str(src)))
-    assert (r.start_step, r.final_step) == (0, 30) and r.metrics["accuracy"] > 0.6
+    assert (r.start_step, r.final_step) == (0, 30)
+    assert r.metrics["accuracy"] > before - 0.03, (r.metrics, before)
     # a model of another shape is refused before anything is written
     with pytest.raises(UserError, match="different model options"):
         train(_cfg(data, tmp_path / "bad", hidden=(4,), warm_start_from=str(src)))

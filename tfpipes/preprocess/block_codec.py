@@ -15,12 +15,7 @@ import google_crc32c
 import numpy as np
 
 from tfpipes.layout import BLOCK_MISSING_KEY, BLOCK_ROWS_KEY, MISSING_VALUES
-from tfpipes.preprocess.example_codec import (
-    _arrow_offsets,
-    _as_large_binary,
-    _join,
-    _varint,
-)
+from tfpipes.preprocess.example_codec import _as_large_binary, _varint, _varint_len
 
 # The Feature oneof field of each dtype's list (feature.proto): bytes 1, float 2, int64 3.
 _LIST_TAG = {"string": 0x0A, "float32": 0x12, "int64": 0x1A}
@@ -72,15 +67,41 @@ def _elements(dt: str, values, present) -> tuple[np.ndarray, np.ndarray]:
         if present is not None:
             v = np.where(present, v, np.int64(MISSING_VALUES["int64"]))
         return _flat_varints(v)
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    return _string_elements(values, present)
 
+
+def _string_elements(values, present) -> tuple[np.ndarray, np.ndarray]:
+    """BytesList{1: value} repeated: each element its tag (0a), its length's varint and its
+    bytes (a missing cell: an empty value), laid out with numpy — the element heads go to
+    their places and the values' bytes, in order, fill the rest."""
     arr = _as_large_binary(values)
+    n = len(arr)
+    off = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + n + 1]
+    buf = arr.buffers()[2]
+    data = np.frombuffer(buf, dtype=np.uint8) if buf is not None else np.zeros(0, np.uint8)
+    data = data[off[0] : off[-1]]
+    lens = np.diff(off)
     if present is not None:
-        arr = pc.if_else(pa.array(present), arr, pa.scalar(b"", pa.large_binary()))
-    lens = np.diff(_arrow_offsets(arr))
-    # BytesList{1: value} repeated: each element carries its own tag and length.
-    return _join([("const", b"\x0a"), _varint(lens), ("arrow", arr)], n)
+        data = data[np.repeat(present, lens)]  # a missing cell's bytes (its NA token) go
+        lens = np.where(present, lens, 0)
+    vlen = _varint_len(lens)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(1 + vlen + lens, out=offsets[1:])
+    out = np.empty(int(offsets[-1]), dtype=np.uint8)
+    head = np.zeros(len(out), dtype=bool)
+    starts = offsets[:-1]
+    out[starts] = 0x0A
+    head[starts] = True
+    u = lens.astype(np.uint64)
+    for k in range(int(vlen.max()) if n else 0):
+        sel = vlen > k
+        group = (u[sel] >> np.uint64(7 * k)) & np.uint64(0x7F)
+        more = (vlen[sel] > k + 1).astype(np.uint64) << np.uint64(7)
+        at = starts[sel] + 1 + k
+        out[at] = (group | more).astype(np.uint8)
+        head[at] = True
+    out[~head] = data
+    return out, offsets
 
 
 def encode_blocks(columns: list[tuple], bounds: list[int], block_rows: int) -> list[np.ndarray]:
