@@ -8,15 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tfpipes.preprocess import block_codec
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+from tfpipes.warmup import _varint  # plain protobuf varints, the reference
 
 
 @settings(max_examples=60, deadline=None)

@@ -15,7 +15,7 @@ import google_crc32c
 import numpy as np
 
 from tfpipes.layout import BLOCK_MISSING_KEY, BLOCK_ROWS_KEY, MISSING_VALUES
-from tfpipes.preprocess.example_codec import _as_large_binary, _varint, _varint_len
+from tfpipes.preprocess.example_codec import _varint, _varint_len, binary_bytes
 
 # The Feature oneof field of each dtype's list (feature.proto): bytes 1, float 2, int64 3.
 _LIST_TAG = {"string": 0x0A, "float32": 0x12, "int64": 0x1A}
@@ -74,12 +74,8 @@ def _string_elements(values, present) -> tuple[np.ndarray, np.ndarray]:
     """BytesList{1: value} repeated: each element its tag (0a), its length's varint and its
     bytes (a missing cell: an empty value), laid out with numpy — the element heads go to
     their places and the values' bytes, in order, fill the rest."""
-    arr = _as_large_binary(values)
-    n = len(arr)
-    off = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + n + 1]
-    buf = arr.buffers()[2]
-    data = np.frombuffer(buf, dtype=np.uint8) if buf is not None else np.zeros(0, np.uint8)
-    data = data[off[0] : off[-1]]
+    data, off = binary_bytes(values)
+    n = len(off) - 1
     lens = np.diff(off)
     if present is not None:
         data = data[np.repeat(present, lens)]  # a missing cell's bytes (its NA token) go

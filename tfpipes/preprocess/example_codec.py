@@ -160,6 +160,16 @@ def _as_large_binary(values):
     return pa.array(enc, type=pa.large_binary())
 
 
+def binary_bytes(values) -> tuple[np.ndarray, np.ndarray]:
+    """(its values' bytes as one uint8 array, n + 1 int64 offsets into it from 0) of a string
+    or binary column, without a copy of the bytes."""
+    arr = _as_large_binary(values)
+    off = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    buf = arr.buffers()[2]
+    data = np.frombuffer(buf, dtype=np.uint8) if buf is not None else np.zeros(0, np.uint8)
+    return data[off[0] : off[-1]], off - off[0]
+
+
 def _arrow_offsets(arr) -> np.ndarray:
     """The n + 1 int64 offsets of a large_binary array, relative to its first value."""
     off = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]

@@ -23,7 +23,8 @@ import zlib
 
 import numpy as np
 
-from tfpipes.preprocess.example_codec import _as_large_binary, check_columns
+from tfpipes.preprocess.example_codec import binary_bytes, check_columns
+from tfpipes.preprocess.statistics import _mix as mix  # splitmix64's finalizer
 
 _P = 0x100000001B3  # odd: invertible modulo 2**64
 _P_INV = pow(_P, -1, 1 << 64)
@@ -31,17 +32,7 @@ _CHUNK = 1 << 16  # string bytes hashed by one vectorized pass (powers of P prec
 _powers: tuple[np.ndarray, np.ndarray] | None = None
 _MISSING = np.uint64(0x9E3779B97F4A7C15)
 _LENGTH = np.uint64(0xD6E8FEB86659FD93)
-_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-
-
-def mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer on uint64 values (a new array)."""
-    x = x ^ (x >> np.uint64(30))
-    x *= _M1
-    x ^= x >> np.uint64(27)
-    x *= _M2
-    x ^= x >> np.uint64(31)
-    return x
+_SPREAD = np.uint64(0xBF58476D1CE4E5B9)  # odd: spreads a value over the bits before the fold
 
 
 def _pow_tables() -> tuple[np.ndarray, np.ndarray]:
@@ -72,16 +63,13 @@ def _poly(data: np.ndarray) -> np.uint64:
 
 def string_hashes(values) -> np.ndarray:
     """Each string's (or bytes') hash: its polynomial mixed with its length (uint64)."""
-    arr = _as_large_binary(values)
-    n = len(arr)
-    off = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + n + 1]
-    buf = arr.buffers()[2]
-    data = np.frombuffer(buf, dtype=np.uint8) if buf is not None else np.zeros(0, np.uint8)
+    data, off = binary_bytes(values)
+    n = len(off) - 1
     poly = np.zeros(n, dtype=np.uint64)
     up, down = _pow_tables()
     # Groups of values of about _CHUNK bytes: each group in one vectorized pass, a group over
     # 2 * _CHUNK bytes (it holds a long value) value by value.
-    cuts = np.searchsorted(off, off[0] + np.arange(_CHUNK, off[-1] - off[0], _CHUNK), "right")
+    cuts = np.searchsorted(off, np.arange(_CHUNK, off[-1], _CHUNK), "right")
     bounds = [0, *np.unique(cuts).tolist(), n]
     with np.errstate(over="ignore"):
         for a, b in zip(bounds[:-1], bounds[1:]):
@@ -123,7 +111,7 @@ def row_hashes(columns: list[tuple]) -> np.ndarray:
     with np.errstate(over="ignore"):
         for name, dtype, values, present in columns:
             salt = _salt(name, dtype)
-            v = (_value_hashes(dtype, values) + salt) * _M1
+            v = (_value_hashes(dtype, values) + salt) * _SPREAD
             if present is not None:
                 v = np.where(present, v, _MISSING ^ salt)
             h *= p
