@@ -162,6 +162,72 @@ def test_probe_real_sockets_on_loopback():
         silent.close()
 
 
+def _listeners(n: int) -> list[socket.socket]:
+    out = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        out.append(s)
+    return out
+
+
+def test_a_task_whose_listener_closes_a_moment_later_is_found_gone():
+    # The failure TensorFlow reports can come before the dead task stops accepting connections.
+    up, dying = _listeners(2)
+    a = peers.Peer("ps", 0, "127.0.0.1", up.getsockname()[1])
+    b = peers.Peer("ps", 1, "127.0.0.1", dying.getsockname()[1])
+    closer = threading.Timer(0.6, dying.close)
+    try:
+        start = time.monotonic()
+        closer.start()
+        assert peers.probe(b) is None  # a single probe right away says it is up
+        assert peers.gone_within([a, b], 5.0) == [b]
+        assert 0.6 <= time.monotonic() - start < 5.0
+        # Everyone answering: it probes for the whole window, then finds nobody gone.
+        start = time.monotonic()
+        assert peers.gone_within([a], 0.5) == []
+        assert time.monotonic() - start >= 0.5
+    finally:
+        closer.cancel()
+        up.close()
+        dying.close()
+
+
+def test_the_ps_chief_names_the_parameter_server_that_went_away_after_a_reset():
+    import tensorflow as tf
+
+    from tfpipes.training import ps_runner
+
+    up, dying = _listeners(2)
+    ports = [s.getsockname()[1] for s in (up, dying)]
+    res = Resolution(
+        "parameter_server", "chief", 0, 1, 2, 0,
+        {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"],
+         "ps": [f"127.0.0.1:{port}" for port in ports]},
+    )  # fmt: skip
+    reset = tf.errors.UnavailableError(None, None, "recvmsg:Connection reset by peer")
+    closer = threading.Timer(0.5, dying.close)
+    try:
+        closer.start()
+        error = ps_runner._failure(res, reset, "/m/checkpoints/ckpt-400")
+        assert isinstance(error, RetryableError) and error.exit_code == EXIT_RETRYABLE
+        assert str(error).startswith(
+            f"parameter server ps:1 at 127.0.0.1:{ports[1]} failed: its variables are lost; "
+            "run the job again to resume from /m/checkpoints/ckpt-400 (UnavailableError: "
+        ), str(error)
+        # Every parameter server answering: the cluster as a whole is named, not a server.
+        res.cluster["ps"] = res.cluster["ps"][:1]
+        error = ps_runner._failure(res, reset, None)
+        assert str(error).startswith(
+            "the cluster became unavailable; run the job again to resume from the start"
+        ), str(error)
+    finally:
+        closer.cancel()
+        up.close()
+        dying.close()
+
+
 # --- helpers for real processes -------------------------------------------------------------
 
 

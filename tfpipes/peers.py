@@ -121,6 +121,31 @@ def probe(peer: Peer, connect: bool = True, resolve: Callable = socket.getaddrin
     return reason
 
 
+def gone_within(
+    candidates: list[Peer],
+    window: float,
+    *,
+    every: float = 0.25,
+    probe_fn: Callable[..., str | None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[Peer]:
+    """The ``candidates`` that refuse a connection, probing every ``every`` seconds for up to
+    ``window`` seconds and stopping after the first round in which any refused.
+
+    One probe right after a failure proves little: the connection TensorFlow saw reset can be
+    closed before the dead task's listening socket is, so for a moment the task still seems
+    to accept connections. An empty list means every candidate answered throughout."""
+    probe_fn = probe_fn or probe
+    end = clock() + window
+    while True:
+        gone = [p for p in candidates if probe_fn(p) is not None]
+        now = clock()
+        if gone or now >= end:
+            return gone
+        sleep(min(every, end - now))
+
+
 def wait_for(
     peers: list[Peer],
     deadline: float,

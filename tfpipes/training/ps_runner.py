@@ -37,6 +37,9 @@ from tfpipes.training.runner import ResumeFrom, Runner
 
 log = logging.getLogger("tfpipes.ps_train")
 
+# Seconds the chief keeps probing the parameter servers after an error that names none of them.
+GONE_WINDOW = 3.0
+
 
 def check_role(cfg: TrainConfig, res: Resolution) -> None:
     """UserError for flags parameter servers do not support, or a task that is not the chief
@@ -355,11 +358,10 @@ def _failure(res: Resolution, error: Exception, resume: str | None) -> Exception
     first = first_line(error)
     # A ps is gone if it no longer answers, or if TensorFlow's error names its address (a
     # restarted ps answers again at once, but the variables it held are lost all the same).
-    gone = [
-        p
-        for p in peers.cluster_peers(res)
-        if p.task_type == "ps" and (p.address in text or peers.probe(p))
-    ]
+    servers = [p for p in peers.cluster_peers(res) if p.task_type == "ps"]
+    named = [p for p in servers if p.address in text]
+    rest = [p for p in servers if p not in named]
+    gone = named + peers.gone_within(rest, 0.0 if named else GONE_WINDOW)
     where = f"from {resume}" if resume else "from the start (no checkpoint yet)"
     if gone:
         who = ", ".join(f"{p.name} at {p.address}" for p in gone)
