@@ -186,3 +186,21 @@ def test_row_sample_keeps_exactly_the_rows_under_the_final_threshold():
     assert sample.kept > 0
     assert np.array_equal(sample.values("x", int(final)), expect)
     assert len(expect) < len(np.concatenate([v[on] for _, v, on in every])) / 2
+
+
+def test_a_long_cell_makes_a_column_text_without_copying_it_to_check_for_words():
+    import pyarrow as pa
+
+    assert inference._family(pa.array([" True ", "no", None])) == "boolean"
+    padded = " " * inference.MAX_BOOL_CELL + "true"  # longer than any boolean word with blanks
+    assert inference._family(pa.array(["true", padded])) == "string"
+    # A huge cell: the verdict comes from its length, not from trimmed and lowered copies.
+    huge = pa.array(["false", "y" * (32 << 20)])
+    default = pa.default_memory_pool()
+    pool = pa.proxy_memory_pool(default)  # counts only what _family allocates
+    pa.set_memory_pool(pool)
+    try:
+        assert inference._family(huge) == "string"
+    finally:
+        pa.set_memory_pool(default)
+    assert pool.max_memory() < (1 << 20)

@@ -43,6 +43,7 @@ SAMPLE_BYTES = 256 << 10  # the head of each block the first pass parses (blocks
 LEAD_VALUES = 1_000  # a column numeric for this many present values stays numeric
 ID_MIN_UNIQUE = 1_000  # a string column with more distinct values than this ...
 ID_MIN_FRACTION = 0.5  # ... and more than this fraction of its present values is an id
+MAX_BOOL_CELL = 64  # bytes: a longer cell (even with blanks around a word) is never boolean
 MAX_LABEL_VALUES = 10_001  # the label's distinct values tracked (classes beyond are too many)
 NUMERIC = ("int", "float")
 ISO_RE = (
@@ -112,9 +113,13 @@ def _family(arr) -> str:
         # Parquet column's; binary (not UTF-8, which the main pass reports) is "string"
         return arrow_family(t)
     present = arr.drop_null()
-    words = pc.unique(pc.utf8_lower(pc.utf8_trim_whitespace(present)))
-    if len(words) <= len(BOOL_WORDS) and set(words.to_pylist()) <= BOOL_WORDS:
-        return "boolean"
+    # A column with a cell longer than any boolean word and some blanks is text: found without
+    # copying its cells (trimmed, then lowered), which would cost a huge cell several times
+    # its size.
+    if pc.max(pc.binary_length(present)).as_py() <= MAX_BOOL_CELL:
+        words = pc.unique(pc.utf8_lower(pc.utf8_trim_whitespace(present)))
+        if len(words) <= len(BOOL_WORDS) and set(words.to_pylist()) <= BOOL_WORDS:
+            return "boolean"
     if pc.all(pc.match_substring_regex(present, ISO_RE)).as_py():
         return "timestamp"  # dates and date-times mixed, which Arrow's inference takes as text
     return "string"
