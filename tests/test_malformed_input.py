@@ -108,6 +108,7 @@ def test_tfpipes_train_with_a_bad_tf_config_exits_2_and_writes_nothing(
         assume(False)  # a valid cluster would start waiting for its peers
     except UserError:
         pass
+    assume("\x00" not in text)  # no environment variable can hold a NUL
     model_dir = tmp_path / f"m-{uuid.uuid4().hex[:6]}"
     monkeypatch.setenv("TF_CONFIG", text)
     code = cli.main(["train", "--data", str(tmp_path / "none"), "--model-dir", str(model_dir)])
@@ -266,3 +267,22 @@ def test_a_malformed_label_histogram_counts_as_none():
     for stats in ({"label": None}, {"label": []}, {"label": {"histogram": {"a": 1}}}, []):
         assert label_histogram(schema, stats) == []
     assert label_histogram(schema, {"label": {"histogram": {"1": 5}}}) == [0, 5, 0]
+
+
+@pytest.mark.parametrize(
+    "feature, field",
+    [
+        ({"top": None}, "top"),  # both found by the fuzz test above
+        ({"missing": None}, "missing"),
+        ({"top": [["a"]]}, "top"),
+        ({"top": [[True, 3]]}, "top"),
+        ({"median": "1"}, "median"),
+        ({"quantiles": [0.0, None]}, "quantiles"),
+    ],
+)
+def test_stats_fields_the_model_reads_are_checked(feature, field):
+    from tfpipes.training.data import check_stats
+
+    with pytest.raises(UserError, match=rf"^d/stats.json: features\['x'\]\['{field}'\] must be"):
+        check_stats({"features": {"x": feature}}, "d/stats.json")
+    check_stats({"features": {"x": {"top": [["a", 3], [7, 1]], "missing": 0, "median": 1.5}}}, "d")

@@ -204,3 +204,21 @@ def test_a_long_cell_makes_a_column_text_without_copying_it_to_check_for_words()
     finally:
         pa.set_memory_pool(default)
     assert pool.max_memory() < (1 << 20)
+
+
+def test_a_column_with_a_very_long_cell_is_profiled_as_text_and_the_others_as_usual():
+    from tfpipes.preprocess.blocks import Block
+
+    plan = inference.ScanPlan(("a", "b", "label"), ("",), "label")
+    digits = "7" * (inference.LONG_CELL + 1)  # a number, but too long to be taken for one
+    data = f"1,{digits},0\n2,,1\n".encode()
+    block = Block("d.csv", 2, data, ",")
+    assert inference._long_text_columns(plan, block) is not None
+    prof = inference.profile_block(plan, block)
+    assert prof.rows == 2 and not prof.failed
+    assert prof.columns["a"][0] == "int" and prof.columns["b"][0] == "string"
+    assert prof.columns["b"][1] == 1  # present: the long cell
+    # Long blocks of ordinary rows are inferred by Arrow alone.
+    rows = b"".join(b"%d,%d,0\n" % (i, i) for i in range(200_000))
+    assert len(rows) > inference.LONG_CELL
+    assert inference._long_text_columns(plan, Block("d.csv", 2, rows, ",")) is None

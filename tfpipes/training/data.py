@@ -111,14 +111,34 @@ def _check_first_records(source, manifest: DatasetManifest, schema: Schema) -> N
 
 def check_stats(stats: dict, where: str) -> None:
     """UserError naming ``where`` unless ``stats`` has the shape the model reads: ``features``
-    an object of per-feature objects whose ``mean`` and ``std``, where present, are numbers."""
+    an object of per-feature objects whose ``mean``, ``std``, ``missing`` and ``median``,
+    where present, are numbers, ``quantiles`` a list of numbers and ``top`` a list of
+    ``[value, count]`` pairs whose values are strings or integers."""
     features = stats.get("features", {})
     if not isinstance(features, dict):
         raise UserError(f"{where}: 'features' must be a JSON object of per-feature statistics")
     for name, feature in features.items():
         if not isinstance(feature, dict):
             raise UserError(f"{where}: features[{name!r}] must be a JSON object")
-        for key in ("mean", "std"):
-            value = feature.get(key, 0.0)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise UserError(f"{where}: features[{name!r}][{key!r}] must be a number")
+        field = f"{where}: features[{name!r}]"
+        for key in ("mean", "std", "missing", "median"):
+            if key in feature and not _is_number(feature[key]):
+                raise UserError(f"{field}[{key!r}] must be a number")
+        quantiles = feature.get("quantiles", [])
+        if not isinstance(quantiles, list) or not all(map(_is_number, quantiles)):
+            raise UserError(f"{field}['quantiles'] must be a list of numbers")
+        top = feature.get("top", [])
+        if not isinstance(top, list) or not all(_is_top_entry(e) for e in top):
+            raise UserError(f"{field}['top'] must be a list of [value, count] pairs")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_top_entry(entry) -> bool:
+    if not isinstance(entry, list) or len(entry) != 2:
+        return False
+    value, count = entry
+    ok = isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+    return ok and _is_number(count)
