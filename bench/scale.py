@@ -3,21 +3,29 @@
 One run, real processes, everything on this machine (the fake-gcs-server on 127.0.0.1):
 
 - ``preprocess``: ``tfpipes preprocess`` of a CSV of 1x, 2x and 4x ``--rows``: seconds per
-  million rows, peak RSS, and peak use of its temporary directory (the output excluded) at
-  each size. Flat lines mean a cost linear in the data and a bounded footprint.
+  million rows (the run's own ``preprocess: ... in X s``: without Python's and TensorFlow's
+  start-up), peak RSS, and peak use of its temporary directory (the output excluded) at each
+  size. Flat lines mean a cost linear in the data and a bounded footprint.
 - ``train``: ``tfpipes train --data gs://...`` streaming one epoch of the 1x, 2x and 4x data set
-  from the fake-gcs-server: seconds per million rows trained (the run's own ``train: ... in X
-  s``, without start-up), peak RSS, and the peak size of its shard cache directory.
+  from the fake-gcs-server: seconds per million rows trained after the first logged chunk
+  (from the run's own ``step k/n ... examples/s`` lines: without start-up, tracing and the
+  first shards, which ``first step`` measures), peak RSS, and the peak size of its shard
+  cache directory.
 - ``first step``: seconds from launching a one-step ``tfpipes train --data gs://...`` of the
   1x, 2x and 4x data set to its ``step 1/`` line (start-up included): flat, whatever the size.
 - ``gcs/local``: the training rate streaming from the fake-gcs-server over the rate reading the
   same data set from local files, each round one run of each (alternating which goes first);
-  the median of the per-round ratios (goal >= 0.9).
+  the median of the per-round ratios (goal >= 0.9), on the 2x data set (by default 32
+  shards of ~12,500 rows, ~300 KB: small for real shards, which are tens to hundreds of MB,
+  yet more of them than a shard cache holds, so the run streams and evicts). ``gcs/local
+  tiny shards``: the same on ``--tiny-rows`` rows in 32 shards (~1,000 rows, ~25 KB each),
+  a measure of the fixed cost per shard (a request, a check, a file) more than of
+  throughput.
 - ``fanout``: the fan-out preprocess section (``bench/scale_fanout.py``): commit time against the
   number of parts.
 
   python bench/scale.py                 # about 10 minutes on a loaded 2-core box
-  python bench/scale.py --rows 5000 --rounds 1   # a quick look
+  python bench/scale.py --rows 20000 --rounds 1   # a quick look
 
 Every figure is a ``name: value`` line (``train s/Mrows 2x: 41.0``, ``peak disk MB 4x: 0.6``).
 """
@@ -42,10 +50,11 @@ SIZES = (1, 2, 4)
 
 def _args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--rows", type=int, default=20_000, help="rows of the 1x data set")
+    p.add_argument("--rows", type=int, default=200_000, help="rows of the 1x data set")
     p.add_argument("--shards", type=int, default=16, help="shards per split at 1x")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--rounds", type=int, default=3, help="rounds of gcs/local")
+    p.add_argument("--tiny-rows", type=int, default=40_000, help="rows of the tiny-shard set")
     p.add_argument("--sections", default="preprocess,train,gcs,fanout")
     return p.parse_args()
 
@@ -131,6 +140,9 @@ def base_env(**extra) -> dict:
 # --- preprocess ----------------------------------------------------------------------------
 
 
+PREPROCESSED = re.compile(r"preprocess: (\d+) rows .* in ([\d.]+) s,")
+
+
 def preprocess_section(a, work: str) -> dict[int, str]:
     """Preprocess 1x/2x/4x; returns the data set directory of each size."""
     out, times = {}, {}
@@ -140,15 +152,17 @@ def preprocess_section(a, work: str) -> dict[int, str]:
         tmp = tempfile.mkdtemp(prefix="pre-tmp-", dir=work)
         data = os.path.join(work, f"data{k}x")
         shutil.rmtree(data, ignore_errors=True)
-        t = time.monotonic()
-        _, rss, disk = run_tfpipes(
+        out_text, rss, disk = run_tfpipes(
             ["preprocess", "--source", csv, "--output", data, "--label", "label",
              "--num-shards", str(a.shards * k)],
             base_env(TMPDIR=tmp),
             tmp,
         )  # fmt: skip
-        spent = time.monotonic() - t
-        emit(f"preprocess s/Mrows {k}x", spent / rows * 1e6, "{:.1f}")
+        m = PREPROCESSED.search(out_text)
+        if not m:
+            raise SystemExit(f"no 'preprocess: ...' line in:\n{out_text[-2000:]}")
+        spent = float(m.group(2))
+        emit(f"preprocess s/Mrows {k}x", spent / rows * 1e6, "{:.2f}")
         times[k] = (spent, rows)
         emit(f"preprocess peak RSS MB {k}x", rss / 2**20, "{:.0f}")
         emit(f"preprocess peak disk MB {k}x", disk / 2**20, "{:.2f}")
@@ -162,21 +176,37 @@ def marginal(what: str, times: dict[int, tuple[float, int]]) -> None:
     start-up (process start, TensorFlow import, tracing, the shuffle buffer's first fill)
     that the per-size figures include."""
     (t2, r2), (t4, r4) = times[2], times[4]
-    emit(f"{what} marginal s/Mrows 2x-4x", (t4 - t2) / (r4 - r2) * 1e6, "{:.1f}")
+    emit(f"{what} marginal s/Mrows 2x-4x", (t4 - t2) / (r4 - r2) * 1e6, "{:.2f}")
 
 
 # --- streaming training ----------------------------------------------------------------------
 
 TRAINED = re.compile(r"train: steps \d+ -> (\d+) \((\d+) run\) in ([\d.]+) s, ([\d.]+) examples/s")
+STEP = re.compile(r"step (\d+)/\d+ loss \S+ lr \S+ examples/s (\d+)")
+CHUNKS = 8  # logged chunks per training run: the first one holds the start-up
+
+
+def steady_seconds(out: str, batch_size: int) -> tuple[float, int]:
+    """(seconds, examples) of the chunks after the first logged one, from the run's step
+    lines (each chunk's examples over its examples/s)."""
+    steps = [(int(a), int(b)) for a, b in STEP.findall(out)]
+    if len(steps) < 2:
+        raise SystemExit(f"fewer than 2 'step k/n' lines in:\n{out[-2000:]}")
+    seconds = examples = 0
+    for (s0, _), (s1, eps) in zip(steps, steps[1:]):
+        examples += (s1 - s0) * batch_size
+        seconds += (s1 - s0) * batch_size / max(eps, 1)
+    return seconds, examples
 
 
 def train_once(data: str, steps: int, a, env: dict, cache_dir: str, work: str):
-    """One ``tfpipes train`` run: (seconds of training, examples/s, peak RSS, peak disk)."""
+    """One ``tfpipes train`` run: (seconds of training, examples/s, peak RSS, peak disk,
+    its output)."""
     model = tempfile.mkdtemp(prefix="model-", dir=work)
     try:
         out, rss, disk = run_tfpipes(
             ["train", "--data", data, "--model-dir", model, "--train-steps", str(steps),
-             "--batch-size", str(a.batch_size), "--log-every", str(steps)],
+             "--batch-size", str(a.batch_size), "--log-every", str(max(1, steps // CHUNKS))],
             env,
             cache_dir,
         )  # fmt: skip
@@ -185,7 +215,7 @@ def train_once(data: str, steps: int, a, env: dict, cache_dir: str, work: str):
     m = TRAINED.search(out)
     if not m:
         raise SystemExit(f"no 'train: ...' line in:\n{out[-2000:]}")
-    return float(m.group(3)), float(m.group(4)), rss, disk
+    return float(m.group(3)), float(m.group(4)), rss, disk, out
 
 
 def publish(server, datasets: dict[int, str]) -> dict[int, str]:
@@ -213,9 +243,10 @@ def train_section(a, work: str, server, datasets: dict[int, str], urls: dict[int
     times = {}
     for k in SIZES:
         steps = max(1, train_rows(datasets[k]) // a.batch_size)  # one epoch
-        spent, _, rss, disk = train_once(urls[k], steps, a, env, cache, work)
-        times[k] = (spent, steps * a.batch_size)
-        emit(f"train s/Mrows {k}x", spent / (steps * a.batch_size) * 1e6, "{:.1f}")
+        *_, rss, disk, out = train_once(urls[k], steps, a, env, cache, work)
+        spent, examples = steady_seconds(out, a.batch_size)
+        times[k] = (spent, examples)
+        emit(f"train s/Mrows {k}x", spent / examples * 1e6, "{:.2f}")
         emit(f"peak RSS MB {k}x", rss / 2**20, "{:.0f}")
         emit(f"peak disk MB {k}x", disk / 2**20, "{:.2f}")
     marginal("train", times)
@@ -253,19 +284,36 @@ def gcs_section(a, work: str, server, datasets: dict[int, str], urls: dict[int, 
     cache = os.path.join(work, "cache")
     os.makedirs(cache, mode=0o700, exist_ok=True)
     env = stream_env(server, cache)
-    steps = max(1, train_rows(datasets[2]) // a.batch_size)
+    emit("gcs/local", gcs_ratio(a, work, env, cache, datasets[2], urls[2]), "{:.2f}")
+    csv = make_csv(work, a.tiny_rows)
+    tiny = os.path.join(work, "data-tiny")
+    shutil.rmtree(tiny, ignore_errors=True)
+    run_tfpipes(
+        ["preprocess", "--source", csv, "--output", tiny, "--label", "label",
+         "--num-shards", "32"],
+        base_env(),
+        work,
+    )  # fmt: skip
+    url = publish(server, {0: tiny})[0]
+    emit("gcs/local tiny shards", gcs_ratio(a, work, env, cache, tiny, url), "{:.2f}")
+
+
+def gcs_ratio(a, work: str, env: dict, cache: str, local: str, url: str) -> float:
+    """The median over rounds of (rate streaming ``url``) / (rate reading ``local``), one
+    epoch each."""
+    steps = max(1, train_rows(local) // a.batch_size)
     ratios = []
     for r in range(a.rounds):
         order = ("gcs", "local") if r % 2 == 0 else ("local", "gcs")
         rate = {}
         for which in order:
-            data = urls[2] if which == "gcs" else datasets[2]
+            data = url if which == "gcs" else local
             rate[which] = train_once(data, steps, a, env, cache, work)[1]
         ratios.append(rate["gcs"] / rate["local"])
         print(
             f"  round {r}: gcs {rate['gcs']:.0f} ex/s, local {rate['local']:.0f} ex/s", flush=True
         )
-    emit("gcs/local", statistics.median(ratios), "{:.2f}")
+    return statistics.median(ratios)
 
 
 def fanout_section(a) -> None:

@@ -329,3 +329,26 @@ def test_leftovers_without_the_stamp_are_cleared_only_when_they_are_protocol_fil
         with pytest.raises(UserError, match="not made by a shard cache"):
             stream._clear_leftovers(str(d), names)
         assert (d / extra).read_bytes() == b"data"
+
+
+def test_a_wake_ends_the_wait_for_events_and_events_still_arrive(tmp_path):
+    """The cache thread waits for inotify events; a finished download wakes it (a self-pipe),
+    so the next shard is fetched at once rather than after the wait's timeout. A wake alone
+    returns no event; the file events around it are all still read."""
+    from tfpipes.shard_cache import _Inotify
+
+    watch = _Inotify(str(tmp_path))
+    try:
+        threading.Timer(0.2, watch.wake).start()
+        started = time.monotonic()
+        assert watch.events(timeout=60) == []
+        assert time.monotonic() - started < 30, "the wake did not end the wait"
+        for _ in range(3):
+            watch.wake()  # several wakes before a wait: one drained, no busy loop after
+        (tmp_path / "a").write_bytes(b"x")
+        events = watch.events(timeout=60)
+        assert "a" in {name for _, name in events}
+        with pytest.raises(BlockingIOError):  # the pending wakes were drained with them
+            os.read(watch._wake_r, 1)
+    finally:
+        watch.close()

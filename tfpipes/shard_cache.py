@@ -51,6 +51,7 @@ CLOSE_WAIT_S = 10.0  # close() waits this long for the downloads it aborted to r
 
 _IN_OPEN, _IN_CLOSE_WRITE, _IN_CLOSE_NOWRITE, _IN_Q_OVERFLOW = 0x20, 0x8, 0x10, 0x4000
 _EVENT = struct.Struct("iIII")
+_READ = 1 << 16  # bytes of events read at once
 
 
 def local_name(rel: str) -> str:
@@ -59,7 +60,8 @@ def local_name(rel: str) -> str:
 
 
 class _Inotify:
-    """Open, close and written-file events of the files in one directory (Linux inotify)."""
+    """Open, close and written-file events of the files in one directory (Linux inotify);
+    :meth:`wake` ends a wait for them early (a self-pipe: a download finished)."""
 
     def __init__(self, directory: str):
         self._libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -70,26 +72,45 @@ class _Inotify:
         if self._libc.inotify_add_watch(self.fd, os.fsencode(directory), mask) < 0:
             os.close(self.fd)
             raise OSError(ctypes.get_errno(), f"inotify_add_watch {directory}")
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):  # full: a wake-up is pending anyway; or closed
+            pass
 
     def events(self, timeout: float) -> list[tuple[int, str]]:
-        """(mask, file name) of the events within ``timeout`` seconds."""
-        ready, _, _ = select.select([self.fd], [], [], timeout)
-        if not ready:
-            return []
-        try:
-            buf = os.read(self.fd, 1 << 16)
-        except BlockingIOError:
-            return []
-        out, i = [], 0
-        while i + _EVENT.size <= len(buf):
-            _, mask, _, n = _EVENT.unpack_from(buf, i)
-            name = buf[i + _EVENT.size : i + _EVENT.size + n].rstrip(b"\0").decode()
-            out.append((mask, name))
-            i += _EVENT.size + n
-        return out
+        """(mask, file name) of every event queued once one arrives, or the wait of
+        ``timeout`` seconds ends (or a wake): all of those up to the moment the queue was
+        read empty, none later."""
+        ready, _, _ = select.select([self.fd, self._wake_r], [], [], timeout)
+        if self._wake_r in ready:
+            try:
+                os.read(self._wake_r, 4096)
+            except BlockingIOError:
+                pass
+        out: list[tuple[int, str]] = []
+        while True:  # a read takes what is queued, up to the buffer: until one is not full
+            try:
+                buf = os.read(self.fd, _READ)
+            except BlockingIOError:
+                return out
+            i = 0
+            while i + _EVENT.size <= len(buf):
+                _, mask, _, n = _EVENT.unpack_from(buf, i)
+                if n:  # the directory's own events (a reader listing it) have no name
+                    name = buf[i + _EVENT.size : i + _EVENT.size + n].rstrip(b"\0").decode()
+                    out.append((mask, name))
+                elif mask & _IN_Q_OVERFLOW:
+                    out.append((mask, ""))
+                i += _EVENT.size + n
+            if len(buf) < _READ - _EVENT.size - 256:  # room was left: nothing more queued
+                return out
 
     def close(self) -> None:
-        os.close(self.fd)
+        for fd in (self.fd, self._wake_r, self._wake_w):
+            os.close(fd)
 
 
 class ShardCache:
@@ -203,14 +224,15 @@ class ShardCache:
         self._pool = ThreadPoolExecutor(FETCHERS, thread_name_prefix=f"fetch-{self.tag}")
         try:
             while not self._stop.is_set():
-                self._reap()
+                reaped = self._reap()
                 # Every event up to now, the readers' wants first: a reader writes its want
-                # before it looks for the shard, so none that saw a file is missed below.
-                timeout = 0.02 if self._inflight else 0.2
-                while events := self._watch.events(timeout):
-                    for mask, name in events:
-                        self._event(mask, name)
-                    timeout = 0.0
+                # before it looks for the shard, so none that saw a file is missed below. A
+                # download that ended (it wakes the wait) is planned after at once. One call:
+                # waiting readers look for their shard every POLL_S, and each look is an
+                # event (the directory opened), so "until no event is left" could last
+                # forever while no shard is fetched.
+                for mask, name in self._watch.events(0.0 if reaped else 0.2):
+                    self._event(mask, name)
                 self._plan()
         except Exception as e:  # a reader must not wait for a thread that died: say why
             log.exception("the shard cache of %s failed", self.url)
@@ -290,12 +312,14 @@ class ShardCache:
         self._put(TICKET, uuid.uuid4().hex.encode())  # later reads: another token
         self._put(f"{ANSWER}{token}-{name}", f"{kind}|{first_line(error)}".encode())
 
-    def _reap(self) -> None:
-        """Take in the finished downloads."""
+    def _reap(self) -> bool:
+        """Take in the finished downloads; whether there were any."""
+        reaped = False
         for name, future in list(self._inflight.items()):
             if not future.done():
                 continue
             del self._inflight[name]
+            reaped = True
             try:
                 if future.result():
                     self._ready.add(name)
@@ -312,6 +336,7 @@ class ShardCache:
             if not waiting and isinstance(error, UserError):
                 self._failed[name] = error  # fetched again only for a reader, who is told
             log.debug("%s: %s not fetched: %s", self.tag, name, error)
+        return reaped
 
     def _sequence(self) -> list[str]:
         """The share's shard names in read order from the last one asked for."""
@@ -356,7 +381,9 @@ class ShardCache:
             if name in keep and name not in self._ready and name not in self._inflight:
                 if name not in self._failed:
                     shard = self.shards[self.index[name]]
-                    self._inflight[name] = self._pool.submit(self._fetch, shard, name)
+                    future = self._pool.submit(self._fetch, shard, name)
+                    future.add_done_callback(lambda _: self._watch.wake())  # reap it at once
+                    self._inflight[name] = future
 
     def _on_disk(self) -> int:
         return len(self._ready) + len(self._inflight)
