@@ -16,7 +16,7 @@ One run, real processes, everything on this machine (the fake-gcs-server on 127.
 - ``gcs/local``: the training rate streaming from the fake-gcs-server over the rate reading the
   same data set from local files, each round one run of each (alternating which goes first);
   the median of the per-round ratios (goal >= 0.9), on the 2x data set (by default 32
-  shards of ~12,500 rows, ~300 KB: small for real shards, which are tens to hundreds of MB,
+  shards of ~62,500 rows, ~1.5 MB: small for real shards, which are tens to hundreds of MB,
   yet more of them than a shard cache holds, so the run streams and evicts). ``gcs/local
   tiny shards``: the same on ``--tiny-rows`` rows in 32 shards (~1,000 rows, ~25 KB each),
   a measure of the fixed cost per shard (a request, a check, a file) more than of
@@ -24,7 +24,7 @@ One run, real processes, everything on this machine (the fake-gcs-server on 127.
 - ``fanout``: the fan-out preprocess section (``bench/scale_fanout.py``): commit time against the
   number of parts.
 
-  python bench/scale.py                 # about 10 minutes on a loaded 2-core box
+  python bench/scale.py                 # about 10 minutes on a 2-core box
   python bench/scale.py --rows 20000 --rounds 1   # a quick look
 
 Every figure is a ``name: value`` line (``train s/Mrows 2x: 41.0``, ``peak disk MB 4x: 0.6``).
@@ -50,7 +50,7 @@ SIZES = (1, 2, 4)
 
 def _args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--rows", type=int, default=200_000, help="rows of the 1x data set")
+    p.add_argument("--rows", type=int, default=1_000_000, help="rows of the 1x data set")
     p.add_argument("--shards", type=int, default=16, help="shards per split at 1x")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--rounds", type=int, default=3, help="rounds of gcs/local")
@@ -90,6 +90,17 @@ class DiskPeak:
         return self.peak
 
 
+# tfpipes runs as the child of this small launcher, which reports its peak RSS (wait4): a
+# child forked from the benchmark itself would count the benchmark's memory in its peak.
+LAUNCHER = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+"""
+
+
 def run_tfpipes(
     args: list[str], env: dict, disk_dir: str, marks: dict | None = None
 ) -> tuple[str, int, int]:
@@ -98,8 +109,10 @@ def run_tfpipes(
     from the start to the first line with that prefix."""
     peak = DiskPeak(disk_dir)
     started = time.monotonic()
+    fd, usage_file = tempfile.mkstemp(prefix="tfpipes-usage-")
+    os.close(fd)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tfpipes.cli", *args],
+        [sys.executable, "-c", LAUNCHER, usage_file, sys.executable, "-m", "tfpipes.cli", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -112,12 +125,14 @@ def run_tfpipes(
             if seen is None and line.startswith(prefix):
                 marks[prefix] = time.monotonic() - started
     out = "".join(lines)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.wait()
     disk = peak.stop()
-    if proc.returncode != 0:
-        raise SystemExit(f"tfpipes {args[0]} failed ({proc.returncode}):\n{out[-3000:]}")
-    return out, usage.ru_maxrss * 1024, disk
+    with open(usage_file) as f:
+        code, maxrss = (int(x) for x in (f.read().split() or (proc.returncode, 0)))
+    os.unlink(usage_file)
+    if code != 0:
+        raise SystemExit(f"tfpipes {args[0]} failed ({code}):\n{out[-3000:]}")
+    return out, maxrss * 1024, disk
 
 
 def make_csv(work: str, rows: int) -> str:
