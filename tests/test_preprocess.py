@@ -202,6 +202,22 @@ def test_cli_errors_are_one_line_and_nonzero(outside_dir):
     assert "Traceback" not in missing.stderr
 
 
+@pytest.mark.parametrize("mode", ["fail", "skip"])
+def test_a_bad_row_that_is_not_utf8_is_one_line_without_a_traceback(outside_dir, mode):
+    """A row of a wrong field count whose bytes are not UTF-8: Arrow decodes a bad row's text
+    for its callback and, when that fails, prints a traceback it cannot raise (seen on stderr
+    by a user, under the one-line error). Checked on the real stderr of the command."""
+    (outside_dir / "bad.csv").write_bytes(b"a,b,label\n1,2,0\n3,\xb2\xb2,4,5\n5,6,1\n")
+    args = ["--source", "bad.csv", "--output", "out", "--label", "label", "--on-bad-row", mode]
+    p = run_tfpipes("preprocess", *args, cwd=str(outside_dir), timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr and "Exception ignored" not in p.stderr, p.stderr
+    assert p.stderr.strip().splitlines() == [
+        "tfpipes preprocess: error: bad.csv:3: not UTF-8 text (invalid start byte)"
+    ]
+    assert not (outside_dir / "out").exists()
+
+
 def test_forced_types(tmp_path):
     (tmp_path / "types.json").write_text('{"b": "float32"}')
     with pytest.raises(UserError, match="data.csv:3: column 'b': 'x' is not a number"):

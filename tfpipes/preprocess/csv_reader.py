@@ -36,10 +36,15 @@ class Columns:
 def arrow_read(block: Block, header, na_values, on_invalid=None, column_types=None):
     """``pyarrow.csv.read_csv`` of one block as preprocess parses every block (inference's
     sample and the main pass alike): the given header, missing-value tokens that a quoted cell
-    never is, ``on_invalid`` for rows of a wrong field count (None: an error)."""
+    never is, ``on_invalid`` for rows of a wrong field count (None: an error).
+    UnicodeDecodeError for a block that is not UTF-8 when ``on_invalid`` is given: Arrow
+    decodes a bad row's text for the callback, and cannot raise that decode's error (it
+    prints a traceback and goes on)."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
+    if on_invalid is not None and not block.data.isascii():
+        block.data.decode("utf-8")
     return pcsv.read_csv(
         pa.py_buffer(block.data),
         read_options=pcsv.ReadOptions(
@@ -87,7 +92,7 @@ def csv_columns(plan: Plan, block: Block) -> Columns:
     import pyarrow as pa
 
     skip = plan.on_bad_row == "skip"
-    if skip:
+    if skip and not block.data.isascii():
         try:  # Arrow's bad-row callback cannot show undecodable rows: not a row-level problem
             block.data.decode("utf-8")
         except UnicodeDecodeError as e:
