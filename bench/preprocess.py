@@ -129,7 +129,7 @@ def run_parse(src: str, threads: int) -> dict:
         "threads": pa.cpu_count(),
     }
     # Again in the same process, the first table freed: Arrow's allocator reuses its pages, so
-    # this read pays for parsing alone, not for the kernel's first touch of ~1 GB of memory
+    # this read pays for parsing alone, not for the kernel's first touch of its memory
     # (which costs twice as much on some machines as on others).
     del table
     t0 = time.perf_counter()
