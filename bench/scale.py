@@ -16,7 +16,7 @@ One run, real processes, everything on this machine (the fake-gcs-server on 127.
 - ``gcs/local``: the training rate streaming from the fake-gcs-server over the rate reading the
   same data set from local files, each round one run of each (alternating which goes first);
   the median of the per-round ratios (goal >= 0.9), on the 2x data set (by default 32
-  shards of ~62,500 rows, ~1.5 MB: small for real shards, which are tens to hundreds of MB,
+  shards of ~50,000 rows, ~1.2 MB: small for real shards, which are tens to hundreds of MB,
   yet more of them than a shard cache holds, so the run streams and evicts). ``gcs/local
   tiny shards``: the same on ``--tiny-rows`` rows in 32 shards (~1,000 rows, ~25 KB each),
   a measure of the fixed cost per shard (a request, a check, a file) more than of
@@ -155,7 +155,7 @@ def base_env(**extra) -> dict:
 # --- preprocess ----------------------------------------------------------------------------
 
 
-PREPROCESSED = re.compile(r"preprocess: (\d+) rows .* in ([\d.]+) s,")
+PREPROCESSED = re.compile(r"preprocess: (\d+) rows .* in ([\d.]+) s, (\d+) rows/s")
 
 
 def preprocess_section(a, work: str) -> dict[int, str]:
@@ -176,7 +176,7 @@ def preprocess_section(a, work: str) -> dict[int, str]:
         m = PREPROCESSED.search(out_text)
         if not m:
             raise SystemExit(f"no 'preprocess: ...' line in:\n{out_text[-2000:]}")
-        spent = float(m.group(2))
+        spent = int(m.group(1)) / max(int(m.group(3)), 1)  # its rows/s: more digits than its s
         emit(f"preprocess s/Mrows {k}x", spent / rows * 1e6, "{:.2f}")
         times[k] = (spent, rows)
         emit(f"preprocess peak RSS MB {k}x", rss / 2**20, "{:.0f}")
@@ -187,9 +187,8 @@ def preprocess_section(a, work: str) -> dict[int, str]:
 
 
 def marginal(what: str, times: dict[int, tuple[float, int]]) -> None:
-    """The cost of the rows 4x adds over 2x, per million rows: the slope without the fixed
-    start-up (process start, TensorFlow import, tracing, the shuffle buffer's first fill)
-    that the per-size figures include."""
+    """The cost of the rows 4x adds over 2x, per million rows: the slope without any fixed
+    cost the per-size figures still hold (preprocess: its worker pool's start)."""
     (t2, r2), (t4, r4) = times[2], times[4]
     emit(f"{what} marginal s/Mrows 2x-4x", (t4 - t2) / (r4 - r2) * 1e6, "{:.2f}")
 
@@ -315,7 +314,8 @@ def gcs_section(a, work: str, server, datasets: dict[int, str], urls: dict[int, 
 
 def gcs_ratio(a, work: str, env: dict, cache: str, local: str, url: str) -> float:
     """The median over rounds of (rate streaming ``url``) / (rate reading ``local``), one
-    epoch each."""
+    epoch each, by the runs' own ``train:`` rates (the first shards' fetch included: it counts
+    against streaming)."""
     steps = max(1, train_rows(local) // a.batch_size)
     ratios = []
     for r in range(a.rounds):

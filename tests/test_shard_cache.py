@@ -338,17 +338,20 @@ def test_a_wake_ends_the_wait_for_events_and_events_still_arrive(tmp_path):
     from tfpipes.shard_cache import _Inotify
 
     watch = _Inotify(str(tmp_path))
+    timer = threading.Timer(0.2, watch.wake)
     try:
-        threading.Timer(0.2, watch.wake).start()
+        timer.start()
         started = time.monotonic()
         assert watch.events(timeout=60) == []
         assert time.monotonic() - started < 30, "the wake did not end the wait"
         for _ in range(3):
-            watch.wake()  # several wakes before a wait: one drained, no busy loop after
+            watch.wake()  # several wakes before a wait: all drained by the next read
         (tmp_path / "a").write_bytes(b"x")
         events = watch.events(timeout=60)
         assert "a" in {name for _, name in events}
         with pytest.raises(BlockingIOError):  # the pending wakes were drained with them
             os.read(watch._wake_r, 1)
     finally:
+        timer.cancel()
+        timer.join()
         watch.close()

@@ -72,12 +72,16 @@ class _Inotify:
         if self._libc.inotify_add_watch(self.fd, os.fsencode(directory), mask) < 0:
             os.close(self.fd)
             raise OSError(ctypes.get_errno(), f"inotify_add_watch {directory}")
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            os.close(self.fd)
+            raise
 
     def wake(self) -> None:
         try:
             os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):  # full: a wake-up is pending anyway; or closed
+        except BlockingIOError:  # the pipe is full: a wake-up is pending anyway
             pass
 
     def events(self, timeout: float) -> list[tuple[int, str]]:
@@ -227,10 +231,10 @@ class ShardCache:
                 reaped = self._reap()
                 # Every event up to now, the readers' wants first: a reader writes its want
                 # before it looks for the shard, so none that saw a file is missed below. A
-                # download that ended (it wakes the wait) is planned after at once. One call:
-                # waiting readers look for their shard every POLL_S, and each look is an
-                # event (the directory opened), so "until no event is left" could last
-                # forever while no shard is fetched.
+                # download that ended (it wakes the wait) is planned after at once. One call,
+                # which takes what is queued up to the moment it reads the queue empty:
+                # reading "until no event is left" could last as long as anything kept
+                # touching the directory, with no shard fetched meanwhile.
                 for mask, name in self._watch.events(0.0 if reaped else 0.2):
                     self._event(mask, name)
                 self._plan()
