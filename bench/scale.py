@@ -155,6 +155,12 @@ def base_env(**extra) -> dict:
 # --- preprocess ----------------------------------------------------------------------------
 
 
+def run_preprocess(csv: str, data: str, shards: int, env: dict, disk_dir: str):
+    """``tfpipes preprocess`` of ``csv`` into ``data``: what :func:`run_tfpipes` returns."""
+    args = ["preprocess", "--source", csv, "--output", data, "--label", "label"]
+    return run_tfpipes([*args, "--num-shards", str(shards)], env, disk_dir)
+
+
 PREPROCESSED = re.compile(r"preprocess: (\d+) rows .* in ([\d.]+) s, (\d+) rows/s")
 
 
@@ -167,12 +173,7 @@ def preprocess_section(a, work: str) -> dict[int, str]:
         tmp = tempfile.mkdtemp(prefix="pre-tmp-", dir=work)
         data = os.path.join(work, f"data{k}x")
         shutil.rmtree(data, ignore_errors=True)
-        out_text, rss, disk = run_tfpipes(
-            ["preprocess", "--source", csv, "--output", data, "--label", "label",
-             "--num-shards", str(a.shards * k)],
-            base_env(TMPDIR=tmp),
-            tmp,
-        )  # fmt: skip
+        out_text, rss, disk = run_preprocess(csv, data, a.shards * k, base_env(TMPDIR=tmp), tmp)
         m = PREPROCESSED.search(out_text)
         if not m:
             raise SystemExit(f"no 'preprocess: ...' line in:\n{out_text[-2000:]}")
@@ -302,12 +303,7 @@ def gcs_section(a, work: str, server, datasets: dict[int, str], urls: dict[int, 
     csv = make_csv(work, a.tiny_rows)
     tiny = os.path.join(work, "data-tiny")
     shutil.rmtree(tiny, ignore_errors=True)
-    run_tfpipes(
-        ["preprocess", "--source", csv, "--output", tiny, "--label", "label",
-         "--num-shards", "32"],
-        base_env(),
-        work,
-    )  # fmt: skip
+    run_preprocess(csv, tiny, 32, base_env(), work)
     url = publish(server, {0: tiny})[0]
     emit("gcs/local tiny shards", gcs_ratio(a, work, env, cache, tiny, url), "{:.2f}")
 

@@ -103,7 +103,7 @@ class _Inotify:
             i = 0
             while i + _EVENT.size <= len(buf):
                 _, mask, _, n = _EVENT.unpack_from(buf, i)
-                if n:  # the directory's own events (a reader listing it) have no name
+                if n:  # the watched directory's own events have no name
                     name = buf[i + _EVENT.size : i + _EVENT.size + n].rstrip(b"\0").decode()
                     out.append((mask, name))
                 elif mask & _IN_Q_OVERFLOW:

@@ -92,20 +92,17 @@ def csv_columns(plan: Plan, block: Block) -> Columns:
     import pyarrow as pa
 
     skip = plan.on_bad_row == "skip"
-    if skip and not block.data.isascii():
-        try:  # Arrow's bad-row callback cannot show undecodable rows: not a row-level problem
-            block.data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise bad_block(plan, block, f"not UTF-8 text ({e.reason})") from None
     try:
         table, dropped = read_csv_block(plan, block, typed=True)
         typed = True
-    except (pa.ArrowInvalid, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:  # from arrow_read's check (skip mode): not row-level
+        raise bad_block(plan, block, f"not UTF-8 text ({e.reason})") from None
+    except pa.ArrowInvalid as e:
         if not skip:
             raise bad_block(plan, block, one_line(e)) from None
         try:
             table, dropped = read_csv_block(plan, block, typed=False)
-        except (pa.ArrowInvalid, UnicodeDecodeError) as e2:
+        except pa.ArrowInvalid as e2:
             raise bad_block(plan, block, one_line(e2)) from None  # not row-level: cannot skip
         typed = False
     n = table.num_rows
