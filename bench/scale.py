@@ -22,7 +22,8 @@ One run, real processes, everything on this machine (the fake-gcs-server on 127.
   a measure of the fixed cost per shard (a request, a check, a file) more than of
   throughput.
 - ``fanout``: the fan-out preprocess section (``bench/scale_fanout.py``): commit time against the
-  number of parts.
+  number of parts (1, 10, 100, 1000), the plan's serial and parallel (scans) costs, and what
+  they predict for 100 nodes on 100 GB.
 
   python bench/scale.py                 # about 10 minutes on a 2-core box
   python bench/scale.py --rows 20000 --rounds 1   # a quick look

@@ -9,8 +9,10 @@ of the staging place (hard-link copies: each round commits the same parts). Prin
 ``name: value`` lines, the commit's seconds at each part count, its cost per part (the slope
 between the two largest counts), the commit against a tiny part's time, and — measured on a
 larger input in the same run (default block size) — the seconds per MB of the plan (one
-serial read of the whole input, as single-process preprocess's first pass), of a part, and
-of single-process preprocess, with what they predict for 100 nodes on 100 GB.
+serial read of the whole input, as single-process preprocess's first pass), of the same read
+in parallel ranges (the scans) and of the plan joining them, of a part, and of
+single-process preprocess, with what they predict for 100 nodes on 100 GB (with the scans,
+as the pipeline runs, and with the serial plan).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def bench_fanout(parts_list=(1, 10, 100, 1000), rounds: int = 3, big_mb: int = 2
     from tfpipes.preprocess import PreprocessConfig, preprocess
     from tfpipes.preprocess.fanout import plan_fanout
     from tfpipes.preprocess.fanout_part import run_part
+    from tfpipes.preprocess.fanout_scan import list_scans, run_scan
 
     figures: dict[str, float] = {}
 
@@ -103,17 +106,46 @@ def bench_fanout(parts_list=(1, 10, 100, 1000), rounds: int = 3, big_mb: int = 2
         plan_s, fp = _timed(plan_fanout, cfg, 4)
         parts = [_timed(run_part, fp.staging, i, workers=1)[0] for i in range(4)]
         part_mb = sum(parts) / mb
+        # The plan's read in parallel ranges (what the pipeline runs): the listing (one
+        # header), the scans (parallel), then the plan joining them (serial, per block).
+        scans = os.path.join(tmp, "scans")
+        list_s, lst = _timed(list_scans, cfg, 4, scans)
+        scan_s = sum(_timed(run_scan, scans, i, workers=1)[0] for i in range(len(lst["ranges"])))
+        joins = [_timed(plan_fanout, cfg, 4, scans=scans) for _ in range(3)]
+        join_s, joined = statistics.median(t for t, _ in joins), joins[0][1]
+        assert joined.parts == fp.parts and joined.plan == fp.plan  # the same plan
+        # what the join costs per block: the same input in 16 KiB blocks (256x as many; medians
+        # of 3 joins)
+        small = PreprocessConfig(src, os.path.join(tmp, "g"), block_size=16 << 10, **base)
+        lst = list_scans(small, 4, scans)
+        for i in range(len(lst["ranges"])):
+            run_scan(scans, i, workers=1)
+        joins = [_timed(plan_fanout, small, 4, scans=scans) for _ in range(3)]
+        join_small, many = statistics.median(t for t, _ in joins), joins[0][1]
+        blocks = lambda p: sum(len(r["lengths"]) for x in p.parts for r in x["ranges"])  # noqa: E731
+        per_block = max(0.0, (join_small - join_s) / (blocks(many) - blocks(fp)))
         show("fanout single s/MB", single_s / mb)
         show("fanout plan s/MB", plan_s / mb)
         show("fanout part s/MB", part_mb)
-        # 100 nodes on 100 GB: the plan reads everything once (serial), each node a 1/100th,
-        # then the commit of 100 parts (measured above on tiny parts).
+        show("fanout scan s/MB", scan_s / mb)
+        show("fanout scan list s", list_s)
+        show("fanout plan from scans s", join_s)
+        show("fanout plan from scans ms/block", per_block * 1e3)
+        # 100 nodes on 100 GB, each node a 1/100th of the parts (and of the scans), then the
+        # commit of 100 parts (measured above on tiny parts); the plan from the scans: its
+        # time here and its cost per block for the 100 GB's blocks of 4 MiB.
         total = 100_000.0
         c100 = commit_s.get(100, 0.0)
-        fan = plan_s / mb * total + part_mb * total / 100 + c100
+        spread = part_mb * total / 100 + c100
+        serial = plan_s / mb * total + spread
+        join_100gb = join_s + per_block * total * 1e6 / (4 << 20)
+        show("fanout plan from scans s 100GB", join_100gb)
+        fan = list_s + scan_s / mb * total / 100 + join_100gb + spread
         show("fanout predicted speedup 100 nodes 100GB", single_s / mb * total / fan)
+        show("fanout predicted speedup 100 nodes 100GB serial plan", single_s / mb * total / serial)
         show("fanout commit/part-time 100 parts of 1GB", c100 / (part_mb * 1000))
-        show("fanout plan/single", plan_s / single_s)  # the serial share: caps the speedup
+        show("fanout plan/single", plan_s / single_s)  # the serial plan's share
+
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return figures

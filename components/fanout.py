@@ -1,8 +1,13 @@
-"""Preprocess fanned out as KFP components: plan -> ParallelFor(part) -> Collected -> commit.
+"""Preprocess fanned out as KFP components: scan listing -> ParallelFor(scan) -> Collected ->
+plan -> ParallelFor(part) -> Collected -> commit.
 
 (No ``from __future__ import annotations`` here: kfp reads the annotations as types.)
 
-The DAG (plan, ParallelFor over the parts, the commit over ``dsl.Collected``) is
+The scan tasks read the input's plain CSV files in parallel byte ranges
+(:mod:`tfpipes.preprocess.fanout_scan`), so the plan does not read them alone on one machine;
+each writes its result into the listing's ``scans`` artifact, as the parts write into the
+staging place. The DAG (scans, plan, ParallelFor over the parts, the commit over
+``dsl.Collected``) is
 :mod:`tfpipes_pipelines.fanout`'s. Thin adapters over :mod:`tfpipes.preprocess.fanout` and
 its part and commit modules, like :mod:`tfpipes_components.steps`. The plan's ``staging``
 artifact is the staging place: every part task writes its shards and partial statistics
@@ -36,10 +41,50 @@ def input_bytes_op(source: str) -> int:
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
+def scan_list_op(
+    source: str,
+    label: str,
+    ranges: int,
+    scans: Output[Artifact],
+    na_values: str = "",
+    block_size: int = 4 << 20,
+) -> List[int]:
+    """List about ``ranges`` byte ranges of ``source``'s plain CSV files into the ``scans``
+    artifact; returns the range numbers for ``dsl.ParallelFor``."""
+    from tfpipes.errors import exit_on_error
+    from tfpipes.preprocess.config import component_config
+    from tfpipes.preprocess.fanout_scan import list_scans
+
+    with exit_on_error("preprocess-scan-list"):
+        cfg = component_config(source, "", label, na_values, block_size=block_size)
+        place = scans.uri if scans.uri.startswith("gs://") else scans.path
+        n = len(list_scans(cfg, ranges, place)["ranges"])
+    scans.metadata.update({"ranges": n})
+    print(f"preprocess-scan-list: {n} ranges")
+    return list(range(n))
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def scan_op(scans: Input[Artifact], index: int) -> str:
+    """Read range ``index`` of the listing in ``scans`` into it; returns its name for the
+    plan's ``dsl.Collected`` (which makes the plan wait for every range)."""
+    from tfpipes.errors import exit_on_error
+    from tfpipes.preprocess.fanout_scan import run_scan
+
+    with exit_on_error(f"preprocess-scan {index}"):
+        r = run_scan(scans.uri if scans.uri.startswith("gs://") else scans.path, index)
+    how = f"{len(r['units'])} blocks" if r["fast"] else f"left to the plan: {r['why']}"
+    print(f"preprocess-scan {index}: {how}")
+    return f"range-{index:05d}"
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def plan_op(
     source: str,
     label: str,
     parts: int,
+    scans: Input[Artifact],
+    scanned: List[str],
     staging: Output[Artifact],
     eval_fraction: float = 0.2,
     num_shards: int = 16,
@@ -49,13 +94,16 @@ def plan_op(
     on_missing_label: str = "drop",
     block_size: int = 4 << 20,
 ) -> List[int]:
-    """Plan ``parts`` parts of preprocessing ``source`` into the ``staging`` artifact; returns
-    the part numbers for ``dsl.ParallelFor``. Parameters as ``preprocess_op``'s."""
-    from tfpipes.errors import exit_on_error
+    """Plan ``parts`` parts of preprocessing ``source`` into the ``staging`` artifact, from the
+    scans in ``scans`` (``scanned``: their names, collected) and a read of what they could not
+    cut; returns the part numbers for ``dsl.ParallelFor``. Parameters as ``preprocess_op``'s."""
+    from tfpipes.errors import UserError, exit_on_error
     from tfpipes.preprocess.config import component_config
     from tfpipes.preprocess.fanout import plan_fanout
 
     with exit_on_error("preprocess-plan"):
+        if len(set(scanned)) != len(scanned):
+            raise UserError(f"a scan reported twice: {sorted(scanned)}")
         fp = plan_fanout(
             component_config(
                 source,
@@ -72,6 +120,7 @@ def plan_op(
             parts,
             # gs://: the parts upload, the commit copies server side (no bytes through FUSE)
             staging.uri if staging.uri.startswith("gs://") else staging.path,
+            scans=scans.uri if scans.uri.startswith("gs://") else scans.path,
         )
     staging.metadata.update({"parts": fp.num_parts, "bytes": fp.total_bytes, "plan": fp.id})
     print(f"preprocess-plan: {fp.num_parts} parts of {fp.total_bytes} bytes")

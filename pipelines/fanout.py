@@ -1,4 +1,5 @@
-"""Preprocess fanned out: plan -> ``dsl.ParallelFor`` over the parts -> ``dsl.Collected`` into
+"""Preprocess fanned out: a scan listing -> ``dsl.ParallelFor`` over its ranges ->
+``dsl.Collected`` into the plan -> ``dsl.ParallelFor`` over the parts -> ``dsl.Collected`` into
 the commit; as steps of another pipeline (:func:`fanout_steps`, what the training pipelines
 run above their ``fanout_bytes`` threshold) or as a pipeline of its own
 (:func:`fanout_preprocess`).
@@ -12,7 +13,7 @@ from collections.abc import Callable
 
 from kfp import dsl
 from kfp.dsl import Dataset
-from tfpipes_components.fanout import commit_op, part_op, plan_op
+from tfpipes_components.fanout import commit_op, part_op, plan_op, scan_list_op, scan_op
 
 PART_RETRIES = 2
 
@@ -23,11 +24,20 @@ def fanout_steps(
     """The fan-out's tasks in the current pipeline; returns the commit task (its output
     ``examples`` is the data set). ``wrap``: applied to every task (credentials, placement)."""
     wrap = wrap or (lambda task: task)
+    # The plan's read of the input, in about ``parts`` ranges read in parallel (plain CSV)
+    listing = wrap(scan_list_op(source=source, label=label, ranges=parts, block_size=block_size))
+    listing.set_caching_options(False)
+    with dsl.ParallelFor(listing.outputs["Output"], name="scans") as r:
+        scan = wrap(scan_op(scans=listing.outputs["scans"], index=r))
+        scan.set_caching_options(False)
+        scan.set_retry(PART_RETRIES)
     plan = wrap(
         plan_op(
             source=source,
             label=label,
             parts=parts,
+            scans=listing.outputs["scans"],
+            scanned=dsl.Collected(scan.output),
             eval_fraction=eval_fraction,
             num_shards=num_shards,
             block_size=block_size,

@@ -22,7 +22,7 @@ TASKS = {
     "train-op",
     "export-op",
     "evaluate-op",
-    "condition-5",
+    "condition-6",
 }
 
 
@@ -61,6 +61,8 @@ def test_caching_resources_and_placement(tmp_path):
         "input-bytes-op": False,
         "fingerprint-op": False,
         "preprocess-op": True,
+        "scan-list-op": False,
+        "scan-op": False,
         "plan-op": False,
         "part-op": False,
         "commit-op": False,
@@ -83,7 +85,9 @@ def test_caching_resources_and_placement(tmp_path):
     assert train["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}
     ]
-    for name in ("exec-preprocess-op", "exec-train-op", "exec-export-op", "exec-part-op"):
+    for name in (
+        "exec-preprocess-op", "exec-train-op", "exec-export-op", "exec-part-op", "exec-scan-op"
+    ):  # fmt: skip
         assert execs[name]["secretAsVolume"][0]["secretName"] == "gcs-key"
         env = spec["deploymentSpec"]["executors"][name]["container"]["env"]
         assert {
@@ -174,9 +178,10 @@ def test_every_step_runs_as_kfp_ships_it(tmp_path, distributed):
     assert main(["compile", *(["--distributed"] if distributed else []), "-o", path]) == 0
     executors = yaml.safe_load(open(path))["deploymentSpec"]["executors"]
     # issue 15: both pipelines add check-data, evaluate and publish; issue 13: input-bytes,
-    # plan, part and commit (the fan-out), and the importer of the branch's data set
+    # scan-list, scan, plan, part and commit (the fan-out), and the importer of the branch's
+    # data set
     assert "importer" in executors.pop("exec-importer")
-    assert len(executors) == 11
+    assert len(executors) == 13
     for name, executor in executors.items():
         (program,) = [a for a in executor["container"]["command"] if "\ndef " in a]
         source = tmp_path / f"{name}.py"

@@ -28,8 +28,9 @@ BLOCK = 4096  # tiny blocks: a few KB of CSV cut into many parts
 
 
 def _write_inputs(d, rows: int = 1500, seed: int = 0) -> str:
-    """Two plain CSV files (one with quoted fields holding newlines and commas, cut across
-    blocks) and a gzipped one (a whole-file unit), under ``d/in``."""
+    """Three plain CSV files (two with quoted fields holding newlines and commas, cut across
+    blocks; one without a quote, which the plan's scans cut) and a gzipped one (a whole-file
+    unit), under ``d/in``."""
     rnd = random.Random(seed)
     os.makedirs(os.path.join(d, "in"))
 
@@ -46,6 +47,10 @@ def _write_inputs(d, rows: int = 1500, seed: int = 0) -> str:
             f.writelines(lines(n))
     with gzip.open(os.path.join(d, "in", "c.csv.gz"), "wt", newline="") as f:
         f.writelines(lines(rows // 5))
+    # without quotes, \r\n line ends: the plan's scans cut it in ranges (the others: the plan)
+    plain = (x.replace('"two\nlines"', "two").replace('"a, b"', "ab") for x in lines(rows // 2))
+    with open(os.path.join(d, "in", "d.csv"), "w", newline="") as f:
+        f.writelines(x.replace("\n", "\r\n") for x in plain)
     return os.path.join(d, "in")
 
 
@@ -133,6 +138,12 @@ def test_kfp_local_fanout_1_3_8_parts_equal_single_process(tmp_path):
         assert "preprocess-op" in task.output.path
     plans = list((tmp_path / "root").rglob("plan-op"))
     assert len(plans) == 3  # 1 and 8 parts, and the data steps' fan-out
+    # the scans ran in parallel tasks: d.csv cut by its ranges, the files with quotes left to
+    # the plan; with the data steps' 4 MiB blocks no file is more than a block: one empty range
+    scans = [json.loads(p.read_text()) for p in (tmp_path / "root").rglob("range-*.json")]
+    why = collections.Counter("cut" if r["fast"] else r["why"].split(":")[0] for r in scans)
+    assert why["cut"] >= 2 and why["it holds a quote"] >= 4, why
+    assert why["no plain CSV file of more than one block"] == 1, why
     assert not [p for p in plans if (p / "staging").exists()]  # each commit removed its own
 
 
@@ -146,16 +157,23 @@ def test_training_pipeline_compiles_the_fanout_branch(tmp_path):
     (branch,) = [c for name, c in comps.items() if name.startswith("comp-condition-branches")]
     conds = [t["triggerPolicy"]["condition"] for t in branch["dag"]["tasks"].values()]
     assert any("input-bytes-op-Output" in c and "fanout_bytes" in c and ">" in c for c in conds)
-    (loop,) = [c for name, c in comps.items() if name.startswith("comp-for-loop")]
-    part = loop["dag"]["tasks"]["part-op"]
+    loops = [c for name, c in comps.items() if name.startswith("comp-for-loop")]
+    (part,) = [c["dag"]["tasks"]["part-op"] for c in loops if "part-op" in c["dag"]["tasks"]]
     assert part["retryPolicy"]["maxRetryCount"] == 2  # a failed part is retried by KFP
+    (scan,) = [c["dag"]["tasks"]["scan-op"] for c in loops if "scan-op" in c["dag"]["tasks"]]
+    assert scan["retryPolicy"]["maxRetryCount"] == 2
     (large,) = [c for c in comps.values() if "commit-op" in c.get("dag", {}).get("tasks", {})]
-    commit = large["dag"]["tasks"]["commit-op"]["inputs"]
-    loop_task = [n for n, t in large["dag"]["tasks"].items() if n.startswith("for-loop")][0]
-    assert commit["parameters"]["done"]["taskOutputParameter"]["producerTask"] == loop_task
-    assert large["dag"]["tasks"][loop_task]["parameterIterator"]["items"] == {
-        "inputParameter": "pipelinechannel--plan-op-Output"
-    }
+    tasks = large["dag"]["tasks"]
+    for consumer, producer, name in (
+        ("commit-op", "plan-op", "done"),
+        ("plan-op", "scan-list-op", "scanned"),
+    ):
+        inputs = tasks[consumer]["inputs"]
+        loop_task = inputs["parameters"][name]["taskOutputParameter"]["producerTask"]
+        assert loop_task.startswith("for-loop")  # collected from the loop's tasks
+        assert tasks[loop_task]["parameterIterator"]["items"] == {
+            "inputParameter": f"pipelinechannel--{producer}-Output"
+        }
 
 
 def test_sketched_statistics_merge_as_one_process_within_their_error(tmp_path, monkeypatch):

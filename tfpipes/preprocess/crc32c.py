@@ -48,3 +48,48 @@ def _load_crc32c_extend():
         if fn(0, b"123456789", 9) == 0xE3069283:  # the CRC32C check value
             return fn
     return False
+
+
+_POLY = 0x82F63B78  # CRC32C (Castagnoli), reflected
+
+
+def _gf2_times(mat: list[int], vec: int) -> int:
+    out, i = 0, 0
+    while vec:
+        if vec & 1:
+            out ^= mat[i]
+        vec >>= 1
+        i += 1
+    return out
+
+
+def _gf2_square(mat: list[int]) -> list[int]:
+    return [_gf2_times(mat, m) for m in mat]
+
+
+_ZEROS: list[list[int]] = []  # [k]: the operator that moves a CRC past 2**k zero bytes
+
+
+def _zeros(k: int) -> list[int]:
+    if not _ZEROS:
+        op = [_POLY] + [1 << n for n in range(31)]  # past one zero bit
+        for _ in range(3):
+            op = _gf2_square(op)  # 2, 4, 8 bits: one byte
+        _ZEROS.append(op)
+    while len(_ZEROS) <= k:
+        _ZEROS.append(_gf2_square(_ZEROS[-1]))
+    return _ZEROS[k]
+
+
+def crc32c_combine(crc1: int, crc2: int, len2: int) -> int:
+    """The CRC32C of ``a + b`` from ``crc1`` (of ``a``), ``crc2`` (of ``b``) and ``len(b)``,
+    without the bytes: ``crc1`` is moved past ``len2`` zero bytes with the CRC's operator on
+    GF(2) (one per set bit of ``len2``; operators cached), the usual way to join checksums
+    of pieces read apart."""
+    k = 0
+    while len2:
+        if len2 & 1:
+            crc1 = _gf2_times(_zeros(k), crc1)
+        len2 >>= 1
+        k += 1
+    return crc1 ^ crc2

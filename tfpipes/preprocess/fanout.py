@@ -33,6 +33,7 @@ from tfpipes.errors import UserError
 from tfpipes.preprocess.blocks import Plan
 from tfpipes.preprocess.config import PreprocessConfig
 from tfpipes.preprocess.csv_blocks import CsvInput
+from tfpipes.preprocess.fanout_scan import load_scans
 from tfpipes.preprocess.fingerprint import crc_hex, file_crc_hex, fingerprint
 from tfpipes.preprocess.inputs import source_files
 from tfpipes.preprocess.parallel import default_workers
@@ -116,6 +117,12 @@ class _Listing:
         if whole:
             self.units.append({"path": inp.path, "whole": True, "len": storage.size(inp.path)})
 
+    def scanned(self, path: str, scan) -> None:
+        """A plain CSV file whose blocks the parallel scans found (:mod:`.fanout_scan`)."""
+        self.units += scan.units
+        self.crcs.append([path, scan.crc_hex])
+        self.sizes.append(scan.size)
+
 
 def _deal(units: list[dict], n: int) -> list[dict]:
     """Units into ``n`` contiguous parts of about equal bytes (by where each unit starts)."""
@@ -142,15 +149,21 @@ def _deal(units: list[dict], n: int) -> list[dict]:
 
 
 def plan_fanout(
-    cfg: PreprocessConfig, parts: int, staging: str = "", full_scan: bool = False
+    cfg: PreprocessConfig,
+    parts: int,
+    staging: str = "",
+    full_scan: bool = False,
+    scans: str = "",
 ) -> FanoutPlan:
     """Plan ``parts`` parts of preprocessing ``cfg.source`` into ``cfg.output`` (empty: the
     commit names the output) and write the plan into ``staging`` (default
     :func:`default_staging`; an earlier plan's staging place there is replaced).
 
     One read of the input (the first pass, the same sample as single-process preprocess;
-    ``full_scan``: every whole block, for inputs whose sample misleads). Raises UserError for
-    bad arguments or input, naming the flag or file.
+    ``full_scan``: every whole block, for inputs whose sample misleads). ``scans``: the scan
+    place of :mod:`.fanout_scan`, whose ranges did that read in parallel for the plain CSV
+    files they could cut; the plan reads only the others, and is the same plan. Raises
+    UserError for bad arguments or input, naming the flag or file.
     """
     cfg.validate()
     if not 1 <= parts <= MAX_PARTS:
@@ -168,7 +181,10 @@ def plan_fanout(
     header = read_header(cfg, files)
     workers = cfg.workers or default_workers()
     listing = _Listing()
-    inference = _scan(cfg, files, header, workers, sample=not full_scan, listing=listing)
+    scanned = load_scans(scans, cfg, files, header, full_scan) if scans else None
+    inference = _scan(
+        cfg, files, header, workers, sample=not full_scan, listing=listing, scanned=scanned
+    )
     plan, task = _make_plan(cfg, header, overrides, inference)
     doc = {
         "format": FORMAT,

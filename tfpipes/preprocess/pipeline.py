@@ -194,11 +194,14 @@ def _scan(
     workers: int,
     sample: bool,
     listing=None,
+    scanned: dict | None = None,
 ):
     """The first pass: every file's header checked and its columns profiled, in input order
     (``sample``: the head of each CSV block and the tail of each file's last one).
     ``listing``: told of each CSV block (``block(inp, block)``) and each file read
-    (``file(inp)``), for a fan-out plan (:mod:`.fanout`)."""
+    (``file(inp)``), for a fan-out plan (:mod:`.fanout`). ``scanned``: files whose first pass
+    ran in parallel ranges (path -> :class:`.fanout_scan.FileScan`, told to ``listing`` as
+    ``scanned(path, scan)``): their profiles are folded in, in the same place."""
     inference = ColumnInference(header, cfg.label)
     na = tuple(cfg.na_values)
     scan_plan = ScanPlan(tuple(header), na, cfg.label, SAMPLE_BYTES if sample else 0)
@@ -206,6 +209,12 @@ def _scan(
     runner = OrderedRunner(workers, profile_block)
     try:
         for path in files:
+            if scanned and path in scanned:
+                for prof in scanned[path].profiles:
+                    inference.merge(prof)
+                if listing is not None:
+                    listing.scanned(path, scanned[path])
+                continue
             inp = open_input(path, cfg.block_size)
             try:
                 if inp.header != header:
