@@ -326,7 +326,7 @@ def test_distributed_pipeline_compiles_with_the_tfjob_step(tmp_path):
         "tfjob-train-op",
         "export-op",
         "evaluate-op",
-        "condition-5",
+        "condition-6",
     }
     train = tasks["tfjob-train-op"]
     assert train["inputs"]["artifacts"]["examples"]["taskOutputArtifact"]["producerTask"] == (
