@@ -26,7 +26,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 
 from tfpipes import storage
 from tfpipes.errors import UserError
@@ -38,6 +37,7 @@ from tfpipes.preprocess.fingerprint import crc_hex, file_crc_hex, fingerprint
 from tfpipes.preprocess.inputs import source_files
 from tfpipes.preprocess.parallel import default_workers
 from tfpipes.preprocess.pipeline import _full_plan, _make_plan, _scan, read_header
+from tfpipes.preprocess.places import read_doc, write_marked
 from tfpipes.schema import load_overrides
 
 FORMAT = "tfpipes.fanout-plan/v1"
@@ -215,12 +215,7 @@ def plan_fanout(
 
 def _write_plan(staging: str, text: str) -> None:
     """The plan file, marked as the staging place's (so that only ours is ever removed)."""
-    if not storage.is_remote(staging):
-        storage.write_text(storage.join(staging, PLAN_FILE), text)
-        return
-    with tempfile.TemporaryDirectory(prefix="tfpipes-plan-") as tmp:
-        storage.write_text(os.path.join(tmp, *PLAN_FILE.split("/")), text)
-        storage.commit_files(tmp, staging, [PLAN_FILE], owner=storage.owner_mark(staging))
+    write_marked(staging, PLAN_FILE, text, storage.owner_mark(staging))
 
 
 def _config_doc(cfg: PreprocessConfig) -> dict:
@@ -276,16 +271,7 @@ def load_plan(staging: str) -> FanoutPlan:
     """The plan in the staging place ``staging``; UserError when there is none or it is not
     a plan."""
     staging = storage.normalize(staging).rstrip("/")
-    path = storage.join(staging, PLAN_FILE)
-    if not storage.exists(path):
-        raise UserError(f"{staging}: no fan-out plan ({PLAN_FILE}); run `preprocess-plan` first")
-    try:
-        doc = json.loads(storage.read_text(path))
-        if doc.get("format") != FORMAT:
-            raise ValueError(f"format {doc.get('format')!r}")
-        fp = _from_doc(doc)
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path}: not a fan-out plan ({e})") from None
+    doc, fp = read_doc(staging, PLAN_FILE, FORMAT, "fan-out plan", "preprocess-plan", _from_doc)
     if storage.normalize(doc["staging"]).rstrip("/") != staging:
         fp = dataclasses.replace(fp, staging=staging)  # the place was moved: trust where it is
     return fp

@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 
 import google_crc32c
 
@@ -48,6 +47,7 @@ from tfpipes.preprocess.inference import (
 )
 from tfpipes.preprocess.inputs import delimiter, is_parquet, source_files
 from tfpipes.preprocess.parallel import OrderedRunner, default_workers
+from tfpipes.preprocess.places import read_doc, write_marked
 
 FORMAT = "tfpipes.fanout-scan/v1"
 LISTING = "_scan/listing.json"  # in the scan place; its presence marks the place ours
@@ -110,17 +110,7 @@ def list_scans(cfg: PreprocessConfig, ranges: int, place: str, full_scan: bool =
 
 
 def load_listing(place: str) -> dict:
-    place = storage.normalize(place).rstrip("/")
-    path = storage.join(place, LISTING)
-    if not storage.exists(path):
-        raise UserError(f"{place}: no scan listing ({LISTING}); run `preprocess-scan-list` first")
-    try:
-        doc = json.loads(storage.read_text(path))
-        if doc.get("format") != FORMAT:
-            raise ValueError(f"format {doc.get('format')!r}")
-    except ValueError as e:
-        raise UserError(f"{path}: not a scan listing ({e})") from None
-    return doc
+    return read_doc(place, LISTING, FORMAT, "scan listing", "preprocess-scan-list")[0]
 
 
 def run_scan(place: str, index: int, workers: int = 0) -> dict:
@@ -132,13 +122,10 @@ def run_scan(place: str, index: int, workers: int = 0) -> dict:
     rng = lst["ranges"][index]
     if rng["file"] < 0:
         res = {"fast": False, "why": "no plain CSV file of more than one block", "header": None}
-        res |= {"format": FORMAT, "listing": lst["id"], "index": index}
-        _write(storage.normalize(place).rstrip("/"), range_name(index), json.dumps(res) + "\n")
-        return res
-    size = storage.size(rng["path"])
-    if size != lst["sizes"][rng["file"]]:
+    elif storage.size(rng["path"]) != lst["sizes"][rng["file"]]:
         raise UserError(f"{rng['path']}: changed since the scans were listed; list them again")
-    res = _RangeScan(lst, rng, workers or default_workers()).run()
+    else:
+        res = _RangeScan(lst, rng, workers or default_workers()).run()
     res |= {"format": FORMAT, "listing": lst["id"], "index": index}
     _write(storage.normalize(place).rstrip("/"), range_name(index), json.dumps(res) + "\n")
     return res
@@ -421,12 +408,7 @@ def _fresh_place(place: str) -> None:
 
 def _write(place: str, name: str, text: str) -> None:
     """A file of the scan place, marked as the place's (only ours is ever removed)."""
-    if not storage.is_remote(place):
-        storage.write_text(storage.join(place, name), text)
-        return
-    with tempfile.TemporaryDirectory(prefix="tfpipes-scan-") as tmp:
-        storage.write_text(os.path.join(tmp, *name.split("/")), text)
-        storage.commit_files(tmp, place, [name], owner=_mark(place))
+    write_marked(place, name, text, _mark(place))
 
 
 def _mark(place: str) -> str:
