@@ -7,6 +7,8 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator
 
+from tfpipes.preprocess.malloc import keep_block_memory
+
 
 class OrderedRunner:
     """Runs ``fn`` on the items in input order: in this thread, or on a pool of worker
@@ -21,6 +23,7 @@ class OrderedRunner:
     def __init__(self, workers: int, fn: Callable) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
+        keep_block_memory()  # every loop over blocks runs here: their buffers are reused
         self.workers = workers
         self._fn = fn
         self._pool = (
