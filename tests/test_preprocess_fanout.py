@@ -253,6 +253,68 @@ def test_missing_or_corrupt_part_fails_the_commit_naming_it(tmp_path):
     assert not os.path.exists(fp.staging)
 
 
+def _same_size_edit(path: str, at: int) -> int:
+    """Change the first digit after a '.' at or past byte ``at`` of ``path`` (same size);
+    returns its offset."""
+    data = bytearray(open(path, "rb").read())
+    i = data.index(b".", at) + 1
+    data[i] = ord("7") if data[i] != ord("7") else ord("3")
+    with open(path, "wb") as f:
+        f.write(data)
+    return i
+
+
+def test_a_part_refuses_an_input_changed_since_the_plan(tmp_path):
+    """Same size, other bytes (a file rewritten in place, another gzip of the same rows): the
+    part that reads them fails naming the file, before it hands on a changed block, and
+    publishes nothing; the other parts run; put back, the same plan commits."""
+    src = _write_inputs(tmp_path, rows=600)
+    cfg = PreprocessConfig(src, str(tmp_path / "out"), "label", num_shards=2, block_size=BLOCK)
+    fp = plan_fanout(cfg, 3)
+    a, gz = os.path.join(src, "a.csv"), os.path.join(src, "c.csv.gz")
+    originals = {p: open(p, "rb").read() for p in (a, gz)}
+    at = _same_size_edit(a, os.path.getsize(a) // 2)
+
+    def reads(part: int, path: str) -> bool:
+        for r in fp.parts[part]["ranges"]:
+            if r["path"] == path and (
+                r["whole"] or r["offset"] <= at < r["offset"] + sum(r["lengths"])
+            ):
+                return True
+        return False
+
+    hit = [i for i in range(3) if reads(i, a)]
+    assert len(hit) == 1, fp.parts
+    p = run_tfpipes(
+        "preprocess-part", "--staging", fp.staging, "--part", str(hit[0]), cwd=str(tmp_path)
+    )
+    assert p.returncode == 2, p.stderr
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and "a.csv: bytes " in err[0], err
+    assert "differ from the planned ones (CRC32C): the file changed since the plan" in err[0]
+    assert not os.path.exists(os.path.join(fp.staging, partial_name(hit[0])))
+    assert not any(
+        os.path.exists(os.path.join(fp.staging, n)) for n in fp.shard_names(hit[0], "train")
+    )
+    open(a, "wb").write(originals[a])
+
+    # Another gzip of the same rows: another mtime in its header (bytes 4-7), same size.
+    changed = bytearray(originals[gz])
+    changed[4:8] = (int.from_bytes(changed[4:8], "little") ^ 0xFFFF).to_bytes(4, "little")
+    open(gz, "wb").write(changed)
+    assert gzip.decompress(changed) == gzip.decompress(originals[gz])
+    (whole,) = [i for i in range(3) if reads(i, gz)]
+    with pytest.raises(UserError, match=r"c\.csv\.gz: its bytes differ from the planned ones"):
+        run_part(fp.staging, whole)
+    assert not os.path.exists(os.path.join(fp.staging, partial_name(whole)))
+    open(gz, "wb").write(originals[gz])
+
+    for i in range(3):
+        run_part(fp.staging, i)
+    r = commit_fanout(fp.staging)
+    assert r.rows == _single(src, str(tmp_path / "single")).rows
+
+
 def test_the_commit_deletes_only_what_the_fanout_wrote(tmp_path):
     """An output inside the staging place is refused (removing the staging place would take
     it along); a file of the user's in the staging place outlives the commit."""
@@ -291,3 +353,12 @@ def test_gcs_staging_and_output_equal_local(gcs_bucket, tmp_path):
     assert set(owners) == {s.path for s in (*m.shards, *m.files)} | {"manifest.json"}
     with pytest.raises(UserError, match="already exists"):
         _fanout(f"{gcs_bucket}/in", out, 2)
+
+    # An object rewritten with the same size after the plan: the part reading it refuses.
+    cfg = PreprocessConfig(f"{gcs_bucket}/in", f"{out}2", "label", num_shards=2, block_size=BLOCK)
+    fp = plan_fanout(cfg, 1)
+    _same_size_edit(os.path.join(src, "b.csv"), 0)
+    storage.write_bytes(f"{gcs_bucket}/in/b.csv", open(os.path.join(src, "b.csv"), "rb").read())
+    with pytest.raises(UserError, match=r"/in/b\.csv: bytes .* differ from the planned ones"):
+        run_part(fp.staging, 0)
+    assert not storage.exists(storage.join(fp.staging, partial_name(0)))

@@ -27,6 +27,8 @@ import hashlib
 import json
 import os
 
+import google_crc32c
+
 from tfpipes import storage
 from tfpipes.errors import UserError
 from tfpipes.preprocess.blocks import Plan
@@ -61,7 +63,8 @@ class FanoutPlan:
     plan: Plan
     task: str
     inference: dict  # the first pass's exact, uncertain and family, for the commit's check
-    # per part: {"bytes": n, "ranges": [{"path", "whole", "offset", "line", "lengths"}]}
+    # per part: {"bytes": n, "ranges": [{"path", "whole", "offset", "line", "lengths", "crcs"}]}
+    # (a plain CSV range: its blocks' lengths and CRC32Cs; a whole file: {"path", "whole"})
     parts: list
     shards_per_part: int
 
@@ -104,6 +107,7 @@ class _Listing:
             return  # a compressed file has no byte ranges: it is one unit (added by file())
         self.units.append(
             {"path": inp.path, "offset": inp.offset, "line": block.first, "len": len(block.data)}
+            | {"crc": google_crc32c.value(block.data)}  # the part checks what it reads
         )
 
     def file(self, inp) -> None:
@@ -140,10 +144,11 @@ def _deal(units: list[dict], n: int) -> list[dict]:
         prev = ranges[-1] if ranges else None
         if prev and not prev["whole"] and prev["path"] == u["path"]:
             prev["lengths"].append(u["len"])  # the next block of the same file: contiguous
+            prev["crcs"].append(u["crc"])
         else:
             ranges.append(
                 {"path": u["path"], "whole": False, "offset": u["offset"], "line": u["line"]}
-                | {"lengths": [u["len"]]}
+                | {"lengths": [u["len"]], "crcs": [u["crc"]]}
             )
     return parts
 

@@ -19,11 +19,14 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import google_crc32c
+
 from tfpipes import storage
 from tfpipes.errors import UserError
 from tfpipes.preprocess.blocks import Block
-from tfpipes.preprocess.csv_blocks import count_lines
+from tfpipes.preprocess.csv_blocks import CsvInput, count_lines
 from tfpipes.preprocess.fanout import FanoutPlan, check_whole_input, load_plan, partial_name
+from tfpipes.preprocess.fingerprint import crc_hex, file_crc_hex
 from tfpipes.preprocess.inputs import delimiter
 from tfpipes.preprocess.parallel import OrderedRunner, default_workers
 from tfpipes.preprocess.partials import partial_bytes
@@ -64,28 +67,46 @@ class _PartRun(_Run):
         super()._handle(res)
 
 
-def _range_blocks(rng: dict, block_size: int) -> Iterator[Block]:
+def _range_blocks(rng: dict, block_size: int, planned_crc: str) -> Iterator[Block]:
     """The blocks of one range of the plan: a whole file (compressed CSV, Parquet) read as
-    single-process preprocess reads it, or plain CSV blocks at their recorded offsets."""
+    single-process preprocess reads it, or plain CSV blocks at their recorded offsets. The
+    bytes are checked against the plan's CRC32C (``planned_crc``: the whole file's): a block
+    before it is handed on, a whole file once read (before anything of the part is
+    published). UserError when they differ."""
     path = rng["path"]
     if rng["whole"]:
         inp = open_input(path, block_size)
         try:
             yield from inp.blocks()
+            crc = crc_hex(inp.tap.crc) if isinstance(inp, CsvInput) else file_crc_hex(path)
         finally:
             inp.close()
+        if crc != planned_crc:
+            raise UserError(
+                f"{path}: its bytes differ from the planned ones (CRC32C {crc}, planned "
+                f"{planned_crc}): the file changed since the plan; plan again"
+            )
         return
-    line, delim = rng["line"], delimiter(path)
+    line, delim, at = rng["line"], delimiter(path), rng["offset"]
+    crcs = rng.get("crcs") or [None] * len(rng["lengths"])  # a plan from before they were kept
     with storage.open_read(path) as f:
-        f.seek(rng["offset"])
-        for n in rng["lengths"]:
+        f.seek(at)
+        for n, crc in zip(rng["lengths"], crcs):
             data = f.read(n)
             while len(data) < n and (more := f.read(n - len(data))):
                 data += more
             if len(data) != n:
                 raise UserError(f"{path}: shorter than when it was planned; plan again")
+            if crc is not None and google_crc32c.value(data) != crc:
+                # Same size, other bytes: rows from two versions of a file would make one
+                # data set. (A gs:// object is read whole-object-checked only start to end.)
+                raise UserError(
+                    f"{path}: bytes {at:,}-{at + n:,} differ from the planned ones (CRC32C): "
+                    "the file changed since the plan; plan again"
+                )
             yield Block(path, line, data, delim)
             line += count_lines(data)
+            at += n
 
 
 def run_part(staging: str, part: int, workers: int = 0) -> PartResult:
@@ -109,8 +130,9 @@ def run_part(staging: str, part: int, workers: int = 0) -> PartResult:
         runner = OrderedRunner(workers or cfg.workers or default_workers(), process_block)
         run = _PartRun(cfg, os.path.join(tmp, "w"), plan, runner, fp.parts[part]["bytes"])
         try:
+            crcs = dict(fp.crcs)
             for rng in fp.parts[part]["ranges"]:
-                run.consume_blocks(_range_blocks(rng, cfg.block_size))
+                run.consume_blocks(_range_blocks(rng, cfg.block_size, crcs[rng["path"]]))
             run.finish()
         except _BadInput as e:
             if not fp.inference["exact"]:

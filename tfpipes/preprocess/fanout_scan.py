@@ -152,7 +152,8 @@ class _RangeScan:
         self.whole = ScanPlan(head, na, lst["label"])
         self.workers = workers
         self.header = None  # the file's header (read by its first ranges)
-        self.units: list[list[int]] = []  # [offset, line ends before it from start, length]
+        # [offset, line ends before it from start, length, CRC32C] per block
+        self.units: list[list[int]] = []
         self.lines = 0  # line ends whose last byte is in [start, end)
         self.crc = 0
 
@@ -250,14 +251,14 @@ class _RangeScan:
                 p = self._cut(data, lo)
                 block = tail + data[lo:p] if tail else data[lo:p]
                 head = count_lines(data, p)  # it ends with a \n: no half of a \r\n
-                self.units.append([at, rel, len(block)])
+                self.units.append([at, rel, len(block), google_crc32c.value(block)])
                 yield Block(self.path, 0, block, self.delim)
                 at, rel, tail = k * b + p, self.lines + head, data[p:]
                 pending = head + count_lines(tail)  # the window's line ends but a final \r's
             if pending is not None:
                 self.lines += pending - (tail[-1:] == b"\r" and f.read(1) == b"\n")
             if self.end == self.size and tail.strip(b"\r\n"):  # the rest: the last rows
-                self.units.append([at, rel, len(tail)])
+                self.units.append([at, rel, len(tail), google_crc32c.value(tail)])
                 yield Block(self.path, 0, tail, self.delim)
 
 
@@ -301,7 +302,7 @@ class FileScan:
 
     header: list
     profiles: list  # BlockProfile, in fold order
-    units: list  # {"path", "offset", "line", "len"} per block
+    units: list  # {"path", "offset", "line", "len", "crc"} per block
     crc_hex: str
     size: int
 
@@ -358,9 +359,9 @@ def load_scans(
             raise UserError(f"{path}: changed since the scans were listed; list them again")
         units, profiles, crc, before = [], [], 0, 0
         for rng, res in pieces:
-            for offset, rel, length in res["units"]:
+            for offset, rel, length, block_crc in res["units"]:
                 units.append({"path": path, "offset": offset, "line": 1 + before + rel})
-                units[-1]["len"] = length
+                units[-1] |= {"len": length, "crc": block_crc}
             profiles += [_profile_from(d) for d in res["profiles"]]
             crc = crc32c_combine(crc, res["crc"], rng["end"] - rng["start"])
             before += res["lines"]
