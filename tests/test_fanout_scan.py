@@ -35,11 +35,21 @@ def _both(src: str, d: str, block: int, ranges: int, parts: int = 3, full_scan: 
     return serial, scanned, results
 
 
-def _row(rnd: random.Random, quotes: bool) -> str:
+def _row(rnd: random.Random, quotes) -> str:
+    """quotes: False, "inline" (quoted fields within their line: the scans cut those files)
+    or True (some quoted fields hold a line end, a \\r, or sit mid-field)."""
     x = rnd.choice(["", f"{rnd.gauss(0, 3):.3f}", str(rnd.randint(-9, 99))])
     city = rnd.choice(["oslo", "rome", "", "NA", "lima" * rnd.randint(1, 30)])
     if quotes and rnd.random() < 0.2:
-        city = rnd.choice(['"a, b"', '"two\nlines"', '"say ""hi"""'])
+        inline = [
+            '"a, b"',
+            '"say ""hi"""',
+            '""',
+            '"NA"',
+            'x"y',
+            '"lima' + "," * rnd.randint(0, 9) + '"',
+        ]
+        city = rnd.choice(inline + ([] if quotes == "inline" else ['"two\nlines"', '"c\rr"']))
     return f"{x},{city},{rnd.choice('pq')}"
 
 
@@ -61,7 +71,7 @@ def _csv(seed: int, rows: int, quotes: bool, ends: str, blank: bool, final: bool
 @given(
     seed=st.integers(0, 10**6),
     rows=st.integers(0, 120),
-    quotes=st.booleans(),
+    quotes=st.sampled_from([False, "inline", True]),
     ends=st.sampled_from(["lf", "crlf", "mixed", "cr"]),
     blank=st.booleans(),
     final=st.booleans(),
@@ -93,15 +103,17 @@ def test_the_plan_from_scans_is_the_serial_plan(
     exact=st.booleans(),
     block=st.integers(160, 700),
     ranges=st.integers(1, 9),
+    quotes=st.sampled_from([False, "inline"]),
 )
 def test_quote_free_inputs_are_cut_by_the_scans_into_the_serial_plan(
-    tmp_path_factory, seed, rows, ends, bom, exact, block, ranges
+    tmp_path_factory, seed, rows, ends, bom, exact, block, ranges, quotes
 ):
-    """Rows shorter than a block: the scans cut every range (no fallback), with or without a
-    byte-order mark, and for a file an exact multiple of the block size."""
+    """Rows shorter than a block, quoted fields (if any) within their line: the scans cut
+    every range (no fallback), with or without a byte-order mark, and for a file an exact
+    multiple of the block size."""
     d = str(tmp_path_factory.mktemp("fast"))
     os.makedirs(os.path.join(d, "in"))
-    data = (b"\xef\xbb\xbf" if bom else b"") + _csv(seed, rows, False, ends, False, True)
+    data = (b"\xef\xbb\xbf" if bom else b"") + _csv(seed, rows, quotes, ends, False, True)
     if exact:  # rows added to make the size a multiple of the block size
         data += b"1," + b"c" * 50 + b",p\n"  # 55 bytes
         pad, rows_ = -len(data) % block, []
@@ -169,7 +181,7 @@ def test_a_range_says_why_it_could_not_cut_and_the_plan_reads_that_file(tmp_path
     (src / "c.csv").write_bytes(_csv(2, 400, False, "lf", False, True))
     serial, scanned, results = _both(str(src), str(tmp_path), 1024, 6)
     reasons = [r["why"] for r in results if not r["fast"]]
-    assert any("quote" in w for w in reasons)
+    assert any("a quoted field holds a line end" in w for w in reasons)
     assert any("holds no line end" in w for w in reasons)
     assert any(r["fast"] for r in results)  # c.csv
     assert _plan_doc(scanned.staging) == _plan_doc(serial.staging)

@@ -74,9 +74,10 @@ def register(sub) -> None:
             "that read can run in parallel: this lists about --ranges byte ranges of whole\n"
             "blocks (each file at least one) into the scan place (--scans); preprocess-scan\n"
             "reads one range anywhere; preprocess-plan --scans joins them into the same plan\n"
-            "it makes alone. A file with quoted fields, a row longer than a block, a\n"
-            "compressed CSV or a Parquet file is still read by the plan (each range says\n"
-            "why). Prints the scan place and the range numbers (JSON).\n\nsteps:\n" + _SCANS
+            "it makes alone. A file with a quoted field holding a line end, a row longer\n"
+            "than a block, a compressed CSV or a Parquet file is still read by the plan\n"
+            "(each range says why). Prints the scan place and the range numbers (JSON).\n\n"
+            "steps:\n" + _SCANS
         ),
     )
     s.add_argument("--source", required=True, help="CSV/Parquet file, glob, directory or gs://")

@@ -3,19 +3,23 @@ apart, one range per process on any number of machines.
 
 Single-process preprocess's first pass reads a plain CSV file in reads of ``block_size``
 bytes and cuts a block at the last row end of each read (:class:`.csv_blocks.CsvInput`).
-Where the data holds no quote and every read holds a ``\\n``, that cut depends on the read
-alone: block k ends just after the last ``\\n`` before byte ``k * block_size``. So a range of
-whole reads can be cut, counted (line ends, CRC32C) and sampled (its blocks' heads through
-:func:`.inference.profile_block`, as the first pass samples them) without the bytes before
-it: a look back at the one read before it finds where its first block starts. The plan
-(:func:`.fanout.plan_fanout` with ``scans``) joins the ranges in order into exactly what one
-serial pass gives: the same blocks, line numbers, checksums and column profiles, so the same
-plan, byte for byte.
+Where every read holds a ``\\n`` and no quoted field holds a line end, that cut depends on
+the read alone: block k ends just after the last ``\\n`` before byte ``k * block_size``. So a
+range of whole reads can be cut, counted (line ends, CRC32C) and sampled (its blocks' heads
+through :func:`.inference.profile_block`, as the first pass samples them) without the bytes
+before it: a look back at the one read before it finds where its first block starts. The
+plan (:func:`.fanout.plan_fanout` with ``scans``) joins the ranges in order into exactly
+what one serial pass gives: the same blocks, line numbers, checksums and column profiles, so
+the same plan, byte for byte.
 
-A file with a quote after its header (a quoted field may hold line ends, and whether a byte
-is inside one depends on every byte before it), a read without a ``\\n`` (a row longer than
-a block), a compressed CSV and a Parquet file are read by the plan itself, serially, as
-without scans; a range says why it could not be scanned.
+Quoted fields are checked block by block, from the block's start: a quoted field holding a
+line end, or running past its block, means the cut may be elsewhere (whether a byte is
+inside a quoted field depends on every byte before it), and the file goes to the plan. If
+every block passes, each one starts at a row start by induction from the header, so the check
+of each is sound, and the first block that fails is found whichever range holds it. A file
+with such a field, a read without a ``\\n`` (a row longer than a block), a compressed CSV and
+a Parquet file are read by the plan itself, serially, as without scans; a range says why it
+could not be scanned.
 
 Steps: :func:`list_scans` (the ranges, written into the scan place), :func:`run_scan` (one
 range, anywhere that sees the input and the place), then ``plan_fanout(..., scans=place)``.
@@ -31,13 +35,14 @@ import os
 import re
 
 import google_crc32c
+import numpy as np
 
 from tfpipes import storage
 from tfpipes.errors import UserError
 from tfpipes.preprocess.blocks import Block
 from tfpipes.preprocess.config import PreprocessConfig
 from tfpipes.preprocess.crc32c import crc32c_combine
-from tfpipes.preprocess.csv_blocks import CsvInput, count_lines
+from tfpipes.preprocess.csv_blocks import CsvInput, count_lines, quoted_spans
 from tfpipes.preprocess.inference import (
     SAMPLE_BYTES,
     BlockProfile,
@@ -217,9 +222,7 @@ class _RangeScan:
 
     def _cut(self, data: bytes, lo: int) -> int:
         """Where the last block of a read ending in ``data`` ends (in ``data``), checking the
-        read the way the fast cut needs it: no quote, a ``\\n`` (from ``lo``)."""
-        if data.find(b'"', lo) != -1:
-            raise _NotFast("it holds a quote: a quoted field may hold line ends")
+        read the way the fast cut needs it: a ``\\n`` (from ``lo``)."""
         p = data.rfind(b"\n", lo)
         if p < 0:
             raise _NotFast(
@@ -250,6 +253,7 @@ class _RangeScan:
                     self.lines += pending - (tail[-1:] == b"\r" and data[:1] == b"\n")
                 p = self._cut(data, lo)
                 block = tail + data[lo:p] if tail else data[lo:p]
+                self._check_quotes(block)
                 head = count_lines(data, p)  # it ends with a \n: no half of a \r\n
                 self.units.append([at, rel, len(block), google_crc32c.value(block)])
                 yield Block(self.path, 0, block, self.delim)
@@ -258,8 +262,32 @@ class _RangeScan:
             if pending is not None:
                 self.lines += pending - (tail[-1:] == b"\r" and f.read(1) == b"\n")
             if self.end == self.size and tail.strip(b"\r\n"):  # the rest: the last rows
+                self._check_quotes(tail)
                 self.units.append([at, rel, len(tail), google_crc32c.value(tail)])
                 yield Block(self.path, 0, tail, self.delim)
+
+    def _check_quotes(self, block: bytes) -> None:
+        """A block is cut as the serial reader cuts it if none of its quoted fields holds a
+        line end or runs past its end: checked from its start, a row start if every block
+        before it passed (so the first block to fail is found, whichever range holds it)."""
+        if b'"' not in block:
+            return
+        starts, ends = quoted_spans(block, ord(self.delim))
+        if not starts:
+            return
+        if ends[-1] == len(block):  # not closed: it holds the line end the block ends with
+            raise _NotFast(
+                "a quoted field holds a line end (whether a byte is quoted depends "
+                "on every byte before it)"
+            )
+        a = np.frombuffer(block, dtype=np.uint8)
+        ends_at = np.flatnonzero((a == 10) | (a == 13))
+        i = np.searchsorted(np.asarray(starts), ends_at, side="right") - 1
+        if np.any((i >= 0) & (ends_at < np.asarray(ends)[np.maximum(i, 0)])):
+            raise _NotFast(
+                "a quoted field holds a line end (whether a byte is quoted depends "
+                "on every byte before it)"
+            )
 
 
 def _line_ends(data: bytes, nxt: bytes) -> int:
