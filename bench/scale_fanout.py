@@ -12,7 +12,8 @@ larger input in the same run (default block size) — the seconds per MB of the 
 serial read of the whole input, as single-process preprocess's first pass), of the same read
 in parallel ranges (the scans) and of the plan joining them, of a part, and of
 single-process preprocess, with what they predict for 100 nodes on 100 GB (with the scans,
-as the pipeline runs, and with the serial plan).
+as the pipeline runs, and with the serial plan); and the plan's and the scans' seconds per MB
+on a CSV with quoted text columns (``fanout quoted ...``), which the scans cut too.
 """
 
 from __future__ import annotations
@@ -37,6 +38,20 @@ def _write_csv(path: str, rows: int, seed: int = 0) -> None:
             f.write(
                 f"{rnd.random():.5f},{rnd.gauss(0, 1):.4f},{rnd.randint(0, 99)},"
                 f"{rnd.choice(('oslo', 'rome', 'lima'))},{rnd.randint(0, 2)}\n"
+            )
+
+
+def _write_quoted_csv(path: str, rows: int, seed: int = 0) -> None:
+    """Two quoted text columns (commas and doubled quotes inside, no line ends): the scans
+    cut such a file; a quoted line end would send it to the serial plan."""
+    rnd = random.Random(seed)
+    texts = ('"Oslo, NO"', '"Rome, IT"', "lima", '"say ""hi"""', "pune")
+    with open(path, "w") as f:
+        f.write("a,c,city,note,label\n")
+        for _ in range(rows):
+            f.write(
+                f"{rnd.random():.5f},{rnd.randint(0, 99)},{rnd.choice(texts)},"
+                f"{rnd.choice(texts)},{rnd.randint(0, 2)}\n"
             )
 
 
@@ -145,6 +160,23 @@ def bench_fanout(parts_list=(1, 10, 100, 1000), rounds: int = 3, big_mb: int = 2
         show("fanout predicted speedup 100 nodes 100GB serial plan", single_s / mb * total / serial)
         show("fanout commit/part-time 100 parts of 1GB", c100 / (part_mb * 1000))
         show("fanout plan/single", plan_s / single_s)  # the serial plan's share
+
+        # Quoted fields (within their lines): the scans cut the file too, at a higher cost
+        # per byte (the quote check); the serial plan's read for comparison.
+        src = os.path.join(tmp, "quoted.csv")
+        _write_quoted_csv(src, big_mb * 1_000_000 // 32, seed=2)
+        mb = os.path.getsize(src) / 1e6
+        cfg = PreprocessConfig(src, os.path.join(tmp, "q"), **base)
+        plan_s, fp = _timed(plan_fanout, cfg, 4)
+        lst = list_scans(cfg, 4, scans)
+        runs = [_timed(run_scan, scans, i, workers=1) for i in range(len(lst["ranges"]))]
+        assert all(r["fast"] for _, r in runs), [r.get("why") for _, r in runs]
+        joined = plan_fanout(cfg, 4, scans=scans)
+        assert joined.parts == fp.parts and joined.plan == fp.plan  # the same plan
+        scan_s = sum(t for t, _ in runs)
+        show("fanout quoted plan s/MB", plan_s / mb)
+        show("fanout quoted scan s/MB", scan_s / mb)
+        show("fanout quoted scan/plan", scan_s / plan_s)
 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
