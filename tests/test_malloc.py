@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -19,7 +20,8 @@ BLOCK = 4 << 20
 # past the first few (which grow the heap either way); argv[2] == "1": after
 # keep_block_memory().
 CHILD = """
-import json, resource, sys
+import ctypes, json, resource, sys
+ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE: 4 KiB pages whatever the host's
 from tfpipes.preprocess.csv_blocks import CsvInput
 from tfpipes.preprocess.malloc import keep_block_memory
 tuned = keep_block_memory() if sys.argv[2] == "1" else False
@@ -48,7 +50,7 @@ def _faults(path: str, tuned: bool) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only")
 def test_block_reads_reuse_their_pages(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "f.csv"
@@ -71,6 +73,14 @@ def test_block_reads_reuse_their_pages(tmp_path):
     )
 
 
-def test_called_twice_is_one_call():
-    first = malloc.keep_block_memory()
-    assert malloc.keep_block_memory() is first
+def test_every_block_loop_tunes_once(monkeypatch):
+    """OrderedRunner (the loop of preprocess, the fan-out's plan, scans and parts) asks for
+    it; the thresholds are set on the first call only."""
+    from tfpipes.preprocess import parallel
+
+    calls = []
+    monkeypatch.setattr(malloc, "_tuned", None)
+    monkeypatch.setattr(malloc, "_mallopt", lambda: calls.append(1) or True)
+    for workers in (1, 2, 2):
+        parallel.OrderedRunner(workers, len).close()
+    assert calls == [1] and malloc._tuned is True

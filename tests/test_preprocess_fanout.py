@@ -316,6 +316,48 @@ def test_a_part_refuses_an_input_changed_since_the_plan(tmp_path):
     assert r.rows == _single(src, str(tmp_path / "single")).rows
 
 
+def test_a_plan_from_before_block_checksums_still_runs(tmp_path):
+    """A plan written before the blocks' CRC32Cs were kept (no "crcs"): its parts run, with
+    the size check only, and commit the same data set."""
+    src = _write_inputs(tmp_path, rows=300)
+    cfg = PreprocessConfig(src, str(tmp_path / "out"), "label", num_shards=4, block_size=BLOCK)
+    fp = plan_fanout(cfg, 2)
+    path = os.path.join(fp.staging, "_fanout", "plan.json")
+    doc = json.load(open(path))
+    ranges = [r for part in doc["parts"] for r in part["ranges"] if not r["whole"]]
+    assert ranges and all(len(r["crcs"]) == len(r["lengths"]) for r in ranges)
+    for r in ranges:
+        del r["crcs"]
+    open(path, "w").write(json.dumps(doc))
+    for i in range(2):
+        run_part(fp.staging, i)
+    commit_fanout(fp.staging)
+    single = _single(src, str(tmp_path / "single"))
+    assert _dataset(str(tmp_path / "out"))[1:] == _dataset(str(tmp_path / "single"))[1:]
+    assert single.rows > 0
+
+
+def test_a_part_refuses_a_parquet_file_changed_since_the_plan(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "in"
+    src.mkdir()
+    x = np.arange(500, dtype=np.float64) + 0.25
+    table = pa.table({"x": x, "label": np.arange(500) % 3})
+    pq.write_table(table, src / "a.parquet", compression="NONE")
+    cfg = PreprocessConfig(str(src), str(tmp_path / "out"), "label", num_shards=2)
+    fp = plan_fanout(cfg, 1)
+    data = bytearray((src / "a.parquet").read_bytes())
+    at = data.index(np.float64(100.25).tobytes())  # one value, rewritten in place
+    data[at : at + 8] = np.float64(-7.5).tobytes()
+    (src / "a.parquet").write_bytes(data)
+    assert pq.read_table(src / "a.parquet").column("x")[100].as_py() == -7.5  # still readable
+    with pytest.raises(UserError, match=r"a\.parquet: its bytes differ from the planned ones"):
+        run_part(fp.staging, 0)
+    assert not os.path.exists(os.path.join(fp.staging, partial_name(0)))
+
+
 def test_the_commit_deletes_only_what_the_fanout_wrote(tmp_path):
     """An output inside the staging place is refused (removing the staging place would take
     it along); a file of the user's in the staging place outlives the commit."""

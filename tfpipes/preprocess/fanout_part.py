@@ -71,8 +71,10 @@ def _range_blocks(rng: dict, block_size: int, planned_crc: str) -> Iterator[Bloc
     """The blocks of one range of the plan: a whole file (compressed CSV, Parquet) read as
     single-process preprocess reads it, or plain CSV blocks at their recorded offsets. The
     bytes are checked against the plan's CRC32C (``planned_crc``: the whole file's): a block
-    before it is handed on, a whole file once read (before anything of the part is
-    published). UserError when they differ."""
+    before it is handed on; a whole file once read, before anything of the part is published
+    (a ``.gz`` by the bytes it was read from; a Parquet file read again for it, as
+    single-process preprocess reads it for its fingerprint; a bad row of a changed whole file
+    may be reported first). UserError when they differ."""
     path = rng["path"]
     if rng["whole"]:
         inp = open_input(path, block_size)
@@ -89,6 +91,11 @@ def _range_blocks(rng: dict, block_size: int, planned_crc: str) -> Iterator[Bloc
         return
     line, delim, at = rng["line"], delimiter(path), rng["offset"]
     crcs = rng.get("crcs") or [None] * len(rng["lengths"])  # a plan from before they were kept
+    if len(crcs) != len(rng["lengths"]):
+        raise UserError(
+            f"{path}: the plan's range holds {len(crcs)} checksums for "
+            f"{len(rng['lengths'])} blocks (a damaged plan); plan again"
+        )
     with storage.open_read(path) as f:
         f.seek(at)
         for n, crc in zip(rng["lengths"], crcs):

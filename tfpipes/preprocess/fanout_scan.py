@@ -370,6 +370,11 @@ def load_scans(
             raise UserError(f"{path}: not a scan result ({e}); run scan {i} again") from None
         if res.get("format") != FORMAT or res.get("listing") != lst["id"]:
             raise UserError(f"{path}: from another listing; run scan {i} again")
+        if res.get("fast") and any(len(u) != 4 for u in res["units"]):
+            # before 2026-12-04 a block's CRC32C was not kept; the parts check it now
+            raise UserError(
+                f"{path}: from an older tfpipes (no block checksums); run scan {i} again"
+            )
         results.append(res)
     by_file: dict[int, list] = {}
     for rng, res in zip(lst["ranges"], results):

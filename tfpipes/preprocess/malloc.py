@@ -8,10 +8,13 @@ gets fresh pages, which the kernel faults in and zeroes, one by one (measured on
 benchmark: ~52,000 minor faults and 0.25 s of system time for a 192 MB CSV; on a machine where
 a page fault costs more, that is what preprocess waits on, and the bare parse it is measured
 against does not pay it per block). Raised thresholds keep those pages in the heap for the
-next block: ~21,000 faults, ~5-10 % less CPU there. Memory stays bounded: what the heap keeps
-is at most the trim threshold above what is in use.
+next block: ~21,000 faults, ~5-10 % less CPU there. Memory stays bounded: each of glibc's
+arenas (the main one and one per busy thread) keeps at most about the trim threshold of free
+memory at its top, plus what fragmentation leaves inside (measured: peak RSS unchanged, and
+flat from 1M to 4M rows, ``bench/scale.py``).
 
-Process-wide and once: a no-op where the C library is not glibc.
+Process-wide, once, and not undone (a program that imports tfpipes keeps the thresholds after
+preprocess returns); a no-op where the C library is not glibc.
 """
 
 from __future__ import annotations
