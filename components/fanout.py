@@ -73,7 +73,12 @@ def scan_op(scans: Input[Artifact], index: int) -> str:
 
     with exit_on_error(f"preprocess-scan {index}"):
         r = run_scan(scans.uri if scans.uri.startswith("gs://") else scans.path, index)
-    how = f"{len(r['units'])} blocks" if r["fast"] else f"left to the plan: {r['why']}"
+    how = (
+        f"{len(r['variants'][0]['units'])} blocks"
+        + (f" from {len(r['variants'])} possible starts" if len(r["variants"]) > 1 else "")
+        if r["fast"]
+        else f"left to the plan: {r['why']}"
+    )
     print(f"preprocess-scan {index}: {how}")
     return f"range-{index:05d}"
 

@@ -161,7 +161,8 @@ def test_a_quote_free_file_is_cut_by_its_ranges_alone(tmp_path, monkeypatch):
 
     serial, _, results = _both(str(src), str(tmp_path), 1024, 5)
     assert len(results) == 5 and all(r["fast"] for r in results)
-    assert sum(len(r["units"]) for r in results) > 30  # blocks of every range
+    assert sum(len(r["variants"][0]["units"]) for r in results) > 30  # blocks of every range
+    assert all(len(r["variants"]) == 1 for r in results)  # no quotes: one place to start
     real = pipeline.open_input
     opened = []
     monkeypatch.setattr(pipeline, "open_input", lambda p, b: opened.append(p) or real(p, b))
@@ -176,14 +177,41 @@ def test_a_quote_free_file_is_cut_by_its_ranges_alone(tmp_path, monkeypatch):
 def test_a_range_says_why_it_could_not_cut_and_the_plan_reads_that_file(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
-    (src / "a.csv").write_bytes(_csv(1, 400, True, "lf", False, True))  # quoted fields
     (src / "b.csv").write_bytes(b"x,city,label\n" + b"1,%s,p\n" % (b"o" * 3000) + b"2,a,q\n" * 50)
     (src / "c.csv").write_bytes(_csv(2, 400, False, "lf", False, True))
-    serial, scanned, results = _both(str(src), str(tmp_path), 1024, 6)
+    # a quoted field left open at the end: the serial reader's error, so the plan's
+    (src / "e.csv").write_bytes(_csv(3, 300, "inline", "lf", False, True) + b'1,"open,p\n')
+    serial_err = None
+    try:
+        _both(str(src), str(tmp_path), 1024, 6)
+    except UserError as e:
+        serial_err = str(e)
+    assert serial_err and "e.csv" in serial_err and "unterminated quoted field" in serial_err
+    (src / "e.csv").unlink()
+    serial, scanned, results = _both(str(src), str(tmp_path / "2"), 1024, 6)
     reasons = [r["why"] for r in results if not r["fast"]]
-    assert any("a quoted field holds a line end" in w for w in reasons)
     assert any("holds no line end" in w for w in reasons)
     assert any(r["fast"] for r in results)  # c.csv
+    assert _plan_doc(scanned.staging) == _plan_doc(serial.staging)
+
+
+def test_quoted_fields_holding_line_ends_are_cut_by_the_ranges(tmp_path, monkeypatch):
+    """Where a range starts inside a quoted field, its look back tries both quote states;
+    the plan keeps the one where the range before ended, and never reads the file."""
+    src = tmp_path / "in"
+    src.mkdir()
+    data = _csv(5, 3000, True, "crlf", False, True)
+    assert data.count(b'"two\nlines"') > 50
+    (src / "a.csv").write_bytes(data)
+    serial, _, results = _both(str(src), str(tmp_path), 1024, 7)
+    assert len(results) == 7 and all(r["fast"] for r in results), [r.get("why") for r in results]
+    import tfpipes.preprocess.pipeline as pipeline
+
+    real, opened = pipeline.open_input, []
+    monkeypatch.setattr(pipeline, "open_input", lambda p, b: opened.append(p) or real(p, b))
+    cfg = PreprocessConfig(str(src), "", "label", block_size=1024, workers=2)
+    scanned = plan_fanout(cfg, 3, str(tmp_path / "c"), scans=str(tmp_path / "scans"))
+    assert opened == [str(src / "a.csv")]  # its header only (read_header): not its rows
     assert _plan_doc(scanned.staging) == _plan_doc(serial.staging)
 
 
@@ -204,10 +232,12 @@ def test_a_missing_or_foreign_scan_stops_the_plan_naming_it(tmp_path):
         plan_fanout(other, 2, str(tmp_path / "st"), scans=scans)
     # a result of an older tfpipes (blocks without their CRC32C, which the parts check)
     old = json.loads(open(os.path.join(scans, range_name(3))).read())
-    assert old["fast"] and all(len(u) == 4 for u in old["units"])
-    old["units"] = [u[:3] for u in old["units"]]
+    (v,) = old.pop("variants")
+    old |= {"units": [u[:3] for u in v["units"]], "profiles": v["profiles"]}
     open(os.path.join(scans, range_name(3)), "w").write(json.dumps(old))
-    with pytest.raises(UserError, match=r"range-00003.json: from an older tfpipes .*scan 3 again"):
+    with pytest.raises(
+        UserError, match=r"range-00003.json: from an older tfpipes; run scan 3 again"
+    ):
         plan_fanout(cfg, 2, str(tmp_path / "st"), scans=scans)
     with open(os.path.join(scans, range_name(1)), "w") as f:
         f.write(json.dumps({"format": lst["format"], "listing": "0" * 16}))

@@ -74,9 +74,9 @@ def register(sub) -> None:
             "that read can run in parallel: this lists about --ranges byte ranges of whole\n"
             "blocks (each file at least one) into the scan place (--scans); preprocess-scan\n"
             "reads one range anywhere; preprocess-plan --scans joins them into the same plan\n"
-            "it makes alone. A file with a quoted field holding a line end, a row longer\n"
-            "than a block, a compressed CSV or a Parquet file is still read by the plan\n"
-            "(each range says why). Prints the scan place and the range numbers (JSON).\n\n"
+            "it makes alone. A file with a row (or quoted field) longer than a block, a\n"
+            "compressed CSV or a Parquet file is still read by the plan (each range says\n"
+            "why). Prints the scan place and the range numbers (JSON).\n\n"
             "steps:\n" + _SCANS
         ),
     )
@@ -171,7 +171,12 @@ def _scan(args) -> int:
     from tfpipes.preprocess.fanout_scan import run_scan
 
     r = run_scan(args.scans, args.range, workers=args.workers)
-    how = f"{len(r['units'])} blocks" if r["fast"] else f"left to the plan: {r['why']}"
+    how = (
+        f"{len(r['variants'][0]['units'])} blocks"
+        + (f" from {len(r['variants'])} possible starts" if len(r["variants"]) > 1 else "")
+        if r["fast"]
+        else f"left to the plan: {r['why']}"
+    )
     log.info("preprocess-scan %d: %s", args.range, how)
     return 0
 

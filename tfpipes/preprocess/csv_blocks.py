@@ -235,38 +235,17 @@ class CsvInput:
 
     def _cut(self, data: bytes, delim: int) -> bytes:
         """The block that ``data`` (one read, b"" at the end of the input) completes after
-        what is pending, or b"" when no row ends in them yet; the rest stays pending.
-
-        Cut as :func:`row_end` cuts: at the last line end outside quotes. Without a quote in
-        either, the last ``\n`` of ``data`` is that line end, and the block is the pending
-        bytes and ``data`` up to it, joined in one copy (large buffers are costly to allocate
-        and grow: the kernel zeroes every fresh page)."""
-        rest = self._pending
-        if data and b'"' not in data and b'"' not in rest:
-            p = data.rfind(b"\n") + 1
-            if p:
-                if p == len(data) and not rest:
-                    block = data
-                    self._pending = b""
-                else:
-                    with memoryview(data) as view:
-                        block = b"".join((rest, view[:p]))
-                        self._pending = bytes(view[p:])
-                return block
-        rest = self._pending = _appendable(rest)
-        rest += data
-        if self._eof:  # what is left: the last rows, perhaps without a line end
-            end = len(rest) if rest.strip(b"\r\n") else 0
+        what is pending, or b"" when no row ends in them yet; the rest stays pending
+        (:func:`cut_block`). At the end of the input every quoted field must be closed; a
+        row without an end stays bounded."""
+        if self._eof:
+            self._pending = _appendable(self._pending)
+            self._pending += data
+            data = b""
             self._check_quotes_closed()
-        else:
-            end = row_end(rest, delim, eof=False)
-        if not end:
-            if len(rest) > max(MAX_ROW_BYTES, 4 * self.block_size):
-                raise UserError(self._no_row_end_message())
-            return b""
-        with memoryview(rest) as view:
-            block = bytes(view[:end])
-        del rest[:end]
+        block, self._pending = cut_block(self._pending, data, delim, self._eof)
+        if not block and len(self._pending) > max(MAX_ROW_BYTES, 4 * self.block_size):
+            raise UserError(self._no_row_end_message())
         return block
 
     def _check_quotes_closed(self) -> None:
@@ -288,6 +267,39 @@ class CsvInput:
                 f"within {MAX_ROW_BYTES >> 20} MB)"
             )
         return f"{location(self.path, self._line)}: a row longer than {MAX_ROW_BYTES >> 20} MB"
+
+
+def cut_block(
+    rest: bytes | bytearray, data: bytes, delim: int, eof: bool
+) -> tuple[bytes, bytes | bytearray]:
+    """(the block, what stays pending): the rows that ``data`` (one read; b"" at the end of
+    the input, ``eof``) completes after ``rest`` (pending, from a row start), cut as
+    :func:`row_end` cuts: at the last line end outside quotes (at the end of the input: all
+    of it, unless blank). b"" for the block when no row ends in them yet.
+
+    Without a quote in either, the last ``\\n`` of ``data`` is that line end, and the block is
+    ``rest`` and ``data`` up to it, joined in one copy (large buffers are costly to allocate
+    and grow: the kernel zeroes every fresh page). The fan-out's scans cut with this same
+    function (:mod:`.fanout_scan`)."""
+    if data and b'"' not in data and b'"' not in rest:
+        p = data.rfind(b"\n") + 1
+        if p:
+            if p == len(data) and not rest:
+                return data, b""
+            with memoryview(data) as view:
+                return b"".join((rest, view[:p])), bytes(view[p:])
+    rest = _appendable(rest)
+    rest += data
+    if eof:  # what is left: the last rows, perhaps without a line end
+        end = len(rest) if rest.strip(b"\r\n") else 0
+    else:
+        end = row_end(rest, delim, eof=False)
+    if not end:
+        return b"", rest
+    with memoryview(rest) as view:
+        block = bytes(view[:end])
+    del rest[:end]
+    return block, rest
 
 
 def _appendable(buf: bytes | bytearray) -> bytearray:

@@ -2,24 +2,27 @@
 apart, one range per process on any number of machines.
 
 Single-process preprocess's first pass reads a plain CSV file in reads of ``block_size``
-bytes and cuts a block at the last row end of each read (:class:`.csv_blocks.CsvInput`).
-Where every read holds a ``\\n`` and no quoted field holds a line end, that cut depends on
-the read alone: block k ends just after the last ``\\n`` before byte ``k * block_size``. So a
-range of whole reads can be cut, counted (line ends, CRC32C) and sampled (its blocks' heads
-through :func:`.inference.profile_block`, as the first pass samples them) without the bytes
-before it: a look back at the one read before it finds where its first block starts. The
-plan (:func:`.fanout.plan_fanout` with ``scans``) joins the ranges in order into exactly
-what one serial pass gives: the same blocks, line numbers, checksums and column profiles, so
-the same plan, byte for byte.
+bytes and cuts a block at the last row end of each read, outside quoted fields
+(:class:`.csv_blocks.CsvInput`, with :func:`.csv_blocks.cut_block`). Once it is known where
+the block before a read ended, that read's cut depends on the read alone. A range of whole
+reads finds where its first block starts by a look back at the read before it: without
+quotes there, just after its last ``\\n``; with quotes, whether that line end is inside a
+quoted field depends on every byte before it, so the range tries two places, the last line
+end followed by an even number of quotes and the last one followed by an odd number (for
+well-formed CSV one of them is the serial reader's cut), and cuts on from each with the
+serial reader's own cutter; the two usually meet within a row and go on as one. Each range
+then has its blocks, line ends, CRC32C and the first pass's profiles of its blocks' heads
+(:func:`.inference.profile_block`) for each place it may start. The plan
+(:func:`.fanout.plan_fanout` with ``scans``, :func:`load_scans`) joins the ranges in order,
+keeping for each the start where the range before ended: exactly what one serial pass gives
+(the same blocks, line numbers, checksums and column profiles, so the same plan, byte for
+byte). If no start of a range is where the one before ended (a quote the parity misleads
+about, a lone ``\\r`` row end), the plan reads that file itself: a wrong guess costs time,
+never a wrong cut.
 
-Quoted fields are checked block by block, from the block's start: a quoted field holding a
-line end, or running past its block, means the cut may be elsewhere (whether a byte is
-inside a quoted field depends on every byte before it), and the file goes to the plan. If
-every block passes, each one starts at a row start by induction from the header, so the check
-of each is sound, and the first block that fails is found whichever range holds it. A file
-with such a field, a read without a ``\\n`` (a row longer than a block), a compressed CSV and
-a Parquet file are read by the plan itself, serially, as without scans; a range says why it
-could not be scanned.
+A read that ends no row (a row or a quoted field longer than a block), a quoted field left
+open at the end of the file, a compressed CSV and a Parquet file are read by the plan
+itself, serially, as without scans; a range says why it could not be scanned.
 
 Steps: :func:`list_scans` (the ranges, written into the scan place), :func:`run_scan` (one
 range, anywhere that sees the input and the place), then ``plan_fanout(..., scans=place)``.
@@ -28,6 +31,7 @@ range, anywhere that sees the input and the place), then ``plan_fanout(..., scan
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
 import hashlib
 import json
@@ -42,7 +46,7 @@ from tfpipes.errors import UserError
 from tfpipes.preprocess.blocks import Block
 from tfpipes.preprocess.config import PreprocessConfig
 from tfpipes.preprocess.crc32c import crc32c_combine
-from tfpipes.preprocess.csv_blocks import CsvInput, count_lines, quoted_spans
+from tfpipes.preprocess.csv_blocks import CsvInput, count_lines, cut_block, quoted_spans
 from tfpipes.preprocess.inference import (
     SAMPLE_BYTES,
     BlockProfile,
@@ -140,12 +144,47 @@ class _NotFast(Exception):
     """The range cannot be cut on its own (the message says why): the plan reads the file."""
 
 
+class _Start:
+    """One place the range's first block may start (the serial reader's cut in the read
+    before the range, which depends on the quotes before it), followed from there exactly as
+    the serial reader cuts (:func:`.csv_blocks.cut_block`)."""
+
+    def __init__(self, first: int, pending: bytes) -> None:
+        self.first = first  # where the range's first block starts
+        self.at = first  # where the pending bytes start
+        self.pending: bytes | bytearray = pending
+        self.keys: list[tuple[int, int]] = []  # (offset, length) of its blocks, in order
+        self.why = ""  # why the serial reader cannot have cut this way ("": it can)
+        self.joins: tuple[_Start, int] | None = None  # (w, i): w's blocks from w.keys[i] on
+
+    @property
+    def live(self) -> bool:
+        return not self.why and self.joins is None
+
+    def reason(self) -> str:
+        """Why it cannot be the serial reader's ("": it can), the start it joined's too."""
+        return self.why or (self.joins[0].reason() if self.joins else "")
+
+    def all_keys(self) -> list[tuple[int, int]]:
+        return self.keys + (self.joins[0].all_keys()[self.joins[1] :] if self.joins else [])
+
+    def end(self) -> int:
+        return self.joins[0].end() if self.joins else self.at
+
+
 class _RangeScan:
     """One range: its blocks, line ends, CRC32C and the first pass's profiles of its blocks.
 
     Window k is the read ``[k*B, (k+1)*B)``; the range is windows ``a .. b-1``. A block is
     handed to the range where it ends; the first one starts in the window before (after the
-    header, in the first range), found by a look back at it."""
+    header, in the first range), where the serial reader made its last cut. That cut depends
+    on whether the window's line ends are inside quoted fields: for well-formed CSV, on the
+    parity of the quotes after them. So the look back tries the last line end followed by an
+    even and the last followed by an odd number of quotes (without quotes: one place), and
+    follows each with the serial reader's own cutter. Two starts usually meet within a row (a
+    quote read from the wrong state is mid-field, which the cutter takes literally) and go on
+    as one. The plan keeps the start where the range before ended (:func:`load_scans`), and
+    reads the file itself if none does, so a wrong guess costs time, never a wrong cut."""
 
     def __init__(self, lst: dict, rng: dict, workers: int) -> None:
         self.path, self.start, self.end = rng["path"], rng["start"], rng["end"]
@@ -157,58 +196,75 @@ class _RangeScan:
         self.whole = ScanPlan(head, na, lst["label"])
         self.workers = workers
         self.header = None  # the file's header (read by its first ranges)
-        # [offset, line ends before it from start, length, CRC32C] per block
-        self.units: list[list[int]] = []
         self.lines = 0  # line ends whose last byte is in [start, end)
         self.crc = 0
+        self.units: dict[tuple[int, int], list[int]] = {}  # key -> [offset, rel, len, CRC32C]
+        self.profiles: dict[tuple, list] = {}  # (key, last) -> profile docs
+        self._order: collections.deque = collections.deque()  # (key, last) per piece sent
+        self._deferred: dict[tuple[int, int], Block] = {}  # the file's last window's blocks
 
     def run(self) -> dict:
-        profiles: list = []
+        runner = OrderedRunner(self.workers, profile_block)
         try:
-            for prof in self._profiles():
-                profiles.append(_profile_doc(prof))
+            starts = self._cut_all(runner)
+            ok = [v for v in starts if not v.reason()]
+            variants = []
+            for v in ok:
+                keys = v.all_keys()
+                final = self.end == self.size
+                roles = [(k, final and i == len(keys) - 1) for i, k in enumerate(keys)]
+                for role in roles:
+                    self._profile(runner, role, self._deferred.get(role[0]))
+                variants.append((v, keys, roles))
+            self._take(runner.drain())
         except _NotFast as e:
             return {"fast": False, "why": str(e), "header": self.header}
+        finally:
+            runner.close()
+        if not variants:
+            return {"fast": False, "why": starts[0].reason(), "header": self.header}
         return {
             "fast": True,
             "header": self.header,
             "crc": self.crc,
             "lines": self.lines,
-            "units": self.units,
-            "profiles": profiles,
+            "variants": [
+                {
+                    "first": v.first,
+                    "end": v.end(),
+                    "units": [self.units[k] for k in keys],
+                    "profiles": [d for role in roles for d in self.profiles[role]],
+                }
+                for v, keys, roles in variants
+            ],
         }
 
-    def _profiles(self):
-        """The profiles in the order the serial first pass folds them."""
-        runner = OrderedRunner(self.workers, profile_block)
-        try:
-            last = None
-            for block in self._blocks():
-                if last is not None:
-                    yield from runner.submit(self.plan, last)
-                last = block
-            if last is not None:
-                if self.end < self.size:
-                    pieces = [(self.plan, last)]
-                else:  # the file's last block: its head and its tail, or all of it
-                    tail = block_tail(last, self.plan.sample_bytes)
-                    pieces = (
-                        [(self.plan, last), (self.plan, tail)] if tail else [(self.whole, last)]
-                    )
-                for plan, piece in pieces:
-                    yield from runner.submit(plan, piece)
-            yield from runner.drain()
-        finally:
-            runner.close()
+    def _profile(self, runner, role: tuple, block: Block | None) -> None:
+        """Profile a block once per role (the file's last block: its head and tail, or all
+        of it; any other: its head), in submission order."""
+        if role in self.profiles:
+            return
+        self.profiles[role] = []
+        pieces = [(self.plan, block)]
+        if role[1]:
+            tail = block_tail(block, self.plan.sample_bytes)
+            pieces = [(self.plan, block), (self.plan, tail)] if tail else [(self.whole, block)]
+        for plan, piece in pieces:
+            self._order.append(role)
+            self._take(runner.submit(plan, piece))
 
-    def _header_end(self) -> tuple[int, int]:
-        """(offset just past the header, line ends before it), as CsvInput reads them."""
+    def _take(self, results) -> None:
+        for prof in results:
+            self.profiles[self._order.popleft()].append(_profile_doc(prof))
+
+    def _header_end(self) -> int:
+        """The offset just past the header, as CsvInput reads it."""
         inp = CsvInput(self.path, self.b)
         try:
             self.header = list(inp.header)
             if inp.tap.bytes > min(self.b, self.size) or inp.offset > self.b:
                 raise _NotFast("the header does not end within the first read of a block")
-            return inp.offset, inp._line - 1
+            return inp.offset
         finally:
             inp.close()
 
@@ -220,74 +276,111 @@ class _RangeScan:
             raise UserError(f"{self.path}: shorter than when the scans were listed")
         return data
 
-    def _cut(self, data: bytes, lo: int) -> int:
-        """Where the last block of a read ending in ``data`` ends (in ``data``), checking the
-        read the way the fast cut needs it: a ``\\n`` (from ``lo``)."""
-        p = data.rfind(b"\n", lo)
-        if p < 0:
+    def _starts(self, prev: bytes, lo: int) -> list[_Start]:
+        """Where the range's first block may start, from the read before it: after its last
+        line end (from ``lo``) followed by an even number of quotes, and after the last one
+        followed by an odd number."""
+        last = prev.rfind(b"\n", lo)
+        if last < 0:
             raise _NotFast(
                 f"a read of {self.b} bytes holds no line end after the header (a row that long?)"
             )
-        return p + 1
+        if prev.find(b'"', lo) < 0:  # no quote: one place
+            return [_Start(self.start - self.b + last + 1, prev[last + 1 :])]
+        a = np.frombuffer(prev, dtype=np.uint8)
+        ends = np.flatnonzero(a[lo:] == 10) + lo
+        quotes = np.flatnonzero(a == 34)
+        parity = (len(quotes) - np.searchsorted(quotes, ends, side="right")) % 2  # after each
+        out = []
+        for odd in (0, 1):
+            hit = ends[parity == odd]
+            if len(hit):
+                p = int(hit[-1]) + 1
+                out.append(_Start(self.start - self.b + p, prev[p:]))
+        return out
 
-    def _blocks(self):
-        b, start = self.b, self.start
-        h, header_lines = self._header_end() if start in (0, b) else (0, 0)
+    def _cut_all(self, runner) -> list[_Start]:
+        """Every start followed through the range's windows (and, at the file's end, its
+        last rows), each new block profiled (those of the file's last window later, when it
+        is known which one is last)."""
+        b, start, delim = self.b, self.start, ord(self.delim)
+        h = self._header_end() if start in (0, b) else 0
+        last_k = -(-self.end // b) - 1
         with storage.open_read(self.path) as f:
-            if start == 0:
-                at, rel, tail = h, header_lines, b""  # rel: line ends from start to ``at``
-            else:
+            prev = b""
+            starts: list[_Start] = []
+            if start:
                 f.seek(start - b)
                 prev = self._read(f, b)
-                lo = h if start == b else 0
-                p = self._cut(prev, lo)
-                at, tail = start - b + p, prev[p:]
-            pending = None  # the previous window's line ends, not yet added (its final \r?)
-            for k in range(start // b, -(-self.end // b)):
-                lo = h if k == 0 else 0
+                starts = self._starts(prev, h if start == b else 0)
+            lines_before = 0  # line ends in [start, k*b)
+            for k in range(start // b, last_k + 1):
                 data = self._read(f, min(b, self.size - k * b))
                 self.crc = google_crc32c.extend(self.crc, data)
-                if k * b == start and start:  # the look back's tail ends at start
-                    rel = -_line_ends(tail, data[:1])
-                if pending is not None:
-                    self.lines += pending - (tail[-1:] == b"\r" and data[:1] == b"\n")
-                p = self._cut(data, lo)
-                block = tail + data[lo:p] if tail else data[lo:p]
-                self._check_quotes(block)
-                head = count_lines(data, p)  # it ends with a \n: no half of a \r\n
-                self.units.append([at, rel, len(block), google_crc32c.value(block)])
-                yield Block(self.path, 0, block, self.delim)
-                at, rel, tail = k * b + p, self.lines + head, data[p:]
-                pending = head + count_lines(tail)  # the window's line ends but a final \r's
-            if pending is not None:
-                self.lines += pending - (tail[-1:] == b"\r" and f.read(1) == b"\n")
-            if self.end == self.size and tail.strip(b"\r\n"):  # the rest: the last rows
-                self._check_quotes(tail)
-                self.units.append([at, rel, len(tail), google_crc32c.value(tail)])
-                yield Block(self.path, 0, tail, self.delim)
+                if not start and not k:
+                    starts = [_Start(h, data[h:])]  # the header's read: cut without more
+                elif k * b != start:  # the window before is whole: its line ends
+                    lines_before += _line_ends(prev, data[:1])
+                defer = self.end == self.size and k == last_k
+                for v in (v for v in starts if v.live):
+                    block, v.pending = cut_block(v.pending, data if k else b"", delim, False)
+                    if not block:
+                        v.why = f"a read of {b} bytes holds no line end outside quotes"
+                        continue
+                    rel = self._rel(v.at, k, prev, data, lines_before)
+                    self._block(runner, v, block, rel, defer)
+                _join(starts)
+                prev = data
+            self.lines = lines_before + _line_ends(prev, f.read(1))
+        if self.end == self.size:
+            for v in (v for v in starts if v.live):
+                self._last_rows(runner, v, prev, lines_before, last_k)
+        return starts
 
-    def _check_quotes(self, block: bytes) -> None:
-        """A block is cut as the serial reader cuts it if none of its quoted fields holds a
-        line end or runs past its end: checked from its start, a row start if every block
-        before it passed (so the first block to fail is found, whichever range holds it)."""
-        if b'"' not in block:
-            return
-        starts, ends = quoted_spans(block, ord(self.delim))
-        if not starts:
-            return
-        if ends[-1] == len(block):  # not closed: it holds the line end the block ends with
-            raise _NotFast(
-                "a quoted field holds a line end (whether a byte is quoted depends "
-                "on every byte before it)"
-            )
-        a = np.frombuffer(block, dtype=np.uint8)
-        ends_at = np.flatnonzero((a == 10) | (a == 13))
-        i = np.searchsorted(np.asarray(starts), ends_at, side="right") - 1
-        if np.any((i >= 0) & (ends_at < np.asarray(ends)[np.maximum(i, 0)])):
-            raise _NotFast(
-                "a quoted field holds a line end (whether a byte is quoted depends "
-                "on every byte before it)"
-            )
+    def _rel(self, o: int, k: int, prev: bytes, data: bytes, lines_before: int) -> int:
+        """Line ends in ``[start, o)``, for a block cut in window ``k`` (``data``; ``prev``:
+        the window or look-back read before it) starting at ``o``."""
+        b = self.b
+        if o >= k * b:
+            return lines_before + count_lines(data, o - k * b)
+        if o < self.start:  # in the look-back read
+            return -_line_ends(prev[o - (self.start - b) :], data[:1])
+        return lines_before - _line_ends(prev, data[:1]) + count_lines(prev, o - (k - 1) * b)
+
+    def _block(self, runner, v: _Start, block: bytes, rel: int, defer: bool) -> None:
+        key = (v.at, len(block))
+        if key not in self.units:
+            self.units[key] = [v.at, rel, len(block), google_crc32c.value(block)]
+            blk = Block(self.path, 0, block, self.delim)
+            if defer:
+                self._deferred[key] = blk
+            else:
+                self._profile(runner, (key, False), blk)
+        v.keys.append(key)
+        v.at += len(block)
+
+    def _last_rows(self, runner, v: _Start, prev: bytes, lines_before: int, k: int) -> None:
+        """The file's end: the rest of the rows as the serial reader takes them, or why this
+        start cannot be the serial reader's (a quoted field left open)."""
+        rest = bytes(v.pending)
+        if b'"' in rest:
+            qs, qe = quoted_spans(rest, ord(self.delim))
+            if qs and qe[-1] == len(rest):
+                v.why = "a quoted field left open at the end of the file"
+                return
+        block, _ = cut_block(rest, b"", ord(self.delim), True)
+        if block:
+            self._block(runner, v, block, self._rel(v.at, k, b"", prev, lines_before), True)
+
+
+def _join(starts: list[_Start]) -> None:
+    """A start that reaches where another has: the other's blocks from there on."""
+    live = [v for v in starts if v.live]
+    for i, v in enumerate(live):
+        for w in live[:i]:
+            if w.live and w.at == v.at:
+                v.joins = (w, len(w.keys))
+                break
 
 
 def _line_ends(data: bytes, nxt: bytes) -> int:
@@ -370,11 +463,9 @@ def load_scans(
             raise UserError(f"{path}: not a scan result ({e}); run scan {i} again") from None
         if res.get("format") != FORMAT or res.get("listing") != lst["id"]:
             raise UserError(f"{path}: from another listing; run scan {i} again")
-        if res.get("fast") and any(len(u) != 4 for u in res["units"]):
-            # before 2026-12-04 a block's CRC32C was not kept; the parts check it now
-            raise UserError(
-                f"{path}: from an older tfpipes (no block checksums); run scan {i} again"
-            )
+        if res.get("fast") and "variants" not in res:
+            # before 2026-12-04: one start per range, no block checksums (the parts check them)
+            raise UserError(f"{path}: from an older tfpipes; run scan {i} again")
         results.append(res)
     by_file: dict[int, list] = {}
     for rng, res in zip(lst["ranges"], results):
@@ -390,15 +481,20 @@ def load_scans(
             continue
         if storage.size(path) != lst["sizes"][fi]:
             raise UserError(f"{path}: changed since the scans were listed; list them again")
-        units, profiles, crc, before = [], [], 0, 0
+        units, profiles, crc, before, end = [], [], 0, 0, None
         for rng, res in pieces:
-            for offset, rel, length, block_crc in res["units"]:
+            # the start where the range before ended (the first range has one start)
+            v = next((v for v in res["variants"] if end is None or v["first"] == end), None)
+            if v is None:
+                break  # no start of this range is the serial reader's: the plan reads the file
+            for offset, rel, length, block_crc in v["units"]:
                 units.append({"path": path, "offset": offset, "line": 1 + before + rel})
                 units[-1] |= {"len": length, "crc": block_crc}
-            profiles += [_profile_from(d) for d in res["profiles"]]
+            profiles += [_profile_from(d) for d in v["profiles"]]
             crc = crc32c_combine(crc, res["crc"], rng["end"] - rng["start"])
-            before += res["lines"]
-        out[path] = FileScan(list(header), profiles, units, f"{crc:08x}", lst["sizes"][fi])
+            before, end = before + res["lines"], v["end"]
+        else:
+            out[path] = FileScan(list(header), profiles, units, f"{crc:08x}", lst["sizes"][fi])
     return out
 
 
