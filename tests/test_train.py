@@ -588,6 +588,24 @@ def _tags(logdir) -> dict[str, dict[int, float]]:
     return out
 
 
+def test_a_resumed_run_removes_what_an_interrupted_save_left(tmp_path):
+    """A kill while TensorFlow writes the state file (as checkpoint.tmp<32 hex>, then renamed)
+    or a sharded save (ckpt-N_temp/) leaves them behind: the next run's store removes those,
+    and nothing else (a user's file of a similar name stays)."""
+    from tfpipes.checkpoints import CheckpointStore
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    (ckpts / ("checkpoint.tmp" + "8077975e418d4cfcbef62ceac3a4f5fd")).write_text("x")
+    (ckpts / "ckpt-20_temp").mkdir()
+    (ckpts / "ckpt-20_temp" / "part-00000").write_text("x")
+    keep = ["checkpoint", "ckpt-10.index", "checkpoint.tmp-notes", "checkpoint.tmpABC"]
+    for name in keep:
+        (ckpts / name).write_text("mine")
+    CheckpointStore(str(tmp_path)).close()
+    assert sorted(p.name for p in ckpts.iterdir()) == sorted(keep)
+
+
 def _cadence(tmp_path, runner, **kw):
     from tfpipes.checkpoints import CheckpointStore
     from tfpipes.training import controller

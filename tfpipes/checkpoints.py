@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 
@@ -117,9 +118,15 @@ class CheckpointStore:
             shutil.rmtree(d, ignore_errors=True)
 
 
+# TensorFlow writes the state file as ``checkpoint.tmp<uuid4 hex>`` and renames it over
+# ``checkpoint`` (file_io.atomic_write_string_to_file): a kill in between leaves the first.
+_STATE_TEMP = re.compile(re.escape(INDEX) + r"\.tmp[0-9a-f]{32}")
+
+
 def _remove_interrupted_saves(directory: str) -> None:
     """Remove what a save cut short leaves: TensorFlow writes a sharded checkpoint into
-    ``<prefix>_temp/`` and renames its files out at the end; the state file never lists it."""
+    ``<prefix>_temp/`` and renames its files out at the end (the state file never lists it),
+    and writes the state file itself through a temporary one (:data:`_STATE_TEMP`)."""
     if not os.path.isdir(directory):
         return
     for name in os.listdir(directory):
@@ -127,6 +134,9 @@ def _remove_interrupted_saves(directory: str) -> None:
         if name.endswith("_temp") and name.startswith("ckpt-") and os.path.isdir(path):
             log.info("removing %s, left by an interrupted checkpoint save", path)
             shutil.rmtree(path, ignore_errors=True)
+        elif _STATE_TEMP.fullmatch(name) and os.path.isfile(path):
+            log.info("removing %s, left by an interrupted checkpoint save", path)
+            os.remove(path)
 
 
 def verify_checkpoint(prefix: str) -> str | None:
