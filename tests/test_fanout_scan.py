@@ -215,6 +215,42 @@ def test_quoted_fields_holding_line_ends_are_cut_by_the_ranges(tmp_path, monkeyp
     assert _plan_doc(scanned.staging) == _plan_doc(serial.staging)
 
 
+@pytest.mark.parametrize(
+    "data, block, ranges",
+    [
+        # a cut at a lone \r in a read before the current one (the \n after it ends no row)
+        (b"x,c,label\n0,cc,q\n1,c,q\n2,c,q\r3," + b"c" * 28 + b"\r4,c,q\n5,c,p\n6,c,q\n"
+         b"7,c,p\n8,c,q\n9,c,p\n1,p\n", 20, 2),
+        # the same at the end of the file, with quoted line ends
+        (b'x,c,label\r\n5,,p\n\n\n4,"\r\n",p\r\n5,"\r\n",p\n1,"a,b",q\r\n0,"q""q",p\r3,'
+         b'"x\r\ny",q\r', 33, 3),
+    ],
+)  # fmt: skip
+def test_scanned_blocks_are_the_serial_readers_with_lone_cr_row_ends(tmp_path, data, block, ranges):
+    """Every block the scans give (offset, line, length, CRC32C) is the serial reader's,
+    line numbers included, where a cut falls on a lone \r in an earlier read."""
+    from tfpipes.preprocess.csv_blocks import CsvInput
+    from tfpipes.preprocess.fanout_scan import load_scans
+
+    (tmp_path / "in").mkdir()
+    path = str(tmp_path / "in" / "a.csv")
+    open(path, "wb").write(data)
+    inp = CsvInput(path, block)
+    serial = []
+    for blk in inp.blocks():
+        serial.append({"path": path, "offset": inp.offset, "line": blk.first, "len": len(blk.data)})
+        serial[-1]["crc"] = google_crc32c.value(blk.data)
+    inp.close()
+    cfg = PreprocessConfig(str(tmp_path / "in"), "", "label", block_size=block, workers=1)
+    scans = str(tmp_path / "scans")
+    lst = list_scans(cfg, ranges, scans)
+    assert len(lst["ranges"]) == ranges
+    for i in range(ranges):
+        run_scan(scans, i)
+    used = load_scans(scans, cfg, [path], list(inp.header), False)
+    assert path in used and used[path].units == serial
+
+
 def test_a_missing_or_foreign_scan_stops_the_plan_naming_it(tmp_path):
     src = tmp_path / "in"
     src.mkdir()

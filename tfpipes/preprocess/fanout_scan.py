@@ -16,9 +16,10 @@ then has its blocks, line ends, CRC32C and the first pass's profiles of its bloc
 (:func:`.fanout.plan_fanout` with ``scans``, :func:`load_scans`) joins the ranges in order,
 keeping for each the start where the range before ended: exactly what one serial pass gives
 (the same blocks, line numbers, checksums and column profiles, so the same plan, byte for
-byte). If no start of a range is where the one before ended (a quote the parity misleads
-about, a lone ``\\r`` row end), the plan reads that file itself: a wrong guess costs time,
-never a wrong cut.
+byte). Each start counts its line ends block by block, as the serial reader does (a cut
+may fall on a lone ``\\r`` in an earlier read than the one being cut). If no start of a range
+is where the one before ended (a quote the parity misleads about, a last cut at a lone
+``\\r``), the plan reads that file itself: a wrong guess costs time, never a wrong cut.
 
 A read that ends no row (a row or a quoted field longer than a block), a quoted field left
 open at the end of the file, a compressed CSV and a Parquet file are read by the plan
@@ -152,6 +153,7 @@ class _Start:
     def __init__(self, first: int, pending: bytes) -> None:
         self.first = first  # where the range's first block starts
         self.at = first  # where the pending bytes start
+        self.rel: int | None = None  # line ends in [range start, at), as CsvInput counts them
         self.pending: bytes | bytearray = pending
         self.keys: list[tuple[int, int]] = []  # (offset, length) of its blocks, in order
         self.why = ""  # why the serial reader cannot have cut this way ("": it can)
@@ -319,7 +321,11 @@ class _RangeScan:
                 self.crc = google_crc32c.extend(self.crc, data)
                 if not start and not k:
                     starts = [_Start(h, data[h:])]  # the header's read: cut without more
-                elif k * b != start:  # the window before is whole: its line ends
+                    starts[0].rel = count_lines(data, h)
+                elif k * b == start:  # a look-back start: minus the line ends after it
+                    for v in starts:
+                        v.rel = -_line_ends(v.pending, data[:1])
+                else:  # the window before is whole: its line ends
                     lines_before += _line_ends(prev, data[:1])
                 defer = self.end == self.size and k == last_k
                 for v in (v for v in starts if v.live):
@@ -327,39 +333,31 @@ class _RangeScan:
                     if not block:
                         v.why = f"a read of {b} bytes holds no line end outside quotes"
                         continue
-                    rel = self._rel(v.at, k, prev, data, lines_before)
-                    self._block(runner, v, block, rel, defer)
+                    self._block(runner, v, block, defer)
                 _join(starts)
                 prev = data
             self.lines = lines_before + _line_ends(prev, f.read(1))
         if self.end == self.size:
             for v in (v for v in starts if v.live):
-                self._last_rows(runner, v, prev, lines_before, last_k)
+                self._last_rows(runner, v)
         return starts
 
-    def _rel(self, o: int, k: int, prev: bytes, data: bytes, lines_before: int) -> int:
-        """Line ends in ``[start, o)``, for a block cut in window ``k`` (``data``; ``prev``:
-        the window or look-back read before it) starting at ``o``."""
-        b = self.b
-        if o >= k * b:
-            return lines_before + count_lines(data, o - k * b)
-        if o < self.start:  # in the look-back read
-            return -_line_ends(prev[o - (self.start - b) :], data[:1])
-        return lines_before - _line_ends(prev, data[:1]) + count_lines(prev, o - (k - 1) * b)
-
-    def _block(self, runner, v: _Start, block: bytes, rel: int, defer: bool) -> None:
+    def _block(self, runner, v: _Start, block: bytes, defer: bool) -> None:
+        """A block ``v`` cut: recorded once (its offset, line ends before it, length and
+        CRC32C), profiled now, or kept for the end when it is cut from the file's last read
+        (which of them is the last block is known only then)."""
         key = (v.at, len(block))
         if key not in self.units:
-            self.units[key] = [v.at, rel, len(block), google_crc32c.value(block)]
-            blk = Block(self.path, 0, block, self.delim)
-            if defer:
-                self._deferred[key] = blk
-            else:
-                self._profile(runner, (key, False), blk)
+            self.units[key] = [v.at, v.rel, len(block), google_crc32c.value(block)]
+            if not defer:
+                self._profile(runner, (key, False), Block(self.path, 0, block, self.delim))
+        if defer and key not in self._deferred:
+            self._deferred[key] = Block(self.path, 0, block, self.delim)
         v.keys.append(key)
         v.at += len(block)
+        v.rel += count_lines(block)  # a cut never splits a \r\n
 
-    def _last_rows(self, runner, v: _Start, prev: bytes, lines_before: int, k: int) -> None:
+    def _last_rows(self, runner, v: _Start) -> None:
         """The file's end: the rest of the rows as the serial reader takes them, or why this
         start cannot be the serial reader's (a quoted field left open)."""
         rest = bytes(v.pending)
@@ -370,7 +368,7 @@ class _RangeScan:
                 return
         block, _ = cut_block(rest, b"", ord(self.delim), True)
         if block:
-            self._block(runner, v, block, self._rel(v.at, k, b"", prev, lines_before), True)
+            self._block(runner, v, block, True)
 
 
 def _join(starts: list[_Start]) -> None:
