@@ -69,16 +69,11 @@ def scan_op(scans: Input[Artifact], index: int) -> str:
     """Read range ``index`` of the listing in ``scans`` into it; returns its name for the
     plan's ``dsl.Collected`` (which makes the plan wait for every range)."""
     from tfpipes.errors import exit_on_error
-    from tfpipes.preprocess.fanout_scan import run_scan
+    from tfpipes.preprocess.fanout_scan import run_scan, scan_summary
 
     with exit_on_error(f"preprocess-scan {index}"):
         r = run_scan(scans.uri if scans.uri.startswith("gs://") else scans.path, index)
-    how = (
-        f"{len(r['variants'][0]['units'])} blocks"
-        + (f" from {len(r['variants'])} possible starts" if len(r["variants"]) > 1 else "")
-        if r["fast"]
-        else f"left to the plan: {r['why']}"
-    )
+    how = scan_summary(r)
     print(f"preprocess-scan {index}: {how}")
     return f"range-{index:05d}"
 

@@ -168,15 +168,10 @@ def _scan_list(args) -> int:
 
 
 def _scan(args) -> int:
-    from tfpipes.preprocess.fanout_scan import run_scan
+    from tfpipes.preprocess.fanout_scan import run_scan, scan_summary
 
     r = run_scan(args.scans, args.range, workers=args.workers)
-    how = (
-        f"{len(r['variants'][0]['units'])} blocks"
-        + (f" from {len(r['variants'])} possible starts" if len(r["variants"]) > 1 else "")
-        if r["fast"]
-        else f"left to the plan: {r['why']}"
-    )
+    how = scan_summary(r)
     log.info("preprocess-scan %d: %s", args.range, how)
     return 0
 

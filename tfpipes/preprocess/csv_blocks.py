@@ -95,6 +95,14 @@ def quoted_spans(buf: bytes, delim: int) -> tuple[list[int], list[int]]:
     return starts, ends
 
 
+def unclosed_quote(buf: bytes | bytearray, delim: int) -> int | None:
+    """Where the quoted field that ``buf`` (from a row start) leaves open starts, or None."""
+    if b'"' not in buf:
+        return None
+    starts, ends = quoted_spans(bytes(buf), delim)
+    return starts[-1] if starts and ends[-1] == len(buf) else None
+
+
 _NEWLINE = re.compile(rb"\r\n|\n|\r")
 
 
@@ -238,10 +246,7 @@ class CsvInput:
         what is pending, or b"" when no row ends in them yet; the rest stays pending
         (:func:`cut_block`). At the end of the input every quoted field must be closed; a
         row without an end stays bounded."""
-        if self._eof:
-            self._pending = _appendable(self._pending)
-            self._pending += data
-            data = b""
+        if self._eof:  # data is b"": the last read found nothing more
             self._check_quotes_closed()
         block, self._pending = cut_block(self._pending, data, delim, self._eof)
         if not block and len(self._pending) > max(MAX_ROW_BYTES, 4 * self.block_size):
@@ -251,17 +256,15 @@ class CsvInput:
     def _check_quotes_closed(self) -> None:
         """At the end of the input every quoted field must be closed: Arrow would take an open
         one, in a string column, for a value running to the end of the file (issue 12)."""
-        if b'"' not in self._pending:
-            return
-        starts, ends = quoted_spans(bytes(self._pending), ord(self.delimiter))
-        if starts and ends[-1] == len(self._pending):
-            line = self._line + count_lines(self._pending, starts[-1])
+        at = unclosed_quote(self._pending, ord(self.delimiter))
+        if at is not None:
+            line = self._line + count_lines(self._pending, at)
             raise UserError(f"{location(self.path, line)}: unterminated quoted field")
 
     def _no_row_end_message(self) -> str:
-        starts, ends = quoted_spans(self._pending, ord(self.delimiter))
-        if starts and ends[-1] == len(self._pending):
-            line = self._line + count_lines(self._pending, starts[-1])
+        at = unclosed_quote(self._pending, ord(self.delimiter))
+        if at is not None:
+            line = self._line + count_lines(self._pending, at)
             return (
                 f"{location(self.path, line)}: unterminated quoted field (no closing quote "
                 f"within {MAX_ROW_BYTES >> 20} MB)"

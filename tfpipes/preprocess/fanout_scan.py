@@ -47,7 +47,7 @@ from tfpipes.errors import UserError
 from tfpipes.preprocess.blocks import Block
 from tfpipes.preprocess.config import PreprocessConfig
 from tfpipes.preprocess.crc32c import crc32c_combine
-from tfpipes.preprocess.csv_blocks import CsvInput, count_lines, cut_block, quoted_spans
+from tfpipes.preprocess.csv_blocks import CsvInput, count_lines, cut_block, unclosed_quote
 from tfpipes.preprocess.inference import (
     SAMPLE_BYTES,
     BlockProfile,
@@ -209,11 +209,10 @@ class _RangeScan:
         runner = OrderedRunner(self.workers, profile_block)
         try:
             starts = self._cut_all(runner)
-            ok = [v for v in starts if not v.reason()]
+            final = self.end == self.size
             variants = []
-            for v in ok:
+            for v in (v for v in starts if not v.reason()):
                 keys = v.all_keys()
-                final = self.end == self.size
                 roles = [(k, final and i == len(keys) - 1) for i, k in enumerate(keys)]
                 for role in roles:
                     self._profile(runner, role, self._deferred.get(role[0]))
@@ -360,13 +359,10 @@ class _RangeScan:
     def _last_rows(self, runner, v: _Start) -> None:
         """The file's end: the rest of the rows as the serial reader takes them, or why this
         start cannot be the serial reader's (a quoted field left open)."""
-        rest = bytes(v.pending)
-        if b'"' in rest:
-            qs, qe = quoted_spans(rest, ord(self.delim))
-            if qs and qe[-1] == len(rest):
-                v.why = "a quoted field left open at the end of the file"
-                return
-        block, _ = cut_block(rest, b"", ord(self.delim), True)
+        if unclosed_quote(v.pending, ord(self.delim)) is not None:
+            v.why = "a quoted field left open at the end of the file"
+            return
+        block, _ = cut_block(v.pending, b"", ord(self.delim), True)
         if block:
             self._block(runner, v, block, True)
 
@@ -379,6 +375,15 @@ def _join(starts: list[_Start]) -> None:
             if w.live and w.at == v.at:
                 v.joins = (w, len(w.keys))
                 break
+
+
+def scan_summary(res: dict) -> str:
+    """One line on a range's result, for the command and the component that ran it."""
+    if not res["fast"]:
+        return f"left to the plan: {res['why']}"
+    variants = res["variants"]
+    starts = f" from {len(variants)} possible starts" if len(variants) > 1 else ""
+    return f"{len(variants[0]['units'])} blocks{starts}"
 
 
 def _line_ends(data: bytes, nxt: bytes) -> int:
